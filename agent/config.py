@@ -1,0 +1,425 @@
+"""The agent's configuration: one frozen tree read from TOML, defaults in code.
+
+Precedence, lowest first: the defaults below, the TOML file (default
+``/etc/model-agent/config.toml``, optional), ``MODEL_AGENT_*`` environment
+variables, command-line flags. Unknown keys and values of the wrong type are
+errors that name the key, so a typo never silently falls back to a default.
+``model-agent config`` prints the effective tree with :func:`render_toml`.
+
+Each section is a dataclass; a field's ``metadata["doc"]`` is the comment
+printed above it, ``metadata["choices"]`` restricts its values. This module
+imports nothing from the agent except ``errors``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "ENV_OVERRIDES",
+    "AgentSection",
+    "Config",
+    "ImageSection",
+    "MetricsSection",
+    "NetworkSection",
+    "RuntimeHandler",
+    "RuntimeSection",
+    "StreamingSection",
+    "load",
+    "render_toml",
+]
+
+DEFAULT_CONFIG_PATH = "/etc/model-agent/config.toml"
+
+#: Environment variables that override one key each (flags override them in turn).
+ENV_OVERRIDES: Mapping[str, str] = {
+    "MODEL_AGENT_SOCKET": "agent.socket",
+    "MODEL_AGENT_ROOT_DIR": "agent.root_dir",
+    "MODEL_AGENT_STATE_DIR": "agent.state_dir",
+    "MODEL_AGENT_LOG_LEVEL": "agent.log_level",
+    "MODEL_AGENT_METRICS_ADDRESS": "metrics.address",
+}
+
+
+def _doc(text: str, **extra: Any) -> dict[str, Any]:
+    return {"doc": text, **extra}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentSection:
+    root_dir: str = field(
+        default="/var/lib/model-agent",
+        metadata=_doc("Persistent state: content store, snapshots, metadata.db."),
+    )
+    state_dir: str = field(
+        default="/run/model-agent",
+        metadata=_doc("Volatile state (mode 0700): bundles, exit files, netns pins, the socket."),
+    )
+    socket: str = field(
+        default="",
+        metadata=_doc("CRI unix socket; empty means <state_dir>/model-agent.sock."),
+    )
+    log_level: str = field(
+        default="info",
+        metadata=_doc("Log level.", choices=("debug", "info", "warning", "error")),
+    )
+    shutdown_timeout_seconds: float = field(
+        default=10.0,
+        metadata=_doc("On SIGTERM, how long in-flight RPCs may take to finish."),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsSection:
+    address: str = field(
+        default="127.0.0.1:9464",
+        metadata=_doc("host:port of the Prometheus endpoint (/metrics); empty disables it."),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuntimeHandler:
+    path: str = field(metadata=_doc("The OCI runtime binary (a name is looked up in PATH)."))
+    root: str = field(
+        default="",
+        metadata=_doc("The runtime's --root state dir; empty means <state_dir>/<handler>."),
+    )
+
+
+def _default_handlers() -> dict[str, RuntimeHandler]:
+    return {"runc": RuntimeHandler(path="runc"), "crun": RuntimeHandler(path="crun")}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuntimeSection:
+    default_handler: str = field(
+        default="runc",
+        metadata=_doc("Handler used when a pod names none (RuntimeClass)."),
+    )
+    cgroup_driver: str = field(
+        default="cgroupfs",
+        metadata=_doc(
+            "Cgroup driver reported to the kubelet (RuntimeConfig) and used for containers.",
+            choices=("cgroupfs", "systemd"),
+        ),
+    )
+    conmon_path: str = field(
+        default="conmon", metadata=_doc("The conmon binary (a name is looked up in PATH).")
+    )
+    handlers: dict[str, RuntimeHandler] = field(
+        default_factory=_default_handlers,
+        metadata=_doc("OCI runtimes by RuntimeClass handler name."),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NetworkSection:
+    cni_conf_dir: str = field(
+        default="/etc/cni/net.d",
+        metadata=_doc("The cluster's CNI configs; the first valid one (by file name) is used."),
+    )
+    cni_bin_dirs: list[str] = field(
+        default_factory=lambda: ["/opt/cni/bin", "/usr/lib/cni"],
+        metadata=_doc("Where CNI plugin binaries are looked up, in order."),
+    )
+    pod_cidr: str = field(
+        default="10.88.0.0/16",
+        metadata=_doc(
+            "Subnet of the agent's own bridge network when the cluster has no CNI config."
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageSection:
+    max_concurrent_downloads: int = field(
+        default=4, metadata=_doc("Blobs of one pull downloaded at the same time.")
+    )
+    pull_progress_timeout_seconds: float = field(
+        default=300.0,
+        metadata=_doc(
+            "A pull that receives no bytes for this long fails (the kubelet sets no deadline)."
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamingSection:
+    address: str = field(
+        default="127.0.0.1:0",
+        metadata=_doc("host:port of the exec/attach/port-forward server; port 0 picks a free one."),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    agent: AgentSection = field(default_factory=AgentSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    runtime: RuntimeSection = field(default_factory=RuntimeSection)
+    network: NetworkSection = field(default_factory=NetworkSection)
+    image: ImageSection = field(default_factory=ImageSection)
+    streaming: StreamingSection = field(default_factory=StreamingSection)
+
+    @property
+    def socket_path(self) -> str:
+        return self.agent.socket or os.path.join(self.agent.state_dir, "model-agent.sock")
+
+
+# ---------------------------------------------------------------------------
+# Loading
+
+
+def load(
+    path: str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the effective config.
+
+    ``path=None`` reads the default file only if it exists; an explicit path
+    must exist. ``overrides`` maps dotted keys (``"agent.socket"``) to values,
+    as the CLI flags do.
+    """
+    raw: dict[str, Any] = {}
+    source = path or DEFAULT_CONFIG_PATH
+    read_file = path is not None or os.path.exists(source)
+    if read_file:
+        try:
+            with open(source, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {source} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {source}: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {source}: {exc.strerror}") from None
+    env = os.environ if environ is None else environ
+    for var, key in ENV_OVERRIDES.items():
+        if env.get(var):
+            _set_dotted(raw, key, env[var])
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(raw, key, value)
+    try:
+        config = _build(Config, raw, "")
+        _validate(config)
+    except ConfigError as exc:
+        raise ConfigError(f"config {source}: {exc}" if read_file else f"config: {exc}") from None
+    return _resolve_derived(config)
+
+
+def _resolve_derived(config: Config) -> Config:
+    """Fill the values whose default depends on another key, so they print resolved."""
+    state_dir = config.agent.state_dir
+    agent = dataclasses.replace(
+        config.agent, socket=config.agent.socket or os.path.join(state_dir, "model-agent.sock")
+    )
+    handlers = {
+        name: dataclasses.replace(h, root=h.root or os.path.join(state_dir, name))
+        for name, h in config.runtime.handlers.items()
+    }
+    runtime = dataclasses.replace(config.runtime, handlers=handlers)
+    return dataclasses.replace(config, agent=agent, runtime=runtime)
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def _build(cls: type[Any], raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'top level'}: expected a table, got {_kind(raw)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(f"unknown key '{_join(where, key)}'")
+    kwargs = {}
+    for name, value in raw.items():
+        fld = fields[name]
+        coerced = _coerce(hints[name], value, _join(where, name), fld)
+        if isinstance(coerced, dict) and callable(fld.default_factory):
+            # Tables of named entries extend the defaults (a new runtime handler
+            # keeps runc and crun) and may override one by name.
+            coerced = {**fld.default_factory(), **coerced}
+        kwargs[name] = coerced
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required key of a table is missing
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _coerce(hint: Any, value: Any, key: str, fld: dataclasses.Field[Any]) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)  # type: ignore[arg-type]
+    if origin is dict:
+        _, item_type = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {_kind(value)}")
+        return {k: _coerce(item_type, v, f"{key}.{k}", fld) for k, v in value.items()}
+    if origin is list:
+        (item_type,) = typing.get_args(hint)
+        if isinstance(value, str) and item_type is str:
+            value = [v for v in value.split(",") if v]  # env and flags give a comma list
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {_kind(value)}")
+        return [_coerce(item_type, v, f"{key}[{i}]", fld) for i, v in enumerate(value)]
+    if isinstance(hint, types.UnionType):
+        raise TypeError(f"unsupported config type {hint}")  # pragma: no cover
+    value = _scalar(hint, value, key)
+    choices = fld.metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{key}: '{value}' is not one of {', '.join(choices)}")
+    return value
+
+
+def _scalar(hint: Any, value: Any, key: str) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a programming error in a section definition
+        raise TypeError(f"unsupported config type {hint}")
+    raise ConfigError(f"{key}: expected {hint.__name__}, got {_kind(value)} {value!r}")
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a table", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _validate(config: Config) -> None:
+    """Checks that span fields or need parsing; host checks happen at start."""
+    for key in ("agent.root_dir", "agent.state_dir"):
+        value = _get_dotted(config, key)
+        if not os.path.isabs(value):
+            raise ConfigError(f"{key}: '{value}' is not an absolute path")
+    if config.agent.socket and not os.path.isabs(config.agent.socket):
+        raise ConfigError(f"agent.socket: '{config.agent.socket}' is not an absolute path")
+    if config.agent.shutdown_timeout_seconds < 0:
+        raise ConfigError("agent.shutdown_timeout_seconds: must not be negative")
+    for key in ("metrics.address", "streaming.address"):
+        value = _get_dotted(config, key)
+        if value or key == "streaming.address":
+            _check_host_port(key, value)
+    if config.runtime.default_handler not in config.runtime.handlers:
+        raise ConfigError(
+            f"runtime.default_handler: '{config.runtime.default_handler}' is not a configured "
+            f"handler ({', '.join(sorted(config.runtime.handlers)) or 'none'})"
+        )
+    try:
+        net = ipaddress.ip_network(config.network.pod_cidr)
+    except ValueError as exc:
+        raise ConfigError(f"network.pod_cidr: {exc}") from None
+    if net.num_addresses < 4:
+        raise ConfigError(f"network.pod_cidr: {net} is too small for pods")
+    if config.image.max_concurrent_downloads < 1:
+        raise ConfigError("image.max_concurrent_downloads: must be at least 1")
+    if config.image.pull_progress_timeout_seconds <= 0:
+        raise ConfigError("image.pull_progress_timeout_seconds: must be positive")
+
+
+def _check_host_port(key: str, value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: '{value}' is not host:port")
+
+
+def _get_dotted(config: Config, key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+# ---------------------------------------------------------------------------
+# Printing
+
+
+def render_toml(config: Config) -> str:
+    """The effective config as TOML, each key preceded by its documentation."""
+    lines = ["# model-agent effective configuration", ""]
+    _render_table(config, "", lines)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _render_table(obj: Any, prefix: str, lines: list[str]) -> None:
+    scalars = []
+    tables = []
+    for fld in dataclasses.fields(obj):
+        value = getattr(obj, fld.name)
+        if dataclasses.is_dataclass(value) or isinstance(value, dict):
+            tables.append((fld, value))
+        else:
+            scalars.append((fld, value))
+    if scalars and prefix:
+        lines.append(f"[{prefix}]")
+    for fld, value in scalars:
+        doc = fld.metadata.get("doc")
+        if doc:
+            lines.append(f"# {doc}")
+        lines.append(f"{fld.name} = {_toml_value(value)}")
+    if scalars:
+        lines.append("")
+    for fld, value in tables:
+        name = _join(prefix, fld.name)
+        if isinstance(value, dict):
+            doc = fld.metadata.get("doc")
+            if doc:
+                lines.append(f"# {doc}")
+            for key, item in value.items():
+                _render_table(item, f"{name}.{key}", lines)
+        else:
+            _render_table(value, name, lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot render {type(value).__name__}")  # pragma: no cover

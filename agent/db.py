@@ -1,0 +1,132 @@
+"""The SQLite metadata database (``<root_dir>/metadata.db``).
+
+One connection in WAL mode holds every record that must survive a restart
+(images, layers, pods, containers, GPU assignments as later packages add
+them). The schema is versioned with ``PRAGMA user_version``: on open, every
+migration newer than the file's version runs, each in its own transaction, so
+a crash mid-migration leaves the previous version intact. A database written
+by a newer agent (a version this code does not know) is refused rather than
+guessed at. Imports nothing from the agent except ``errors``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from agent.errors import AgentError
+
+__all__ = ["MIGRATIONS", "MetadataDB", "SchemaTooNew"]
+
+#: Each entry migrates from version i to i+1. Append only; never edit a shipped one.
+MIGRATIONS: Sequence[str] = (
+    # 1: agent facts (first start, last agent version) and the schema history.
+    """
+    CREATE TABLE agent_info (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE schema_history (
+        version    INTEGER PRIMARY KEY,
+        applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    );
+    """,
+)
+
+
+class SchemaTooNew(AgentError):
+    """The database was written by a newer agent; refusing to touch it."""
+
+
+class MetadataDB:
+    """A thread-safe wrapper over one SQLite connection.
+
+    Statements are short; callers on the event loop call these methods
+    directly, bulk work goes through ``asyncio.to_thread``.
+    """
+
+    def __init__(self, path: str, migrations: Sequence[str] = MIGRATIONS) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None, timeout=30.0
+        )
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        try:
+            self._migrate(migrations)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    @property
+    def schema_version(self) -> int:
+        row = self._conn.execute("PRAGMA user_version").fetchone()
+        return int(row[0])
+
+    def _migrate(self, migrations: Sequence[str]) -> None:
+        current = self.schema_version
+        if current > len(migrations):
+            raise SchemaTooNew(
+                f"{self.path} has schema version {current}, this agent knows up to "
+                f"{len(migrations)}; upgrade model-agent or move the database aside"
+            )
+        for version in range(current + 1, len(migrations) + 1):
+            with self.transaction() as conn:
+                for statement in _split_statements(migrations[version - 1]):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_history (version) VALUES (?)", (version,))
+                # user_version cannot take a bound parameter; version is our own int.
+                conn.execute(f"PRAGMA user_version = {int(version)}")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run the block in one IMMEDIATE transaction; roll back on any error."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def get_info(self, key: str) -> str | None:
+        rows = self.execute("SELECT value FROM agent_info WHERE key = ?", (key,))
+        return str(rows[0]["value"]) if rows else None
+
+    def set_info(self, key: str, value: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO agent_info (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def _split_statements(script: str) -> list[str]:
+    """Split a migration into statements (``executescript`` would commit early)."""
+    statements = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        statements.append(buffer.strip())
+    return statements
