@@ -1,0 +1,138 @@
+"""The composition root: builds every part explicitly, recovers, serves, stops.
+
+Start order matters and is the contract with the kubelet:
+
+1. create the root and state dirs and lock the state dir (one agent per node);
+2. open the metadata database (migrating its schema);
+3. bind the CRI socket: from here ``Version`` and ``Status`` answer, every
+   other RPC answers ``UNAVAILABLE`` ("recovering");
+4. start the metrics endpoint;
+5. run the recovery steps (reconcile pods, containers, images with disk and
+   with conmon's exit files), then mark the agent ready.
+
+Stopping reverses it. Containers are never stopped by stopping the agent:
+conmon keeps them running and the next start re-adopts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CollectorRegistry
+
+from agent import __version__
+from agent._util.fs import ensure_dir
+from agent.config import Config
+from agent.cri.image_service import ImageService
+from agent.cri.rpc import RpcInterceptor
+from agent.cri.runtime_service import RuntimeService
+from agent.cri.server import CriServer
+from agent.db import MetadataDB
+from agent.errors import FailedPrecondition
+from agent.health import NodeHealth
+from agent.metrics.rpc import RpcMetrics
+from agent.metrics.server import MetricsServer
+
+__all__ = ["Agent"]
+
+log = logging.getLogger(__name__)
+
+RecoveryStep = Callable[[], Awaitable[None]]
+
+
+class Agent:
+    """One running model-agent. ``start()``, then ``stop()``; or ``serve()``."""
+
+    def __init__(self, config: Config, *, health: NodeHealth | None = None) -> None:
+        self.config = config
+        self.ready = asyncio.Event()
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.metrics = RpcMetrics(self.registry, __version__)
+        self.health = health or NodeHealth(config, extra_conf_dirs=[])
+        self.db: MetadataDB | None = None
+        self.metrics_server: MetricsServer | None = None
+        #: Run in order before the agent reports ready; later packages append theirs.
+        self.recovery_steps: list[tuple[str, RecoveryStep]] = []
+        self._lock_fd: int | None = None
+        # RPCs a servicer does not define yet are answered UNIMPLEMENTED by the
+        # interceptor; the generated stubs declare every RPC abstract.
+        self.cri = CriServer(
+            config.socket_path,
+            runtime=RuntimeService(  # type: ignore[abstract]
+                config=config, health=self.health, ready=self.ready, version=__version__
+            ),
+            images=ImageService(),  # type: ignore[abstract]
+            interceptor=RpcInterceptor(self.metrics, self.ready, __version__),
+        )
+
+    async def start(self) -> None:
+        agent = self.config.agent
+        ensure_dir(agent.root_dir, 0o711)
+        ensure_dir(agent.state_dir, 0o700)
+        self._lock_state_dir()
+        try:
+            self.db = MetadataDB(os.path.join(agent.root_dir, "metadata.db"))
+            if self.db.get_info("first_start_version") is None:
+                self.db.set_info("first_start_version", __version__)
+            self.db.set_info("last_start_version", __version__)
+            await self.cri.start()
+            if self.config.metrics.address:
+                self.metrics_server = MetricsServer(self.registry, self.config.metrics.address)
+                await self.metrics_server.start()
+            await self.recover()
+        except BaseException:
+            await self.stop(grace=0)
+            raise
+        log.info("model-agent %s ready on unix://%s", __version__, self.cri.path)
+
+    async def recover(self) -> None:
+        """Reconcile persisted state with the host, then open for business.
+
+        Assumptions: containers may have exited, been killed, or (after a
+        reboot) vanished while the agent was down; their conmon exit files
+        and the metadata database say what happened. Each step must be
+        idempotent: a crash during recovery re-runs it on the next start.
+        """
+        for name, step in self.recovery_steps:
+            log.info("recovery: %s", name)
+            await step()
+        self.ready.set()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop serving; in-flight RPCs get ``grace`` seconds. Containers keep running."""
+        if grace is None:
+            grace = self.config.agent.shutdown_timeout_seconds
+        self.ready.clear()
+        await self.cri.stop(grace)
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+            self.metrics_server = None
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+        self._unlock_state_dir()
+
+    def _lock_state_dir(self) -> None:
+        path = os.path.join(self.config.agent.state_dir, "model-agent.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise FailedPrecondition(
+                f"state dir {self.config.agent.state_dir} is in use by another model-agent "
+                f"(pid {holder}); refusing to start"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock_state_dir(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None

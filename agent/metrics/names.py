@@ -1,0 +1,13 @@
+"""Every metric name the agent exports, so dashboards have one list to read.
+
+Own metrics are ``model_agent_<subsystem>_<what>_<unit>``; GPU and container
+metrics additionally use the DCGM-exporter and cAdvisor names users already
+query (added by the packages that collect them).
+"""
+
+from __future__ import annotations
+
+BUILD_INFO = "model_agent_build_info"
+CRI_OPERATIONS_TOTAL = "model_agent_cri_operations_total"
+CRI_OPERATION_DURATION_SECONDS = "model_agent_cri_operation_duration_seconds"
+CRI_OPERATIONS_IN_FLIGHT = "model_agent_cri_operations_in_flight"

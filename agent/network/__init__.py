@@ -1,0 +1,1 @@
+"""Pod networking: network namespaces and CNI plugin execution. No CRI types here."""
