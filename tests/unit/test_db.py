@@ -1,0 +1,69 @@
+"""The metadata database: WAL, versioned migrations, refusal of newer schemas."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from agent.db import MIGRATIONS, MetadataDB, SchemaTooNew
+
+
+def test_fresh_database_is_migrated_to_the_latest_version(tmp_path):
+    db = MetadataDB(str(tmp_path / "metadata.db"))
+    try:
+        assert db.schema_version == len(MIGRATIONS)
+        mode = db.execute("PRAGMA journal_mode")[0][0]
+        assert mode == "wal"
+        history = [r["version"] for r in db.execute("SELECT version FROM schema_history")]
+        assert history == list(range(1, len(MIGRATIONS) + 1))
+    finally:
+        db.close()
+
+
+def test_reopening_keeps_data_and_runs_only_new_migrations(tmp_path):
+    path = str(tmp_path / "metadata.db")
+    db = MetadataDB(path)
+    db.set_info("first_start_version", "0.1.0")
+    db.close()
+    extended = [*MIGRATIONS, "CREATE TABLE extra (id INTEGER PRIMARY KEY);"]
+    db = MetadataDB(path, migrations=extended)
+    try:
+        assert db.schema_version == len(extended)
+        assert db.get_info("first_start_version") == "0.1.0"
+        db.execute("INSERT INTO extra (id) VALUES (1)")
+    finally:
+        db.close()
+
+
+def test_a_failing_migration_leaves_the_previous_version_intact(tmp_path):
+    path = str(tmp_path / "metadata.db")
+    MetadataDB(path).close()
+    broken = [*MIGRATIONS, "CREATE TABLE half (id INTEGER);\nTHIS IS NOT SQL;"]
+    with pytest.raises(sqlite3.OperationalError):
+        MetadataDB(path, migrations=broken)
+    db = MetadataDB(path)
+    try:
+        assert db.schema_version == len(MIGRATIONS)
+        tables = {r["name"] for r in db.execute("SELECT name FROM sqlite_master")}
+        assert "half" not in tables  # the migration's first statement was rolled back too
+    finally:
+        db.close()
+
+
+def test_a_newer_schema_is_refused(tmp_path):
+    path = str(tmp_path / "metadata.db")
+    MetadataDB(path, migrations=[*MIGRATIONS, "CREATE TABLE future (x);"]).close()
+    with pytest.raises(SchemaTooNew, match="upgrade model-agent"):
+        MetadataDB(path)
+
+
+def test_transaction_rolls_back_on_error(tmp_path):
+    db = MetadataDB(str(tmp_path / "metadata.db"))
+    try:
+        with pytest.raises(RuntimeError), db.transaction() as conn:
+            conn.execute("INSERT INTO agent_info (key, value) VALUES ('a', 'b')")
+            raise RuntimeError("boom")
+        assert db.get_info("a") is None
+    finally:
+        db.close()
