@@ -34,6 +34,8 @@ from agent.cri.server import CriServer
 from agent.db import MetadataDB
 from agent.errors import FailedPrecondition
 from agent.health import NodeHealth
+from agent.images.service import ImageManager
+from agent.metrics.images import PullMetrics
 from agent.metrics.rpc import RpcMetrics
 from agent.metrics.server import MetricsServer
 
@@ -52,20 +54,34 @@ class Agent:
         self.ready = asyncio.Event()
         self.registry = CollectorRegistry(auto_describe=True)
         self.metrics = RpcMetrics(self.registry, __version__)
+        self.pull_metrics = PullMetrics(self.registry)
         self.health = health or NodeHealth(config, extra_conf_dirs=[])
+        self.socket_path = config.socket_path
         self.db: MetadataDB | None = None
+        self.images: ImageManager | None = None
+        self.cri: CriServer | None = None
         self.metrics_server: MetricsServer | None = None
-        #: Run in order before the agent reports ready; later packages append theirs.
+        #: Run in order before the agent reports ready, after the agent's own steps.
         self.recovery_steps: list[tuple[str, RecoveryStep]] = []
         self._lock_fd: int | None = None
+
+    def _build(self, db: MetadataDB) -> CriServer:
+        """Create the subsystems over the open database, and the server over them."""
+        images = self.images = ImageManager(self.config, db, self.pull_metrics)
+        self.recovery_steps.insert(0, ("images", images.recover))
         # RPCs a servicer does not define yet are answered UNIMPLEMENTED by the
         # interceptor; the generated stubs declare every RPC abstract.
-        self.cri = CriServer(
-            config.socket_path,
-            runtime=RuntimeService(  # type: ignore[abstract]
-                config=config, health=self.health, ready=self.ready, version=__version__
-            ),
-            images=ImageService(),  # type: ignore[abstract]
+        runtime = RuntimeService(  # type: ignore[abstract]
+            config=self.config,
+            health=self.health,
+            ready=self.ready,
+            version=__version__,
+            pulls=images.pulls_in_progress,
+        )
+        return CriServer(
+            self.socket_path,
+            runtime=runtime,
+            images=ImageService(images),
             interceptor=RpcInterceptor(self.metrics, self.ready, __version__),
         )
 
@@ -79,6 +95,7 @@ class Agent:
             if self.db.get_info("first_start_version") is None:
                 self.db.set_info("first_start_version", __version__)
             self.db.set_info("last_start_version", __version__)
+            self.cri = self._build(self.db)
             await self.cri.start()
             if self.config.metrics.address:
                 self.metrics_server = MetricsServer(self.registry, self.config.metrics.address)
@@ -87,7 +104,7 @@ class Agent:
         except BaseException:
             await self.stop(grace=0)
             raise
-        log.info("model-agent %s ready on unix://%s", __version__, self.cri.path)
+        log.info("model-agent %s ready on unix://%s", __version__, self.socket_path)
 
     async def recover(self) -> None:
         """Reconcile persisted state with the host, then open for business.
@@ -107,7 +124,10 @@ class Agent:
         if grace is None:
             grace = self.config.agent.shutdown_timeout_seconds
         self.ready.clear()
-        await self.cri.stop(grace)
+        if self.cri is not None:
+            await self.cri.stop(grace)
+        if self.images is not None:
+            await self.images.close()
         if self.metrics_server is not None:
             await self.metrics_server.stop()
             self.metrics_server = None

@@ -83,7 +83,7 @@ def _serve(config: Config) -> int:
         agent = Agent(config)
         await agent.start()
         metrics = agent.metrics_server.url if agent.metrics_server else "disabled"
-        print(f"model-agent {__version__} serving CRI on unix://{agent.cri.path}", flush=True)
+        print(f"model-agent {__version__} serving CRI on unix://{agent.socket_path}", flush=True)
         print(f"metrics: {metrics}", flush=True)
         try:
             await stop.wait()

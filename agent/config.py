@@ -33,6 +33,7 @@ __all__ = [
     "ImageSection",
     "MetricsSection",
     "NetworkSection",
+    "RegistryHost",
     "RuntimeHandler",
     "RuntimeSection",
     "StreamingSection",
@@ -142,15 +143,58 @@ class NetworkSection:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RegistryHost:
+    mirrors: list[str] = field(
+        default_factory=list,
+        metadata=_doc("Mirrors tried in order before the registry itself (http[s]://host[:port])."),
+    )
+    plain_http: bool = field(
+        default=False,
+        metadata=_doc("Talk plain HTTP to this registry (localhost registries always do)."),
+    )
+    insecure_skip_verify: bool = field(
+        default=False, metadata=_doc("Accept any TLS certificate from this registry.")
+    )
+    ca_file: str = field(
+        default="", metadata=_doc("PEM file of extra CA certificates for this registry.")
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ImageSection:
     max_concurrent_downloads: int = field(
-        default=4, metadata=_doc("Blobs of one pull downloaded at the same time.")
+        default=4, metadata=_doc("HTTP connections one pull uses at most (blobs and blob parts).")
+    )
+    download_part_mb: int = field(
+        default=64,
+        metadata=_doc(
+            "Blobs larger than this are fetched as parallel Range requests of this size."
+        ),
+    )
+    max_concurrent_unpacks: int = field(
+        default=0, metadata=_doc("Layers unpacked at the same time; 0 means one per CPU.")
     )
     pull_progress_timeout_seconds: float = field(
         default=300.0,
         metadata=_doc(
             "A pull that receives no bytes for this long fails (the kubelet sets no deadline)."
         ),
+    )
+    discard_unpacked_layers: bool = field(
+        default=True,
+        metadata=_doc("Delete a layer's compressed blob once it is unpacked (halves disk use)."),
+    )
+    credentials_file: str = field(
+        default="/etc/model-agent/auth.json",
+        metadata=_doc("Node registry credentials in docker config.json form (optional file)."),
+    )
+    pinned_images: list[str] = field(
+        default_factory=list,
+        metadata=_doc("Images reported as pinned (the kubelet never garbage-collects them)."),
+    )
+    registries: dict[str, RegistryHost] = field(
+        default_factory=dict,
+        metadata=_doc("Per-registry settings, keyed by registry host as in image names."),
     )
 
 
@@ -352,10 +396,22 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"network.pod_cidr: {exc}") from None
     if net.num_addresses < 4:
         raise ConfigError(f"network.pod_cidr: {net} is too small for pods")
-    if config.image.max_concurrent_downloads < 1:
+    image = config.image
+    if image.max_concurrent_downloads < 1:
         raise ConfigError("image.max_concurrent_downloads: must be at least 1")
-    if config.image.pull_progress_timeout_seconds <= 0:
+    if image.download_part_mb < 1:
+        raise ConfigError("image.download_part_mb: must be at least 1")
+    if image.max_concurrent_unpacks < 0:
+        raise ConfigError("image.max_concurrent_unpacks: must not be negative")
+    if image.pull_progress_timeout_seconds <= 0:
         raise ConfigError("image.pull_progress_timeout_seconds: must be positive")
+    for host, settings in image.registries.items():
+        for i, mirror in enumerate(settings.mirrors):
+            scheme, sep, rest = mirror.partition("://")
+            if scheme not in ("http", "https") or not sep or not rest.strip("/"):
+                raise ConfigError(
+                    f"image.registries.{host}.mirrors[{i}]: '{mirror}' is not http[s]://host[:port]"
+                )
 
 
 def _check_host_port(key: str, value: str) -> None:

@@ -34,6 +34,43 @@ MIGRATIONS: Sequence[str] = (
         applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
     );
     """,
+    # 2: images. A snapshot is one unpacked layer (shared by chain id); an image is
+    # its config digest, its layers in order, the blobs it keeps, and its names.
+    """
+    CREATE TABLE snapshots (
+        chain_id    TEXT PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        diff_id     TEXT NOT NULL,
+        size_bytes  INTEGER NOT NULL,
+        inodes      INTEGER NOT NULL,
+        created_at  INTEGER NOT NULL
+    );
+    CREATE TABLE images (
+        id                  TEXT PRIMARY KEY,
+        manifest_digest     TEXT NOT NULL,
+        manifest_media_type TEXT NOT NULL,
+        config              TEXT NOT NULL,
+        size_bytes          INTEGER NOT NULL,
+        created_at          INTEGER NOT NULL
+    );
+    CREATE TABLE image_layers (
+        image_id  TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        position  INTEGER NOT NULL,
+        chain_id  TEXT NOT NULL REFERENCES snapshots(chain_id),
+        PRIMARY KEY (image_id, position)
+    );
+    CREATE INDEX image_layers_chain ON image_layers(chain_id);
+    CREATE TABLE image_blobs (
+        image_id  TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        digest    TEXT NOT NULL,
+        PRIMARY KEY (image_id, digest)
+    );
+    CREATE TABLE image_names (
+        name      TEXT PRIMARY KEY,
+        image_id  TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE
+    );
+    CREATE INDEX image_names_image ON image_names(image_id);
+    """,
 )
 
 

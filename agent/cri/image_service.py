@@ -1,15 +1,83 @@
-"""``runtime.v1.ImageService``: pull, list, inspect and remove images.
-
-RPCs not overridden here fall through to the generated base class, which the
-interceptor answers with ``UNIMPLEMENTED`` and a message naming the RPC.
-"""
+"""``runtime.v1.ImageService``: pull, list, inspect and remove images."""
 
 from __future__ import annotations
 
-from agent.api.cri.runtime.v1 import api_pb2_grpc as pb_grpc
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from agent.api.cri.runtime.v1 import api_pb2 as pb, api_pb2_grpc as pb_grpc
+from agent.cri import convert
+from agent.images.service import ImageManager
+from agent.images.store import ImageRecord
 
 __all__ = ["ImageService"]
 
+Context = grpc.aio.ServicerContext[Any, Any]
+
+#: Images per message of StreamImages; keeps each message far below 16 MiB.
+_STREAM_BATCH = 100
+
 
 class ImageService(pb_grpc.ImageServiceServicer):
-    pass
+    def __init__(self, images: ImageManager) -> None:
+        self._images = images
+
+    def _filtered(self, request: pb.ListImagesRequest | pb.StreamImagesRequest) -> list[pb.Image]:
+        wanted = request.filter.image.image if request.HasField("filter") else ""
+        records: list[ImageRecord]
+        if wanted:
+            found = self._images.find(wanted)
+            records = [found] if found is not None else []
+        else:
+            records = self._images.all()
+        return [convert.image_to_pb(r, pinned=self._images.pinned(r)) for r in records]
+
+    async def ListImages(
+        self, request: pb.ListImagesRequest, context: Context
+    ) -> pb.ListImagesResponse:
+        return pb.ListImagesResponse(images=self._filtered(request))
+
+    async def StreamImages(
+        self, request: pb.StreamImagesRequest, context: Context
+    ) -> AsyncIterator[pb.StreamImagesResponse]:
+        images = self._filtered(request)
+        for start in range(0, len(images), _STREAM_BATCH):
+            yield pb.StreamImagesResponse(images=images[start : start + _STREAM_BATCH])
+
+    async def ImageStatus(
+        self, request: pb.ImageStatusRequest, context: Context
+    ) -> pb.ImageStatusResponse:
+        image = self._images.find(convert.require_image(request))
+        if image is None:
+            return pb.ImageStatusResponse()  # api.proto: unknown image -> empty response
+        info = convert.image_verbose_info(image) if request.verbose else {}
+        return pb.ImageStatusResponse(
+            image=convert.image_to_pb(image, pinned=self._images.pinned(image)), info=info
+        )
+
+    async def PullImage(
+        self, request: pb.PullImageRequest, context: Context
+    ) -> pb.PullImageResponse:
+        image = convert.require_image(request)
+        image_id = await self._images.pull(image, convert.credentials_from_pb(request))
+        return pb.PullImageResponse(image_ref=image_id)
+
+    async def RemoveImage(
+        self, request: pb.RemoveImageRequest, context: Context
+    ) -> pb.RemoveImageResponse:
+        # api.proto: "This call is idempotent, and must not return an error if the
+        # image has already been removed."
+        await self._images.remove(convert.require_image(request))
+        return pb.RemoveImageResponse()
+
+    async def ImageFsInfo(
+        self, request: pb.ImageFsInfoRequest, context: Context
+    ) -> pb.ImageFsInfoResponse:
+        images = self._images.image_fs_usage()
+        containers = await self._images.container_fs_usage()
+        return pb.ImageFsInfoResponse(
+            image_filesystems=[convert.fs_usage_to_pb(images)],
+            container_filesystems=[convert.fs_usage_to_pb(containers)],
+        )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -28,12 +29,19 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 class RuntimeService(pb_grpc.RuntimeServiceServicer):
     def __init__(
-        self, *, config: Config, health: NodeHealth, ready: asyncio.Event, version: str
+        self,
+        *,
+        config: Config,
+        health: NodeHealth,
+        ready: asyncio.Event,
+        version: str,
+        pulls: Callable[[], list[dict[str, object]]],
     ) -> None:
         self._config = config
         self._health = health
         self._ready = ready
         self._version = version
+        self._pulls = pulls
 
     async def Version(self, request: pb.VersionRequest, context: Context) -> pb.VersionResponse:
         return pb.VersionResponse(
@@ -74,6 +82,7 @@ class RuntimeService(pb_grpc.RuntimeServiceServicer):
                 "config": json.dumps(dataclasses.asdict(self._config), sort_keys=True),
                 "versions": json.dumps(report.versions, sort_keys=True),
                 "cniConfig": report.network_config,
+                "pulls": json.dumps(self._pulls()),
             }
         return pb.StatusResponse(
             status=pb.RuntimeStatus(conditions=conditions),

@@ -11,3 +11,8 @@ BUILD_INFO = "model_agent_build_info"
 CRI_OPERATIONS_TOTAL = "model_agent_cri_operations_total"
 CRI_OPERATION_DURATION_SECONDS = "model_agent_cri_operation_duration_seconds"
 CRI_OPERATIONS_IN_FLIGHT = "model_agent_cri_operations_in_flight"
+
+IMAGE_PULL_BYTES_TOTAL = "model_agent_image_pull_bytes_total"
+IMAGE_PULL_DURATION_SECONDS = "model_agent_image_pull_duration_seconds"
+IMAGE_PULLS_IN_FLIGHT = "model_agent_image_pulls_in_flight"
+IMAGE_PULLS_TOTAL = "model_agent_image_pulls_total"

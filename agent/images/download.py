@@ -1,0 +1,264 @@
+"""Download one blob into its ingest, in parallel parts, resumably.
+
+The blob is split into fixed-size parts fetched with ``Range`` requests, up
+to the pull's connection limit at a time, each written at its offset. While
+parts arrive, :class:`Watermark` tracks how many bytes from the start are
+final so the unpack worker can decompress behind the download. A broken or
+stalled connection resumes its part where it stopped; parts finished before
+a crash are not fetched again. A registry without ``Range`` support gets one
+plain sequential request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+
+from agent.errors import AgentError, RegistryUnavailable, ResourceExhausted
+from agent.images.content import Ingest
+from agent.images.registry import Repository
+
+__all__ = ["Watermark", "download_blob"]
+
+_FLUSH_BYTES = 1 << 20
+_PART_ATTEMPTS = 5
+#: How far the watermark must move before the unpack worker is told.
+_NOTIFY_BYTES = 4 << 20
+
+
+class Watermark:
+    """How many leading bytes of a blob are final; observed by the unpacker."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.value = 0
+        self.finished = False
+        self._changed = asyncio.Event()
+        self._told = 0
+
+    def advance(self, value: int) -> None:
+        if value > self.value:
+            self.value = value
+            if value - self._told >= _NOTIFY_BYTES or value >= self.size:
+                self._told = value
+                self._changed.set()
+
+    def finish(self) -> None:
+        self.value = self.size
+        self.finished = True
+        self._changed.set()
+
+    async def updates(self) -> AsyncIterator[int]:
+        """Each new value until the blob is complete (then stops)."""
+        sent = -1
+        while True:
+            if self.value != sent:
+                sent = self.value
+                yield sent
+            if self.finished and sent >= self.size:
+                return
+            self._changed.clear()
+            if self.value == sent and not self.finished:
+                await self._changed.wait()
+
+
+class _Parts:
+    """Bytes written per part, to compute the contiguous watermark."""
+
+    def __init__(self, ingest: Ingest) -> None:
+        self.ingest = ingest
+        self.written = [0] * ingest.part_count
+        for index in ingest.done_parts:
+            start, end = ingest.part_range(index)
+            self.written[index] = end - start
+
+    def contiguous(self) -> int:
+        total = 0
+        for index, written in enumerate(self.written):
+            start, end = self.ingest.part_range(index)
+            total += written
+            if written < end - start:
+                break
+        return total
+
+
+class _RangeIgnored(Exception):
+    """The registry answered a Range request with the whole blob."""
+
+
+async def download_blob(
+    repo: Repository,
+    ingest: Ingest,
+    watermark: Watermark,
+    connections: asyncio.Semaphore,
+    parallel: int,
+    on_bytes: Callable[[int], None],
+) -> None:
+    """Fetch every part of ``ingest`` not yet done; ``watermark`` follows along."""
+    parts = _Parts(ingest)
+    watermark.advance(parts.contiguous())
+    pending = [i for i in range(ingest.part_count) if i not in ingest.done_parts]
+    fd = os.open(ingest.data_path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        if pending:
+            try:
+                await _fetch_parts(
+                    repo, ingest, pending, fd, parts, watermark, connections, parallel, on_bytes
+                )
+            except _RangeIgnored:
+                async with connections:
+                    await _fetch_whole(repo, ingest, fd, watermark, on_bytes)
+    finally:
+        os.close(fd)
+    watermark.finish()
+
+
+async def _fetch_parts(
+    repo: Repository,
+    ingest: Ingest,
+    pending: list[int],
+    fd: int,
+    parts: _Parts,
+    watermark: Watermark,
+    connections: asyncio.Semaphore,
+    parallel: int,
+    on_bytes: Callable[[int], None],
+) -> None:
+    queue = list(pending)
+
+    async def worker() -> None:
+        while queue:
+            index = queue.pop(0)
+            async with connections:
+                await _fetch_part(repo, ingest, index, fd, parts, watermark, on_bytes)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(len(pending), parallel)):
+                group.create_task(worker())
+    except* _RangeIgnored:
+        raise _RangeIgnored from None
+    except* AgentError as errors:
+        raise errors.exceptions[0] from None
+
+
+async def _fetch_part(
+    repo: Repository,
+    ingest: Ingest,
+    index: int,
+    fd: int,
+    parts: _Parts,
+    watermark: Watermark,
+    on_bytes: Callable[[int], None],
+) -> None:
+    start, end = ingest.part_range(index)
+
+    def on_written(count: int) -> None:
+        parts.written[index] += count
+        watermark.advance(parts.contiguous())
+
+    error = ""
+    for _ in range(_PART_ATTEMPTS):
+        offset = start + parts.written[index]
+        if offset >= end:
+            break
+        try:
+            async with repo.open_blob(ingest.digest, offset, end) as body:
+                if not body.ranged:
+                    raise _RangeIgnored
+                await _write_stream(body.chunks(), fd, offset, end, on_written, on_bytes)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            error = str(exc) or type(exc).__name__
+            continue  # resume this part after what was written
+    if start + parts.written[index] < end:
+        raise RegistryUnavailable(f"blob {ingest.digest}: download kept failing ({error})")
+    ingest.mark_done(index)
+
+
+async def _fetch_whole(
+    repo: Repository,
+    ingest: Ingest,
+    fd: int,
+    watermark: Watermark,
+    on_bytes: Callable[[int], None],
+) -> None:
+    """One sequential download, for registries that ignore ``Range``."""
+    position = 0
+
+    def on_written(count: int) -> None:
+        nonlocal position
+        position += count
+        watermark.advance(position)
+
+    error = ""
+    for _ in range(_PART_ATTEMPTS):
+        try:
+            async with repo.open_blob(ingest.digest, position, ingest.size) as body:
+                chunks = body.chunks() if body.ranged else _skip(body.chunks(), position)
+                await _write_stream(chunks, fd, position, ingest.size, on_written, on_bytes)
+            break
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            error = str(exc) or type(exc).__name__
+    if position < ingest.size:
+        raise RegistryUnavailable(f"blob {ingest.digest}: download kept failing ({error})")
+    for index in range(ingest.part_count):
+        ingest.mark_done(index)
+
+
+async def _skip(chunks: AsyncIterator[bytes], count: int) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        if count >= len(chunk):
+            count -= len(chunk)
+            continue
+        yield chunk[count:]
+        count = 0
+
+
+async def _write_stream(
+    chunks: AsyncIterator[bytes],
+    fd: int,
+    offset: int,
+    end: int,
+    on_written: Callable[[int], None],
+    on_bytes: Callable[[int], None],
+) -> None:
+    """Write ``chunks`` at ``offset``; what arrived is kept even if the stream breaks."""
+    buffer = bytearray()
+    position = offset
+
+    def flush() -> None:
+        nonlocal position
+        with memoryview(buffer) as whole:
+            view = whole
+            while view:
+                try:
+                    written = os.pwrite(fd, view, position)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise ResourceExhausted("no space left on device for the image") from None
+                    raise
+                view = view[written:]
+                position += written
+            view.release()
+        count = len(buffer)
+        buffer.clear()
+        on_written(count)
+
+    try:
+        async for chunk in chunks:
+            if position + len(buffer) + len(chunk) > end:
+                raise RegistryUnavailable("the registry sent more bytes than the blob has")
+            buffer += chunk
+            on_bytes(len(chunk))
+            if len(buffer) >= _FLUSH_BYTES:
+                flush()
+    finally:
+        with contextlib.suppress(OSError, ResourceExhausted):
+            flush()
+    if position < end:
+        raise aiohttp.ClientPayloadError(f"connection closed at byte {position} of {end}")

@@ -1,0 +1,475 @@
+"""Pull an image: resolve, fetch, unpack, record; fast, shared, never half-visible.
+
+    resolve ref -> manifest (an index picks the host platform) -> config
+      -> for each layer not yet unpacked (by chain id), concurrently:
+           download parts into the ingest  ||  unpack worker follows the watermark
+         -> verify both digests -> commit the snapshot
+      -> store manifest and config blobs -> record the image and its names (one transaction)
+
+Identical concurrent pulls (same reference and credentials) share one
+operation, and two pulls needing the same layer share its unpack. A pull that
+receives no bytes for ``pull_progress_timeout_seconds`` while downloading
+fails with ``DEADLINE_EXCEEDED`` (the kubelet sets no deadline of its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.config import ImageSection
+from agent.errors import AgentError, DeadlineExceeded, InvalidArgument, ResourceExhausted
+from agent.images.auth import Credentials
+from agent.images.content import ContentStore, DigestMismatch
+from agent.images.download import Watermark, download_blob
+from agent.images.manifest import (
+    INDEX_TYPES,
+    LAYER_TYPES,
+    MANIFEST_TYPES,
+    Descriptor,
+    ImageConfig,
+    Platform,
+    host_platform,
+    parse_config,
+    parse_index,
+    parse_manifest,
+    select_platform,
+)
+from agent.images.reference import Reference
+from agent.images.registry import RegistryClient, Repository
+from agent.images.snapshots import Snapshots, chain_ids
+from agent.images.store import ImageStore, SnapshotRecord
+from agent.images.unpack import disk_usage
+from agent.images.unpacker import UnpackJob, run_unpack
+from agent.metrics.images import PullMetrics
+
+__all__ = ["PullProgress", "Puller"]
+
+log = logging.getLogger(__name__)
+
+_MAX_CONFIG_BYTES = 16 << 20
+_MAX_INDEX_DEPTH = 3
+_PROGRESS_LOG_SECONDS = 10.0
+
+
+@dataclass
+class PullProgress:
+    image: str
+    started: float = field(default_factory=time.monotonic)
+    layers_total: int = 0
+    layers_done: int = 0
+    bytes_total: int = 0
+    bytes_done: int = 0
+    last_activity: float = field(default_factory=time.monotonic)
+    downloading: int = 0
+
+    def add_bytes(self, count: int) -> None:
+        self.bytes_done += count
+        self.last_activity = time.monotonic()
+
+    @contextlib.contextmanager
+    def network(self) -> Iterator[None]:
+        """Mark a phase that must keep receiving bytes (the stall watchdog runs)."""
+        self.downloading += 1
+        self.last_activity = time.monotonic()
+        try:
+            yield
+        finally:
+            self.downloading -= 1
+            self.last_activity = time.monotonic()
+
+    def stalled_for(self) -> float:
+        if self.downloading == 0:
+            return 0.0
+        return time.monotonic() - self.last_activity
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "seconds": round(time.monotonic() - self.started, 1),
+            "layersTotal": self.layers_total,
+            "layersDone": self.layers_done,
+            "bytesTotal": self.bytes_total,
+            "bytesDone": self.bytes_done,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    top_digest: str
+    manifest_digest: str
+    manifest_media_type: str
+    documents: dict[str, bytes]  # digest -> manifest/index bytes to keep
+    layers: tuple[Descriptor, ...]
+    config_descriptor: Descriptor
+
+
+class Puller:
+    def __init__(
+        self,
+        settings: ImageSection,
+        *,
+        content: ContentStore,
+        snapshots: Snapshots,
+        store: ImageStore,
+        client: RegistryClient,
+        metrics: PullMetrics,
+        platform: Platform | None = None,
+    ) -> None:
+        self._settings = settings
+        self._content = content
+        self._snapshots = snapshots
+        self._store = store
+        self._client = client
+        self._metrics = metrics
+        self._platform = platform or host_platform()
+        self._unpack_slots = asyncio.Semaphore(
+            settings.max_concurrent_unpacks or os.cpu_count() or 1
+        )
+        self._pulls: dict[tuple[str, str], asyncio.Task[str]] = {}
+        self._layers: dict[str, asyncio.Task[SnapshotRecord]] = {}
+        self._protected: collections.Counter[str] = collections.Counter()
+        self.progress: dict[tuple[str, str], PullProgress] = {}
+
+    @property
+    def protected_chain_ids(self) -> set[str]:
+        """Snapshots that in-flight pulls create or rely on: garbage collection skips them."""
+        return {chain for chain, count in self._protected.items() if count > 0}
+
+    async def close(self) -> None:
+        tasks = [*self._pulls.values(), *self._layers.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def pull(self, ref: Reference, credentials: Credentials | None) -> str:
+        """Pull ``ref``; returns the image id (config digest)."""
+        key = (str(ref), credentials.fingerprint() if credentials else "")
+        task = self._pulls.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._pull_watched(ref, credentials, key))
+            self._pulls[key] = task
+            task.add_done_callback(lambda _: self._pulls.pop(key, None))
+        else:
+            log.info("joining the pull of %s already in progress", ref)
+        # Callers share the operation: one caller going away does not cancel it.
+        return await asyncio.shield(task)
+
+    async def _pull_watched(
+        self, ref: Reference, credentials: Credentials | None, key: tuple[str, str]
+    ) -> str:
+        progress = PullProgress(str(ref))
+        self.progress[key] = progress
+        self._metrics.in_flight.inc()
+        started = time.monotonic()
+        result = "error"
+        work = asyncio.ensure_future(self._pull(ref, credentials, progress))
+        timeout = self._settings.pull_progress_timeout_seconds
+        last_log = time.monotonic()
+        try:
+            while True:
+                done, _ = await asyncio.wait({work}, timeout=min(1.0, timeout / 4))
+                if done:
+                    image_id = work.result()
+                    result = "success"
+                    return image_id
+                if progress.stalled_for() > timeout:
+                    work.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, AgentError):
+                        await work
+                    result = "stalled"
+                    raise DeadlineExceeded(
+                        f"pull of {ref} received no data for {timeout:g}s; giving up"
+                    )
+                if time.monotonic() - last_log > _PROGRESS_LOG_SECONDS:
+                    last_log = time.monotonic()
+                    log.info(
+                        "pulling %s: %d/%d layers, %.1f/%.1f MB",
+                        ref,
+                        progress.layers_done,
+                        progress.layers_total,
+                        progress.bytes_done / 1e6,
+                        progress.bytes_total / 1e6,
+                    )
+        finally:
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(BaseException):
+                    await work
+            self.progress.pop(key, None)
+            self._metrics.in_flight.dec()
+            self._metrics.pulls.labels(result).inc()
+            if result == "success":
+                self._metrics.duration.observe(time.monotonic() - started)
+
+    async def _pull(
+        self, ref: Reference, credentials: Credentials | None, progress: PullProgress
+    ) -> str:
+        repo = self._client.repository(ref, credentials)
+        with progress.network():
+            resolved = await self._resolve(repo, ref)
+            config_bytes = await repo.get_blob(
+                resolved.config_descriptor.digest, resolved.config_descriptor.size
+            )
+        config = parse_config(config_bytes)
+        if len(config.diff_ids) != len(resolved.layers):
+            raise InvalidArgument(
+                f"{ref}: the manifest has {len(resolved.layers)} layers but the config "
+                f"{len(config.diff_ids)} diff_ids"
+            )
+        chains = chain_ids(config.diff_ids)
+        # Protect before checking, with no await between: GC runs on this loop too.
+        self._protected.update(chains)
+        try:
+            return await self._pull_layers(
+                ref, repo, resolved, config, config_bytes, chains, progress
+            )
+        finally:
+            self._protected.subtract(chains)
+            self._protected += collections.Counter()  # drop zero counts
+
+    async def _pull_layers(
+        self,
+        ref: Reference,
+        repo: Repository,
+        resolved: _Resolved,
+        config: ImageConfig,
+        config_bytes: bytes,
+        chains: list[str],
+        progress: PullProgress,
+    ) -> str:
+        missing = [i for i, chain in enumerate(chains) if not self._have_snapshot(chain)]
+        progress.layers_total = len(chains)
+        progress.layers_done = len(chains) - len(missing)
+        progress.bytes_total = sum(resolved.layers[i].size for i in missing)
+        log.info(
+            "pulling %s (%s): %d layers, %d to fetch, %.1f MB",
+            ref,
+            resolved.manifest_digest,
+            len(chains),
+            len(missing),
+            progress.bytes_total / 1e6,
+        )
+        connections = asyncio.Semaphore(self._settings.max_concurrent_downloads)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for i in missing:
+                    group.create_task(
+                        self._layer(
+                            repo,
+                            resolved.layers[i],
+                            config.diff_ids[i],
+                            chains[i],
+                            connections,
+                            progress,
+                        )
+                    )
+        except* AgentError as errors:
+            raise errors.exceptions[0] from None
+        image_id = resolved.config_descriptor.digest
+        for digest, data in {**resolved.documents, image_id: config_bytes}.items():
+            self._content.write(digest, data)
+        self._store.save_image(
+            image_id=image_id,
+            manifest_digest=resolved.manifest_digest,
+            manifest_media_type=resolved.manifest_media_type,
+            config=config.raw,
+            size_bytes=self._image_size(chains),
+            layers=chains,
+            blobs=[*resolved.documents, image_id],
+            names=self._names(ref, resolved.top_digest),
+        )
+        log.info("pulled %s as %s in %.1fs", ref, image_id, time.monotonic() - progress.started)
+        return image_id
+
+    def _names(self, ref: Reference, top_digest: str) -> list[str]:
+        names = [f"{ref.name}@{top_digest}"]
+        if ref.tag:
+            names.append(str(ref))
+        return names
+
+    def _image_size(self, chains: list[str]) -> int:
+        total = 0
+        for chain in chains:
+            snapshot = self._store.snapshot(chain)
+            if snapshot is not None:
+                total += snapshot.size_bytes
+        return total
+
+    def _have_snapshot(self, chain_id: str) -> bool:
+        snapshot = self._store.snapshot(chain_id)
+        return snapshot is not None and os.path.isdir(self._snapshots.fs_path(snapshot.name))
+
+    async def _resolve(self, repo: Repository, ref: Reference) -> _Resolved:
+        body, media_type, digest = await repo.get_manifest(ref.object)
+        top_digest = digest
+        documents = {digest: body}
+        for _ in range(_MAX_INDEX_DEPTH):
+            if media_type not in INDEX_TYPES:
+                break
+            choice = select_platform(parse_index(body, media_type), self._platform)
+            body, media_type, digest = await repo.get_manifest(choice.digest)
+            documents[digest] = body
+        if media_type not in MANIFEST_TYPES:
+            if media_type in INDEX_TYPES:
+                raise InvalidArgument(f"{ref}: image indexes nested too deeply")
+            raise InvalidArgument(f"{ref}: unsupported manifest media type '{media_type}'")
+        manifest = parse_manifest(body, media_type)
+        if manifest.config.size > _MAX_CONFIG_BYTES:
+            raise InvalidArgument(f"{ref}: image config of {manifest.config.size} bytes is too big")
+        return _Resolved(
+            top_digest, digest, media_type, documents, manifest.layers, manifest.config
+        )
+
+    async def _layer(
+        self,
+        repo: Repository,
+        descriptor: Descriptor,
+        diff_id: str,
+        chain_id: str,
+        connections: asyncio.Semaphore,
+        progress: PullProgress,
+    ) -> SnapshotRecord:
+        """The snapshot for ``chain_id``, unpacking it unless another pull already is."""
+        while True:
+            shared = self._layers.get(chain_id)
+            if shared is None:
+                task = asyncio.ensure_future(
+                    self._unpack_layer(repo, descriptor, diff_id, chain_id, connections, progress)
+                )
+                self._layers[chain_id] = task
+                task.add_done_callback(lambda _: self._layers.pop(chain_id, None))
+                try:
+                    return await task
+                finally:
+                    if not task.done():
+                        task.cancel()
+            try:
+                record = await asyncio.shield(shared)
+            except asyncio.CancelledError:
+                if shared.cancelled() and not _current_task_cancelling():
+                    continue  # its owner gave up; do it ourselves
+                raise
+            progress.layers_done += 1
+            return record
+
+    async def _unpack_layer(
+        self,
+        repo: Repository,
+        descriptor: Descriptor,
+        diff_id: str,
+        chain_id: str,
+        connections: asyncio.Semaphore,
+        progress: PullProgress,
+    ) -> SnapshotRecord:
+        compression = LAYER_TYPES[descriptor.media_type]
+        part_size = self._settings.download_part_mb << 20
+        ingest = self._content.open_ingest(descriptor.digest, descriptor.size, part_size)
+        temporary = self._snapshots.prepare()
+        watermark = Watermark(descriptor.size)
+        job = UnpackJob(
+            blob_path=ingest.data_path,
+            blob_size=descriptor.size,
+            blob_digest=descriptor.digest,
+            diff_id=diff_id,
+            compression=compression,
+            dest=os.path.join(temporary, "fs"),
+        )
+
+        def on_bytes(count: int) -> None:
+            progress.add_bytes(count)
+            self._metrics.bytes_pulled.inc(count)
+
+        async def fetch() -> None:
+            with progress.network():
+                await download_blob(
+                    repo,
+                    ingest,
+                    watermark,
+                    connections,
+                    self._settings.max_concurrent_downloads,
+                    on_bytes,
+                )
+
+        async def unpack() -> None:
+            async with self._unpack_slots:
+                result = await run_unpack(job, watermark)
+            if not result.ok:
+                raise _unpack_error(descriptor.digest, result.kind, result.error)
+            for warning in result.warnings:
+                log.warning("layer %s: %s", descriptor.digest, warning)
+
+        committed = False
+        try:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(fetch())
+                    group.create_task(unpack())
+            except* AgentError as errors:
+                raise errors.exceptions[0] from None
+            size, inodes = await asyncio.to_thread(disk_usage, os.path.join(temporary, "fs"))
+            name = self._snapshots.commit(temporary, chain_id)
+            committed = True
+            record = SnapshotRecord(chain_id, name, diff_id, size, inodes)
+            self._store.add_snapshot(record)
+        except _UnpackFailed as exc:
+            if exc.kind != "download":
+                self._content.abort_ingest(descriptor.digest)  # never resume from bad bytes
+            raise
+        finally:
+            if not committed:
+                self._snapshots.discard(temporary)
+        if self._settings.discard_unpacked_layers:
+            self._content.abort_ingest(descriptor.digest)
+        else:
+            self._content.commit_ingest(ingest)
+        progress.layers_done += 1
+        log.info(
+            "layer %s unpacked (%d/%d)",
+            descriptor.digest,
+            progress.layers_done,
+            progress.layers_total,
+        )
+        return record
+
+
+class _UnpackFailed(AgentError):
+    """The unpack worker refused a layer; ``kind`` says why (see ``unpack_worker``)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class _CorruptBlob(_UnpackFailed, DigestMismatch):
+    pass
+
+
+class _UnsafeLayer(_UnpackFailed, InvalidArgument):
+    pass
+
+
+class _NoSpace(_UnpackFailed, ResourceExhausted):
+    pass
+
+
+def _unpack_error(digest: str, kind: str, error: str) -> _UnpackFailed:
+    if kind in ("digest", "diff_id"):
+        return _CorruptBlob(kind, f"layer {digest} failed verification: {error}")
+    if kind == "space":
+        return _NoSpace(kind, f"layer {digest}: {error}")
+    if kind == "layer":
+        return _UnsafeLayer(kind, f"layer {digest} cannot be unpacked: {error}")
+    return _UnpackFailed(kind, f"layer {digest}: {error}")
+
+
+def _current_task_cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -1,0 +1,246 @@
+"""The unpack worker: ``python -m agent.images.unpack_worker``, one process per layer.
+
+Decompressing and extracting a multi-GB layer is CPU work that would stall
+the event loop and, in threads of the agent, fight over its GIL; a process
+per layer lets layers unpack in parallel and lets the agent kill one that must
+stop. Inside, three stages overlap in threads (hashing, decompression and
+file writes all release the GIL):
+
+    read blob file + sha256  ->  decompress + sha256  ->  tar extraction (main thread)
+
+Protocol (pipes, so the worker can start while the blob is still downloading):
+
+* stdin line 1: a JSON job ``{blob_path, blob_size, blob_digest, diff_id,
+  compression, dest}``; then one line per update with the number of bytes
+  of the blob file that are final (the parent's download watermark); stdin
+  closing before ``blob_size`` bytes are final means the download failed.
+* stdout: one JSON line, ``{"ok": true, "entries", "warnings"}`` or
+  ``{"ok": false, "kind", "error"}``.
+
+The worker verifies both digests itself: the compressed bytes against the
+blob digest and the uncompressed stream against the config's diff_id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import queue
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import IO, Any, BinaryIO, cast
+
+from agent.images.unpack import LayerError, apply_layer
+
+_CHUNK = 1 << 20
+_QUEUE_DEPTH = 16
+
+
+class DownloadEnded(Exception):
+    """The parent closed the watermark pipe before the blob was complete."""
+
+
+class _Stop(Exception):
+    """The consumer went away; a producer thread ends quietly."""
+
+
+def read_blob(path: str, size: int, watermarks: IO[bytes]) -> Iterator[bytes]:
+    """The blob's bytes in order, waiting for the download watermark to pass them."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        position = available = 0
+        while position < size:
+            while position >= available:
+                line = watermarks.readline()
+                if not line:
+                    raise DownloadEnded(f"download stopped at {available} of {size} bytes")
+                available = min(size, int(line))
+            data = os.pread(fd, min(available - position, 4 * _CHUNK), position)
+            if not data:
+                raise DownloadEnded(f"blob file is shorter than its watermark ({position})")
+            position += len(data)
+            yield data
+    finally:
+        os.close(fd)
+
+
+class ChunkPipe:
+    """A bounded queue of byte chunks between two threads, read like a file."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(_QUEUE_DEPTH)
+        self._buffer = memoryview(b"")
+        self._closed = threading.Event()
+        self._eof = False
+
+    # producer side
+    def put(self, item: bytes | BaseException | None) -> None:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+        raise _Stop
+
+    # consumer side
+    def read(self, n: int = -1) -> bytes:
+        while not self._buffer and not self._eof:
+            item = self._queue.get()
+            if item is None:
+                self._eof = True
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                self._buffer = memoryview(item)
+        if n < 0 or n >= len(self._buffer):
+            data, self._buffer = bytes(self._buffer), memoryview(b"")
+        else:
+            data, self._buffer = bytes(self._buffer[:n]), self._buffer[n:]
+        return data
+
+    def readinto(self, target: Any) -> int:
+        data = self.read(len(target))
+        target[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+def _stage(target: Callable[[], None]) -> threading.Thread:
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread
+
+
+def _decompressor(source: ChunkPipe, compression: str) -> Any:
+    if compression == "gzip":
+        from isal import igzip
+
+        return igzip.IGzipFile(fileobj=source, mode="rb")  # type: ignore[no-untyped-call]
+    if compression == "zstd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(
+            cast(IO[bytes], source), read_size=_CHUNK, read_across_frames=True
+        )
+    return source
+
+
+class Pipeline:
+    """The three stages; exposes the tar stream and, at the end, both digests."""
+
+    def __init__(self, job: dict[str, Any], watermarks: IO[bytes]) -> None:
+        self._job = job
+        self._watermarks = watermarks
+        self.compressed = ChunkPipe()
+        self.tar = ChunkPipe()
+        self.blob_digest = hashlib.sha256()
+        self.diff_digest = hashlib.sha256()
+        self.blob_bytes = 0
+        compression = job["compression"]
+        if compression not in ("gzip", "zstd", ""):
+            raise LayerError(f"unsupported compression '{compression}'")
+        self._threads = [_stage(self._read), _stage(self._decompress)]
+
+    def _read(self) -> None:
+        try:
+            job = self._job
+            for chunk in read_blob(job["blob_path"], int(job["blob_size"]), self._watermarks):
+                self.blob_digest.update(chunk)
+                self.blob_bytes += len(chunk)
+                self.compressed.put(chunk)
+            self.compressed.put(None)
+        except _Stop:
+            pass
+        except BaseException as exc:
+            with contextlib.suppress(_Stop):
+                self.compressed.put(exc)
+
+    def _decompress(self) -> None:
+        try:
+            stream = _decompressor(self.compressed, self._job["compression"])
+            while True:
+                chunk = stream.read(_CHUNK)
+                if not chunk:
+                    break
+                self.diff_digest.update(chunk)
+                self.tar.put(chunk)
+            self.tar.put(None)
+        except _Stop:
+            pass
+        except BaseException as exc:
+            with contextlib.suppress(_Stop):
+                self.tar.put(exc)
+
+    def drain(self) -> None:
+        """Consume what the tar reader left (the diff_id covers trailing padding too)."""
+        while self.tar.read(_CHUNK):
+            pass
+
+    def close(self) -> None:
+        self.tar.close()
+        self.compressed.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+
+def unpack(job: dict[str, Any], watermarks: IO[bytes]) -> dict[str, Any]:
+    try:
+        pipeline = Pipeline(job, watermarks)
+    except LayerError as exc:
+        return _failure("layer", str(exc))
+    try:
+        stats = apply_layer(pipeline.tar, job["dest"])  # type: ignore[arg-type]
+        pipeline.drain()
+    except DownloadEnded as exc:
+        return _failure("download", str(exc))
+    except LayerError as exc:
+        return _failure("layer", str(exc))
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return _failure("space", "no space left on device")
+        if exc.errno is None:  # gzip.BadGzipFile and friends: corrupt input
+            return _failure("layer", f"corrupt compressed layer: {exc}")
+        return _failure("layer", f"{exc.filename or ''}: {exc.strerror}")
+    except Exception as exc:  # decompressors raise their own types for corrupt input
+        return _failure("layer", f"corrupt compressed layer: {type(exc).__name__}: {exc}")
+    finally:
+        pipeline.close()
+    size = int(job["blob_size"])
+    if pipeline.blob_bytes != size:
+        return _failure("layer", "the compressed stream ended before the end of the blob")
+    blob_digest = "sha256:" + pipeline.blob_digest.hexdigest()
+    if blob_digest != job["blob_digest"]:
+        return _failure("digest", f"blob {job['blob_digest']} has digest {blob_digest}")
+    diff_id = "sha256:" + pipeline.diff_digest.hexdigest()
+    if diff_id != job["diff_id"]:
+        return _failure(
+            "diff_id",
+            f"uncompressed layer has digest {diff_id}, the image config says {job['diff_id']}",
+        )
+    return {"ok": True, "entries": stats.entries, "warnings": stats.warnings[:50]}
+
+
+def _failure(kind: str, error: str) -> dict[str, Any]:
+    return {"ok": False, "kind": kind, "error": error}
+
+
+def main(stdin: BinaryIO = sys.stdin.buffer, stdout: IO[str] = sys.stdout) -> int:
+    job = json.loads(stdin.readline())
+    result = unpack(job, stdin)
+    stdout.write(json.dumps(result) + "\n")
+    stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
