@@ -17,17 +17,18 @@ This module runs inside the unpack worker process, never on the event loop.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import posixpath
 import shutil
 import stat
 import tarfile
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Protocol, cast
+from typing import Any, cast
 
 from agent.errors import InvalidArgument
 
-__all__ = ["LayerError", "LayerStats", "apply_layer", "disk_usage"]
+__all__ = ["LayerError", "LayerStats", "TarSource", "apply_layer", "disk_usage"]
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -35,10 +36,6 @@ _MAX_SYMLINK_HOPS = 40
 _COPY_CHUNK = 1 << 20
 #: xattrs a layer may not set: they would steer overlayfs, not describe a file.
 _FORBIDDEN_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
-
-
-class _Readable(Protocol):
-    def read(self, n: int, /) -> bytes: ...
 
 
 def _sparse_map(member: tarfile.TarInfo) -> list[tuple[int, int]]:
@@ -83,9 +80,31 @@ class _Root:
 
     def __init__(self, root: str) -> None:
         self.root = os.path.realpath(root)
+        #: resolved directories; valid until a symlink appears or a directory goes
+        self._dirs: dict[str, str] = {}
+
+    def forget(self) -> None:
+        """Drop cached resolutions (a symlink or directory changed)."""
+        self._dirs.clear()
+
+    def remove(self, path: str) -> None:
+        """Remove what an earlier entry put at ``path`` (a directory with its contents)."""
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path)
+            self.forget()
+        else:
+            os.unlink(path)
 
     def resolve_dir(self, rel: str, *, create: bool) -> str:
         """The real directory for ``rel`` (following symlinks inside the root)."""
+        cached = self._dirs.get(rel)
+        if cached is not None:
+            return cached
+        resolved = self._resolve_dir(rel, create=create)
+        self._dirs[rel] = resolved
+        return resolved
+
+    def _resolve_dir(self, rel: str, *, create: bool) -> str:
         current = self.root
         hops = 0
         pending = [p for p in rel.split("/") if p not in ("", ".")]
@@ -128,14 +147,6 @@ class _Root:
         return os.path.join(self.resolve_dir(parent, create=create_parents), base)
 
 
-def _remove(path: str) -> None:
-    st = os.lstat(path)
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
-
-
 def _set_xattrs(path: str, member: tarfile.TarInfo, stats: LayerStats) -> None:
     for key, value in member.pax_headers.items():
         if not key.startswith("SCHILY.xattr."):
@@ -154,62 +165,117 @@ def _set_xattrs(path: str, member: tarfile.TarInfo, stats: LayerStats) -> None:
                 raise
 
 
-def _write_file(path: str, member: tarfile.TarInfo, data: _Readable) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+def _create_file(tree: _Root, path: str, mode: int) -> int:
+    """An fd for a new file at ``path``, replacing whatever a previous entry left there."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        if member.sparse:
-            # Only the data regions are in the archive; seek over the holes.
-            for offset, length in _sparse_map(member):
-                _copy(data, fd, length, offset)
-            os.ftruncate(fd, member.size)
-        else:
-            _copy(data, fd, member.size, 0)
-    finally:
-        os.close(fd)
+        return os.open(path, flags, mode)
+    except FileExistsError:
+        tree.remove(path)
+        return os.open(path, flags, mode)
 
 
-def _copy(src: _Readable, fd: int, length: int, offset: int) -> None:
+def _copy(src: _MemberData, fd: int, length: int, offset: int) -> None:
     remaining = length
     while remaining:
-        chunk = src.read(min(_COPY_CHUNK, remaining))
-        if not chunk:
+        view = src.read_view(min(_COPY_CHUNK, remaining))
+        if not view:
             raise LayerError("layer ends in the middle of a file")
-        view = memoryview(chunk)
+        remaining -= len(view)
         while view:
             written = os.pwrite(fd, view, offset)
             view = view[written:]
             offset += written
-        remaining -= len(chunk)
 
 
 class _MemberData:
-    """Reads a member's raw data straight from the stream (no extra copy).
+    """A member's stored bytes, read as views of the stream's buffer (no copy).
 
     Sparse members store only their data regions, back to back; the caller
     asks for them in order, so reading sequentially is right.
     """
 
-    def __init__(self, stream: Any, size: int) -> None:
-        self._stream = stream
+    def __init__(self, source: TarSource, size: int) -> None:
+        self._source = source
         self._left = size
 
-    def read(self, n: int) -> bytes:
+    def read_view(self, n: int) -> memoryview:
         n = min(n, self._left)
         if n <= 0:
-            return b""
-        data: bytes = self._stream.read(n)
-        self._left -= len(data)
-        return data
+            return memoryview(b"")
+        view = self._source.read_view(n)
+        self._left -= len(view)
+        return view
 
 
-def apply_layer(tar_stream: BinaryIO, root: str) -> LayerStats:
-    """Extract the (uncompressed) tar read from ``tar_stream`` into ``root``."""
+class TarSource:
+    """An uncompressed tar stream for ``tarfile``'s plain (seekable) mode.
+
+    ``tarfile``'s streaming mode re-joins its buffer on every read; here reads
+    slice the producer's chunks, ``seek`` only moves forward (skipping bytes),
+    and file data can be taken as views without copying.
+    """
+
+    def __init__(self, read_chunk: Any) -> None:
+        self._read_chunk = read_chunk  # () -> bytes, b"" at the end
+        self._chunk = memoryview(b"")
+        self._position = 0
+        self._eof = False
+
+    def _fill(self) -> bool:
+        while not self._chunk:
+            if self._eof:
+                return False
+            data = self._read_chunk()
+            if not data:
+                self._eof = True
+                return False
+            self._chunk = memoryview(data)
+        return True
+
+    def read_view(self, n: int) -> memoryview:
+        if n <= 0 or not self._fill():
+            return memoryview(b"")
+        view, self._chunk = self._chunk[:n], self._chunk[n:]
+        self._position += len(view)
+        return view
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            n = 1 << 62
+        parts = []
+        while n > 0:
+            view = self.read_view(n)
+            if not view:
+                break
+            parts.append(view)
+            n -= len(view)
+        return b"".join(parts)
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        target = offset if whence == 0 else self._position + offset
+        if whence not in (0, 1) or target < self._position:
+            raise io.UnsupportedOperation("a layer stream only moves forward")
+        while self._position < target and self.read_view(target - self._position):
+            pass
+        return self._position
+
+
+def apply_layer(source: TarSource, root: str) -> LayerStats:
+    """Extract the (uncompressed) tar read from ``source`` into ``root``.
+
+    Files are created with their final permission bits, so the process must
+    run with umask 0 (the unpack worker does).
+    """
     stats = LayerStats()
     tree = _Root(root)
     opaque_dirs: list[str] = []
     dir_times: list[tuple[str, int]] = []
     try:
-        archive = tarfile.open(fileobj=tar_stream, mode="r|", bufsize=1 << 20)  # noqa: SIM115
+        archive = tarfile.TarFile(fileobj=source, mode="r")  # type: ignore[arg-type]
     except tarfile.ReadError as exc:
         raise LayerError(f"not a tar archive: {exc}") from None
     with archive:
@@ -248,62 +314,95 @@ def _apply_member(
         return
     # "./" carries the root directory's own metadata.
     path = tree.root if rel == "." else tree.entry(rel)
-    try:
-        existing = os.lstat(path)
-    except FileNotFoundError:
-        existing = None
-    if (
-        existing is not None
-        and rel != "."
-        and not (member.isdir() and stat.S_ISDIR(existing.st_mode))
-    ):
-        _remove(path)  # a later entry for the same path replaces the earlier one
-
     mode = member.mode & 0o7777
     mtime_ns = int(member.mtime) * 1_000_000_000
+    owned = member.uid != 0 or member.gid != 0  # new files already belong to root
+    if member.isreg():
+        fd = _create_file(tree, path, mode & 0o777)
+        try:
+            source = cast(TarSource, archive.fileobj)
+            if source.tell() < member.offset_data:
+                source.seek(member.offset_data)
+            data = _MemberData(source, _stored_size(member))
+            if member.sparse:
+                for offset, length in _sparse_map(member):
+                    _copy(data, fd, length, offset)  # holes stay holes
+                os.ftruncate(fd, member.size)
+            else:
+                _copy(data, fd, member.size, 0)
+            if owned:
+                os.fchown(fd, member.uid, member.gid)
+            if mode & 0o7000:
+                os.fchmod(fd, mode)  # after chown, which clears set-id bits
+            if member.pax_headers:
+                _set_xattrs(path, member, stats)
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+        finally:
+            os.close(fd)
+        return
     if member.isdir():
-        if not os.path.lexists(path):
-            os.mkdir(path, 0o700)
+        if rel != ".":
+            try:
+                os.mkdir(path, mode & 0o777)
+            except FileExistsError:
+                if stat.S_ISDIR(os.lstat(path).st_mode):
+                    os.chmod(path, mode & 0o777)  # made earlier as a parent, or repeated
+                else:
+                    tree.remove(path)
+                    os.mkdir(path, mode & 0o777)
         dir_times.append((path, mtime_ns))
-    elif member.isreg():
-        assert archive.fileobj is not None
-        _write_file(path, member, _MemberData(archive.fileobj, _stored_size(member)))
     elif member.issym():
-        os.symlink(member.linkname, path)
+        _replace(tree, path, lambda: os.symlink(member.linkname, path))
+        tree.forget()  # directories below this name now resolve elsewhere
     elif member.islnk():
         target_rel = _clean(member.linkname, "hardlink target")
         if target_rel == ".":
             raise LayerError(f"hardlink '{member.name}' points at the layer root")
-        target = tree.entry(target_rel, create_parents=False)
         try:
+            target = tree.entry(target_rel, create_parents=False)
             target_st = os.lstat(target)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise LayerError(
                 f"hardlink '{member.name}' points at '{member.linkname}', not in this layer"
             ) from None
         if stat.S_ISDIR(target_st.st_mode):
             raise LayerError(f"hardlink '{member.name}' points at a directory")
-        os.link(target, path, follow_symlinks=False)
+        if target != path:
+            _replace(tree, path, lambda: os.link(target, path, follow_symlinks=False))
         return  # the link shares the target's inode and metadata
     elif member.ischr() or member.isblk():
         kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+        device = os.makedev(member.devmajor, member.devminor)
         try:
-            os.mknod(path, kind | mode, os.makedev(member.devmajor, member.devminor))
+            _replace(tree, path, lambda: os.mknod(path, kind | (mode & 0o777), device))
         except PermissionError:
             stats.warnings.append(f"{member.name}: device node not created (not permitted)")
             return
     elif member.isfifo():
-        os.mkfifo(path, mode)
+        _replace(tree, path, lambda: os.mkfifo(path, mode & 0o777))
     else:
         stats.warnings.append(f"{member.name}: unsupported tar entry type {member.type!r} skipped")
         return
 
-    os.chown(path, member.uid, member.gid, follow_symlinks=False)
-    if not member.issym():
-        os.chmod(path, mode)  # after chown, which clears set-id bits
-    _set_xattrs(path, member, stats)
+    if owned:
+        os.chown(path, member.uid, member.gid, follow_symlinks=False)
+    if mode & 0o7000 and not member.issym():
+        os.chmod(path, mode)
+    if member.pax_headers:
+        _set_xattrs(path, member, stats)
     if not member.isdir():
         os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+    elif rel == ".":
+        os.chmod(path, mode)
+
+
+def _replace(tree: _Root, path: str, create: Any) -> None:
+    """Run ``create()``; if ``path`` exists (an earlier entry), remove it and retry."""
+    try:
+        create()
+    except FileExistsError:
+        tree.remove(path)
+        create()
 
 
 def _stored_size(member: tarfile.TarInfo) -> int:
@@ -324,10 +423,12 @@ def _whiteout(
     if hidden in ("", ".", "..") or hidden.startswith(WHITEOUT_PREFIX):
         raise LayerError(f"whiteout '{member.name}' names an invalid entry")
     path = os.path.join(tree.resolve_dir(parent, create=True), hidden)
-    if os.path.lexists(path):
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+    except FileExistsError:
         return  # whiteouts hide lower layers only; this layer's own entry stays
-    os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
-    os.chown(path, member.uid, member.gid, follow_symlinks=False)
+    if member.uid or member.gid:
+        os.chown(path, member.uid, member.gid, follow_symlinks=False)
 
 
 def disk_usage(root: str) -> tuple[int, int]:

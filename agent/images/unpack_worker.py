@@ -34,7 +34,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import IO, Any, BinaryIO, cast
 
-from agent.images.unpack import LayerError, apply_layer
+from agent.images.unpack import LayerError, TarSource, apply_layer
 
 _CHUNK = 1 << 20
 _QUEUE_DEPTH = 16
@@ -88,7 +88,22 @@ class ChunkPipe:
         raise _Stop
 
     # consumer side
-    def read(self, n: int = -1) -> bytes:
+    def next_chunk(self) -> bytes:
+        """The next whole chunk (b"" at the end); what ``read`` had buffered comes first."""
+        if self._buffer:
+            data, self._buffer = bytes(self._buffer), memoryview(b"")
+            return data
+        if self._eof:
+            return b""
+        item = self._queue.get()
+        if item is None:
+            self._eof = True
+            return b""
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def _fill(self) -> bool:
         while not self._buffer and not self._eof:
             item = self._queue.get()
             if item is None:
@@ -97,6 +112,11 @@ class ChunkPipe:
                 raise item
             else:
                 self._buffer = memoryview(item)
+        return bool(self._buffer)
+
+    def read(self, n: int = -1) -> bytes:
+        if not self._fill():
+            return b""
         if n < 0 or n >= len(self._buffer):
             data, self._buffer = bytes(self._buffer), memoryview(b"")
         else:
@@ -104,9 +124,13 @@ class ChunkPipe:
         return data
 
     def readinto(self, target: Any) -> int:
-        data = self.read(len(target))
-        target[: len(data)] = data
-        return len(data)
+        """Copy straight into the reader's buffer (one copy, no temporary bytes)."""
+        if not self._fill():
+            return 0
+        n = min(len(target), len(self._buffer))
+        target[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        return n
 
     def readable(self) -> bool:
         return True
@@ -199,7 +223,7 @@ def unpack(job: dict[str, Any], watermarks: IO[bytes]) -> dict[str, Any]:
     except LayerError as exc:
         return _failure("layer", str(exc))
     try:
-        stats = apply_layer(pipeline.tar, job["dest"])  # type: ignore[arg-type]
+        stats = apply_layer(TarSource(pipeline.tar.next_chunk), job["dest"])
         pipeline.drain()
     except DownloadEnded as exc:
         return _failure("download", str(exc))
@@ -234,7 +258,19 @@ def _failure(kind: str, error: str) -> dict[str, Any]:
     return {"ok": False, "kind": kind, "error": error}
 
 
+def _die_with_parent() -> None:
+    """Ask the kernel to kill us if the agent dies (a killed agent leaves no workers)."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def main(stdin: BinaryIO = sys.stdin.buffer, stdout: IO[str] = sys.stdout) -> int:
+    _die_with_parent()
+    os.umask(0)  # files are created with the layer's own permission bits
     job = json.loads(stdin.readline())
     result = unpack(job, stdin)
     stdout.write(json.dumps(result) + "\n")
