@@ -22,6 +22,8 @@ from google.protobuf.message import Message
 
 from agent.api.cri.runtime.v1 import api_pb2 as pb
 from agent.ctl.client import CriClient
+from agent.errors import InvalidArgument
+from agent.images import reference
 
 __all__ = ["add_parser", "run"]
 
@@ -220,12 +222,51 @@ async def _pull(cri: CriClient, args: argparse.Namespace) -> int:
     if auth is not None:
         req.auth.CopyFrom(auth)
     # A pull has no deadline (as from the kubelet); the agent fails stalled pulls itself.
-    resp = await cri.images.PullImage(req, timeout=None)
+    pulling = asyncio.ensure_future(cri.images.PullImage(req, timeout=None))
+    if sys.stderr.isatty() and args.output != "json":
+        await _show_progress(cri, args.image, pulling)
+    resp = await pulling
     if args.output == "json":
         _print_json(resp)
     else:
         print(f"Image is up to date for {resp.image_ref}")
     return 0
+
+
+async def _show_progress(cri: CriClient, image: str, pulling: asyncio.Future[Any]) -> None:
+    """Draw a progress bar from the agent's in-flight pulls (Status verbose ``pulls``).
+
+    The CRI has no progress channel; the agent publishes each pull's bytes and
+    layers in its verbose status, which this polls until the pull returns.
+    """
+    try:
+        wanted = str(reference.parse(image))
+    except InvalidArgument:
+        return  # the pull itself will report the bad reference
+    drawn = False
+    while not pulling.done():
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            status = await cri.runtime.Status(pb.StatusRequest(verbose=True), timeout=5)
+            for pull in json.loads(status.info.get("pulls", "[]")):
+                if pull.get("image") == wanted:
+                    sys.stderr.write("\r" + progress_line(pull))
+                    sys.stderr.flush()
+                    drawn = True
+        await asyncio.wait({pulling}, timeout=0.5)
+    if drawn:
+        sys.stderr.write("\n")
+
+
+def progress_line(pull: dict[str, Any], width: int = 30) -> str:
+    """``image [#####.....]  45%  1.2/3.1 GB  2/5 layers``."""
+    total, done = int(pull.get("bytesTotal", 0)), int(pull.get("bytesDone", 0))
+    fraction = min(1.0, done / total) if total else 0.0
+    bar = "#" * int(fraction * width) + "." * (width - int(fraction * width))
+    return (
+        f"{pull.get('image', '')} [{bar}] {fraction * 100:3.0f}%  "
+        f"{done / 1e9:.2f}/{total / 1e9:.2f} GB  "
+        f"{pull.get('layersDone', 0)}/{pull.get('layersTotal', 0)} layers"
+    )
 
 
 async def _rmi(cri: CriClient, args: argparse.Namespace) -> int:
