@@ -145,3 +145,27 @@ def test_config_command_prints_effective_toml(short_dir):
 def test_version_command():
     result = subprocess.run([*AGENT, "version"], text=True, capture_output=True, timeout=60)
     assert result.stdout.strip() == "model-agent 0.1.0"
+
+
+def test_ctl_image_verbs(short_dir, registry, pusher):
+    from tests.support.images import busybox_image
+
+    image = busybox_image()
+    pusher.push_image("cli/busybox", image, tag="v1")
+    ref = f"{registry.host}/cli/busybox:v1"
+    with serving(short_dir) as proc:
+        pulled = ctl(short_dir, "pull", ref)
+        assert pulled.returncode == 0, pulled.stderr
+        assert f"Image is up to date for {image.config_digest}" in pulled.stdout
+        listed = ctl(short_dir, "images")
+        assert f"{registry.host}/cli/busybox" in listed.stdout
+        assert image.config_digest[7:20] in listed.stdout
+        inspected = ctl(short_dir, "inspecti", ref)
+        doc = json.loads(inspected.stdout)
+        assert doc["image"]["id"] == image.config_digest
+        assert ctl(short_dir, "rmi", ref).returncode == 0
+        missing = ctl(short_dir, "inspecti", ref)
+        assert missing.returncode == 1
+        assert "no such image" in missing.stderr
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0

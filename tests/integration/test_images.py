@@ -672,3 +672,60 @@ async def test_pull_metrics(agent, cri, pusher, registry):
     assert values['model_agent_image_pulls_total{result="success"}'] >= 1
     assert values["model_agent_image_pull_duration_seconds_count"] >= 1
     assert values["model_agent_image_pulls_in_flight"] == 0
+
+
+async def test_identity_token_uses_the_oauth2_refresh_flow(cri, token_registry):
+    pusher = RegistryClient(token_registry.url, "tester", "s3cret-pw")
+    name = unique("oauth")
+    image = build_image([layer([File("o", b"o")])])
+    pusher.push_image(name, image)
+    assert token_registry.token_server is not None
+    refresh = token_registry.token_server.issue_refresh_token("reader")
+    token_registry.token_server.clear_requests()
+    assert await pull(cri, f"{token_registry.host}/{name}", identity_token=refresh) == (
+        image.config_digest
+    )
+    assert [r.method for r in token_registry.token_server.requests] == ["POST"]
+
+
+async def test_registry_token_is_sent_as_is(cri, token_registry):
+    pusher = RegistryClient(token_registry.url, "tester", "s3cret-pw")
+    name = unique("bearer")
+    image = build_image([layer([File("t", b"t")])])
+    pusher.push_image(name, image)
+    server = token_registry.token_server
+    assert server is not None
+    token = server.issue_token("reader", [f"repository:{name}:pull"])
+    server.clear_requests()
+    assert await pull(cri, f"{token_registry.host}/{name}", registry_token=token) == (
+        image.config_digest
+    )
+    assert server.requests == []  # no trip to the token server
+
+
+async def test_basic_auth_registry(cri, tmp_path):
+    with running_registry(tmp_path, auth="basic", users={"basic": "pw-basic"}) as basic:
+        name = unique("basic")
+        image = build_image([layer([File("b", b"b")])])
+        RegistryClient(basic.url, "basic", "pw-basic").push_image(name, image)
+        error = await pull_error(cri, f"{basic.host}/{name}")
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert await pull(cri, f"{basic.host}/{name}", username="basic", password="pw-basic") == (
+            image.config_digest
+        )
+
+
+async def test_the_server_stays_responsive_during_a_big_pull(cri, pusher, registry):
+    name = unique("responsive")
+    image = build_image([layer([File("w", os.urandom(48 << 20))], "gzip")])
+    pusher.push_image(name, image)
+    pulling = asyncio.ensure_future(pull(cri, f"{registry.host}/{name}"))
+    latencies = []
+    while not pulling.done():
+        started = time.monotonic()
+        await cri.runtime.Version(pb.VersionRequest())
+        latencies.append(time.monotonic() - started)
+        await asyncio.sleep(0.02)
+    assert await pulling == image.config_digest
+    assert latencies
+    assert max(latencies) < 1.0
