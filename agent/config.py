@@ -118,6 +118,18 @@ class RuntimeSection:
     conmon_path: str = field(
         default="conmon", metadata=_doc("The conmon binary (a name is looked up in PATH).")
     )
+    infra_binary: str = field(
+        default="catatonit",
+        metadata=_doc("Statically linked init run as each pod's infra process (with -P)."),
+    )
+    restrict_oom_score_adj: str = field(
+        default="auto",
+        metadata=_doc(
+            "Raise oom_score_adj requests below the agent's own to it (auto: when the agent "
+            "lacks CAP_SYS_RESOURCE).",
+            choices=("auto", "true", "false"),
+        ),
+    )
     handlers: dict[str, RuntimeHandler] = field(
         default_factory=_default_handlers,
         metadata=_doc("OCI runtimes by RuntimeClass handler name."),
@@ -137,8 +149,17 @@ class NetworkSection:
     pod_cidr: str = field(
         default="10.88.0.0/16",
         metadata=_doc(
-            "Subnet of the agent's own bridge network when the cluster has no CNI config."
+            "Subnet of the agent's own bridge network when the cluster has no CNI config "
+            "(dual-stack: 'IPv4-CIDR,IPv6-CIDR')."
         ),
+    )
+    bridge: str = field(
+        default="ma-br0",
+        metadata=_doc("Bridge of the agent's own network (an interface name, 15 chars at most)."),
+    )
+    cni_timeout_seconds: float = field(
+        default=60.0,
+        metadata=_doc("How long one CNI ADD/DEL/CHECK (all plugins of a network) may take."),
     )
 
 
@@ -390,12 +411,10 @@ def _validate(config: Config) -> None:
             f"runtime.default_handler: '{config.runtime.default_handler}' is not a configured "
             f"handler ({', '.join(sorted(config.runtime.handlers)) or 'none'})"
         )
-    try:
-        net = ipaddress.ip_network(config.network.pod_cidr)
-    except ValueError as exc:
-        raise ConfigError(f"network.pod_cidr: {exc}") from None
-    if net.num_addresses < 4:
-        raise ConfigError(f"network.pod_cidr: {net} is too small for pods")
+    _check_pod_cidr(config.network.pod_cidr)
+    _check_interface_name("network.bridge", config.network.bridge)
+    if config.network.cni_timeout_seconds <= 0:
+        raise ConfigError("network.cni_timeout_seconds: must be positive")
     image = config.image
     if image.max_concurrent_downloads < 1:
         raise ConfigError("image.max_concurrent_downloads: must be at least 1")
@@ -412,6 +431,32 @@ def _validate(config: Config) -> None:
                 raise ConfigError(
                     f"image.registries.{host}.mirrors[{i}]: '{mirror}' is not http[s]://host[:port]"
                 )
+
+
+def _check_pod_cidr(value: str) -> None:
+    """One IPv4 and/or one IPv6 subnet, comma-separated as the kubelet sends them."""
+    versions = set()
+    for part in value.split(","):
+        try:
+            net = ipaddress.ip_network(part.strip())
+        except ValueError as exc:
+            raise ConfigError(f"network.pod_cidr: {exc}") from None
+        if net.num_addresses < 4:
+            raise ConfigError(f"network.pod_cidr: {net} is too small for pods")
+        if net.version in versions:
+            raise ConfigError(f"network.pod_cidr: more than one IPv{net.version} subnet")
+        versions.add(net.version)
+
+
+def _check_interface_name(key: str, value: str) -> None:
+    """The kernel's rules (dev_valid_name): 1-15 bytes, no '/', ':' or whitespace."""
+    if (
+        not value
+        or len(value.encode()) > 15
+        or value in (".", "..")
+        or any(c in "/:" or c.isspace() for c in value)
+    ):
+        raise ConfigError(f"{key}: '{value}' is not a valid interface name (1-15 characters)")
 
 
 def _check_host_port(key: str, value: str) -> None:

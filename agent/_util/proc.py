@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -40,6 +41,14 @@ class CommandFailed(AgentError):
         super().__init__(f"{os.path.basename(argv[0])} exited with {returncode}: {detail}")
 
 
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    """Kill the program and anything it forked (it leads its own session)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+
+
 async def run(
     argv: list[str] | tuple[str, ...],
     *,
@@ -63,15 +72,13 @@ async def run(
     try:
         stdout, stderr = await asyncio.wait_for(proc.communicate(input), timeout)
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+        _kill_group(proc)
         await proc.wait()
         raise DeadlineExceeded(
             f"{os.path.basename(args[0])} did not finish within {timeout:g}s"
         ) from None
     except asyncio.CancelledError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+        _kill_group(proc)
         await proc.wait()
         raise
     assert proc.returncode is not None
