@@ -38,6 +38,7 @@ from agent.images.service import ImageManager
 from agent.metrics.images import PullMetrics
 from agent.metrics.rpc import RpcMetrics
 from agent.metrics.server import MetricsServer
+from agent.pods.service import PodService
 
 __all__ = ["Agent"]
 
@@ -55,10 +56,13 @@ class Agent:
         self.registry = CollectorRegistry(auto_describe=True)
         self.metrics = RpcMetrics(self.registry, __version__)
         self.pull_metrics = PullMetrics(self.registry)
-        self.health = health or NodeHealth(config, extra_conf_dirs=[])
+        self.health = health or NodeHealth(
+            config, extra_conf_dirs=[os.path.join(config.agent.root_dir, "cni", "net.d")]
+        )
         self.socket_path = config.socket_path
         self.db: MetadataDB | None = None
         self.images: ImageManager | None = None
+        self.pods: PodService | None = None
         self.cri: CriServer | None = None
         self.metrics_server: MetricsServer | None = None
         #: Run in order before the agent reports ready, after the agent's own steps.
@@ -68,7 +72,8 @@ class Agent:
     def _build(self, db: MetadataDB) -> CriServer:
         """Create the subsystems over the open database, and the server over them."""
         images = self.images = ImageManager(self.config, db, self.pull_metrics)
-        self.recovery_steps.insert(0, ("images", images.recover))
+        pods = self.pods = PodService(self.config, db, images)
+        self.recovery_steps[:0] = [("images", images.recover), ("pods", pods.start)]
         # RPCs a servicer does not define yet are answered UNIMPLEMENTED by the
         # interceptor; the generated stubs declare every RPC abstract.
         runtime = RuntimeService(  # type: ignore[abstract]
@@ -77,6 +82,7 @@ class Agent:
             ready=self.ready,
             version=__version__,
             pulls=images.pulls_in_progress,
+            pods=pods,
         )
         return CriServer(
             self.socket_path,
@@ -126,6 +132,8 @@ class Agent:
         self.ready.clear()
         if self.cri is not None:
             await self.cri.stop(grace)
+        if self.pods is not None:
+            await self.pods.close()
         if self.images is not None:
             await self.images.close()
         if self.metrics_server is not None:

@@ -71,6 +71,23 @@ MIGRATIONS: Sequence[str] = (
     );
     CREATE INDEX image_names_image ON image_names(image_id);
     """,
+    # 3: pod sandboxes and containers; each record is its JSON form (pods.state).
+    """
+    CREATE TABLE sandboxes (
+        id      TEXT PRIMARY KEY,
+        name    TEXT NOT NULL UNIQUE,
+        record  TEXT NOT NULL
+    );
+    CREATE TABLE containers (
+        id          TEXT PRIMARY KEY,
+        sandbox_id  TEXT NOT NULL REFERENCES sandboxes(id),
+        name        TEXT NOT NULL UNIQUE,
+        image_id    TEXT NOT NULL,
+        record      TEXT NOT NULL
+    );
+    CREATE INDEX containers_sandbox ON containers(sandbox_id);
+    CREATE INDEX containers_image ON containers(image_id);
+    """,
 )
 
 

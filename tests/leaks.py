@@ -52,9 +52,12 @@ def _processes() -> frozenset[str]:
         try:
             with open(f"/proc/{pid}/comm") as f:
                 comm = f.read().strip()
+            with open(f"/proc/{pid}/stat") as f:
+                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
         except OSError:
             continue
-        if comm in WATCHED_COMMANDS:
+        # A zombie has already exited; reaping it is its parent's (often init's) job.
+        if comm in WATCHED_COMMANDS and not zombie:
             found.add(f"{pid} {comm}")
     return frozenset(found)
 

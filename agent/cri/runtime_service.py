@@ -9,14 +9,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 
+from agent._util.serde import to_dict
 from agent.api.cri.runtime.v1 import api_pb2 as pb, api_pb2_grpc as pb_grpc
 from agent.config import Config
+from agent.cri import convert
+from agent.errors import InvalidArgument
 from agent.health import Condition, NodeHealth
+from agent.pods.service import PodService
 
 __all__ = ["CRI_API_VERSION", "RUNTIME_NAME", "RuntimeService"]
 
@@ -25,6 +30,9 @@ CRI_API_VERSION = "0.1.0"
 RUNTIME_NAME = "model-agent"
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+#: Items per message of the Stream* RPCs; keeps each message far below 16 MiB.
+_STREAM_BATCH = 100
 
 
 class RuntimeService(pb_grpc.RuntimeServiceServicer):
@@ -36,12 +44,14 @@ class RuntimeService(pb_grpc.RuntimeServiceServicer):
         ready: asyncio.Event,
         version: str,
         pulls: Callable[[], list[dict[str, object]]],
+        pods: PodService,
     ) -> None:
         self._config = config
         self._health = health
         self._ready = ready
         self._version = version
         self._pulls = pulls
+        self._pods = pods
 
     async def Version(self, request: pb.VersionRequest, context: Context) -> pb.VersionResponse:
         return pb.VersionResponse(
@@ -96,3 +106,230 @@ class RuntimeService(pb_grpc.RuntimeServiceServicer):
     ) -> pb.RuntimeConfigResponse:
         driver = pb.CGROUPFS if self._config.runtime.cgroup_driver == "cgroupfs" else pb.SYSTEMD
         return pb.RuntimeConfigResponse(linux=pb.LinuxRuntimeConfiguration(cgroup_driver=driver))
+
+    async def UpdateRuntimeConfig(
+        self, request: pb.UpdateRuntimeConfigRequest, context: Context
+    ) -> pb.UpdateRuntimeConfigResponse:
+        cidr = request.runtime_config.network_config.pod_cidr
+        if cidr:
+            await self._pods.network.update_pod_cidr(cidr)
+        return pb.UpdateRuntimeConfigResponse()
+
+    # -- pod sandboxes -------------------------------------------------------------
+
+    async def RunPodSandbox(
+        self, request: pb.RunPodSandboxRequest, context: Context
+    ) -> pb.RunPodSandboxResponse:
+        convert.require(request, "config")
+        config = convert.sandbox_config_from_pb(request.config, request.runtime_handler)
+        sandbox_id = await self._pods.sandboxes.run(config)
+        return pb.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
+
+    async def StopPodSandbox(
+        self, request: pb.StopPodSandboxRequest, context: Context
+    ) -> pb.StopPodSandboxResponse:
+        # api.proto: idempotent; an unknown sandbox is not an error.
+        _require_id(request.pod_sandbox_id, "pod_sandbox_id")
+        await self._pods.sandboxes.stop(request.pod_sandbox_id)
+        return pb.StopPodSandboxResponse()
+
+    async def RemovePodSandbox(
+        self, request: pb.RemovePodSandboxRequest, context: Context
+    ) -> pb.RemovePodSandboxResponse:
+        # api.proto: idempotent; an unknown sandbox is not an error.
+        _require_id(request.pod_sandbox_id, "pod_sandbox_id")
+        await self._pods.sandboxes.remove(request.pod_sandbox_id)
+        return pb.RemovePodSandboxResponse()
+
+    async def PodSandboxStatus(
+        self, request: pb.PodSandboxStatusRequest, context: Context
+    ) -> pb.PodSandboxStatusResponse:
+        record = self._pods.sandboxes.status(request.pod_sandbox_id)
+        containers = [
+            convert.container_status_to_pb(self._pods.containers.status(c.id))
+            for c in self._pods.store.containers_of(record.id)
+        ]
+        info = {}
+        if request.verbose:
+            info["info"] = json.dumps(
+                {
+                    "pid": record.infra_pid,
+                    "netns": record.netns,
+                    "runtimeHandler": record.handler,
+                    "cgroupsPath": record.cgroup_path,
+                    "message": record.message,
+                    "config": to_dict(record.config),
+                },
+                sort_keys=True,
+            )
+        return pb.PodSandboxStatusResponse(
+            status=convert.sandbox_status_to_pb(record),
+            info=info,
+            containers_statuses=containers,
+            timestamp=time.time_ns(),
+        )
+
+    def _sandboxes(
+        self, request: pb.ListPodSandboxRequest | pb.StreamPodSandboxesRequest
+    ) -> list[pb.PodSandbox]:
+        f = request.filter
+        records = list(self._pods.store.sandboxes.values())
+        if f.id:
+            records = [r for r in records if r.id.startswith(f.id)]
+        for record in records:
+            if record.state.value == "READY":
+                self._pods.sandboxes.status(record.id)  # notices a dead infra
+        records = [
+            self._pods.store.sandboxes[r.id] for r in records if r.id in self._pods.store.sandboxes
+        ]
+        if f.HasField("state"):
+            wanted = f.state.state
+            records = [r for r in records if convert.sandbox_to_pb(r).state == wanted]
+        if f.label_selector:
+            records = [
+                r
+                for r in records
+                if all(r.config.labels.get(k) == v for k, v in f.label_selector.items())
+            ]
+        records.sort(key=lambda r: r.created_at)
+        return [convert.sandbox_to_pb(r) for r in records]
+
+    async def ListPodSandbox(
+        self, request: pb.ListPodSandboxRequest, context: Context
+    ) -> pb.ListPodSandboxResponse:
+        return pb.ListPodSandboxResponse(items=self._sandboxes(request))
+
+    async def StreamPodSandboxes(
+        self, request: pb.StreamPodSandboxesRequest, context: Context
+    ) -> AsyncIterator[pb.StreamPodSandboxesResponse]:
+        items = self._sandboxes(request)
+        for start in range(0, len(items), _STREAM_BATCH):
+            yield pb.StreamPodSandboxesResponse(pod_sandboxes=items[start : start + _STREAM_BATCH])
+
+    async def UpdatePodSandboxResources(
+        self, request: pb.UpdatePodSandboxResourcesRequest, context: Context
+    ) -> pb.UpdatePodSandboxResourcesResponse:
+        _require_id(request.pod_sandbox_id, "pod_sandbox_id")
+        resources = convert.resources_from_pb(request.resources, "resources")
+        self._pods.sandboxes.update_resources(request.pod_sandbox_id, resources)
+        return pb.UpdatePodSandboxResourcesResponse()
+
+    # -- containers ------------------------------------------------------------------
+
+    async def CreateContainer(
+        self, request: pb.CreateContainerRequest, context: Context
+    ) -> pb.CreateContainerResponse:
+        _require_id(request.pod_sandbox_id, "pod_sandbox_id")
+        convert.require(request, "config")
+        config = convert.container_config_from_pb(request.config)
+        container_id = await self._pods.containers.create(request.pod_sandbox_id, config)
+        return pb.CreateContainerResponse(container_id=container_id)
+
+    async def StartContainer(
+        self, request: pb.StartContainerRequest, context: Context
+    ) -> pb.StartContainerResponse:
+        _require_id(request.container_id, "container_id")
+        await self._pods.containers.start(request.container_id)
+        return pb.StartContainerResponse()
+
+    async def StopContainer(
+        self, request: pb.StopContainerRequest, context: Context
+    ) -> pb.StopContainerResponse:
+        # api.proto: idempotent; an unknown or stopped container is not an error.
+        _require_id(request.container_id, "container_id")
+        if request.timeout < 0:
+            raise InvalidArgument("timeout must not be negative")
+        await self._pods.containers.stop(request.container_id, float(request.timeout))
+        return pb.StopContainerResponse()
+
+    async def RemoveContainer(
+        self, request: pb.RemoveContainerRequest, context: Context
+    ) -> pb.RemoveContainerResponse:
+        # api.proto: idempotent; an unknown container is not an error.
+        _require_id(request.container_id, "container_id")
+        await self._pods.containers.remove(request.container_id)
+        return pb.RemoveContainerResponse()
+
+    async def ContainerStatus(
+        self, request: pb.ContainerStatusRequest, context: Context
+    ) -> pb.ContainerStatusResponse:
+        record = self._pods.containers.status(request.container_id)
+        info = {}
+        if request.verbose:
+            info["info"] = json.dumps(
+                {
+                    "pid": record.pid,
+                    "sandboxID": record.sandbox_id,
+                    "runtimeHandler": record.handler,
+                    "config": to_dict(record.config),
+                    "runtimeSpec": self._pods.containers.runtime_spec(record.id),
+                },
+                sort_keys=True,
+            )
+        return pb.ContainerStatusResponse(status=convert.container_status_to_pb(record), info=info)
+
+    def _containers(
+        self, request: pb.ListContainersRequest | pb.StreamContainersRequest
+    ) -> list[pb.Container]:
+        f = request.filter
+        records = list(self._pods.store.containers.values())
+        if f.id:
+            records = [r for r in records if r.id.startswith(f.id)]
+        if f.pod_sandbox_id:
+            records = [r for r in records if r.sandbox_id.startswith(f.pod_sandbox_id)]
+        records = [self._pods.containers.status(r.id) for r in records]
+        if f.HasField("state"):
+            wanted = f.state.state
+            records = [r for r in records if convert.container_to_pb(r).state == wanted]
+        if f.label_selector:
+            records = [
+                r
+                for r in records
+                if all(r.config.labels.get(k) == v for k, v in f.label_selector.items())
+            ]
+        records.sort(key=lambda r: r.created_at)
+        return [convert.container_to_pb(r) for r in records]
+
+    async def ListContainers(
+        self, request: pb.ListContainersRequest, context: Context
+    ) -> pb.ListContainersResponse:
+        return pb.ListContainersResponse(containers=self._containers(request))
+
+    async def StreamContainers(
+        self, request: pb.StreamContainersRequest, context: Context
+    ) -> AsyncIterator[pb.StreamContainersResponse]:
+        items = self._containers(request)
+        for start in range(0, len(items), _STREAM_BATCH):
+            yield pb.StreamContainersResponse(containers=items[start : start + _STREAM_BATCH])
+
+    async def UpdateContainerResources(
+        self, request: pb.UpdateContainerResourcesRequest, context: Context
+    ) -> pb.UpdateContainerResourcesResponse:
+        _require_id(request.container_id, "container_id")
+        convert.require(request, "linux")
+        resources = convert.resources_from_pb(request.linux, "linux")
+        await self._pods.containers.update_resources(request.container_id, resources)
+        return pb.UpdateContainerResourcesResponse()
+
+    async def ReopenContainerLog(
+        self, request: pb.ReopenContainerLogRequest, context: Context
+    ) -> pb.ReopenContainerLogResponse:
+        _require_id(request.container_id, "container_id")
+        await self._pods.containers.reopen_log(request.container_id)
+        return pb.ReopenContainerLogResponse()
+
+    async def ExecSync(self, request: pb.ExecSyncRequest, context: Context) -> pb.ExecSyncResponse:
+        _require_id(request.container_id, "container_id")
+        if request.timeout < 0:
+            raise InvalidArgument("timeout must not be negative")
+        output = await self._pods.containers.exec_sync(
+            request.container_id, list(request.cmd), float(request.timeout)
+        )
+        return pb.ExecSyncResponse(
+            stdout=output.stdout, stderr=output.stderr, exit_code=output.exit_code
+        )
+
+
+def _require_id(value: str, field: str) -> None:
+    if not value:
+        raise InvalidArgument(f"{field} is required")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from agent.config import Config
 from agent.db import MetadataDB
-from agent.errors import FailedPrecondition, InvalidArgument
+from agent.errors import FailedPrecondition, InvalidArgument, NotFound
 from agent.images import reference
 from agent.images.auth import Credentials
 from agent.images.content import ContentStore
@@ -109,6 +109,13 @@ class ImageManager:
         if ref is None:
             raise InvalidArgument(f"'{text}' is neither an image reference nor an image id")
         return None
+
+    def snapshot_name(self, chain_id: str) -> str:
+        """The snapshot directory name of a layer an image uses (for overlay mounts)."""
+        snapshot = self.store.snapshot(chain_id)
+        if snapshot is None:
+            raise NotFound(f"layer {chain_id} is not unpacked; pull the image again")
+        return snapshot.name
 
     def all(self) -> list[ImageRecord]:
         return self.store.all()

@@ -82,9 +82,9 @@ def test_ctl_talks_to_the_agent(short_dir):
         assert types == ["RuntimeReady", "NetworkReady"]
         table = ctl(short_dir, "info")
         assert "RuntimeReady" in table.stdout and "NetworkReady" in table.stdout
-        unimplemented = ctl(short_dir, "pods")
+        unimplemented = ctl(short_dir, "stats")
         assert unimplemented.returncode == 1
-        assert "UNIMPLEMENTED: ListPodSandbox is not implemented" in unimplemented.stderr
+        assert "UNIMPLEMENTED: ListContainerStats is not implemented" in unimplemented.stderr
         proc.terminate()
         assert proc.wait(timeout=30) == 0
 

@@ -34,6 +34,24 @@ IMPLEMENTED = {
     "Version",
     "Status",
     "RuntimeConfig",
+    "UpdateRuntimeConfig",
+    "RunPodSandbox",
+    "StopPodSandbox",
+    "RemovePodSandbox",
+    "PodSandboxStatus",
+    "ListPodSandbox",
+    "StreamPodSandboxes",
+    "UpdatePodSandboxResources",
+    "CreateContainer",
+    "StartContainer",
+    "StopContainer",
+    "RemoveContainer",
+    "ContainerStatus",
+    "ListContainers",
+    "StreamContainers",
+    "UpdateContainerResources",
+    "ReopenContainerLog",
+    "ExecSync",
     "ListImages",
     "StreamImages",
     "ImageStatus",
@@ -81,15 +99,29 @@ async def test_version(cri):
     assert resp.runtime_api_version == "v1"
 
 
-async def test_status_reports_runtime_ready_and_network_not_ready_without_cni(cri):
-    resp = await cri.runtime.Status(pb.StatusRequest())
+async def test_status_reports_ready_with_the_agents_default_network(agent, cri):
+    resp = await cri.runtime.Status(pb.StatusRequest(verbose=True))
     conditions = {c.type: c for c in resp.status.conditions}
     assert conditions["RuntimeReady"].status is True
-    network = conditions["NetworkReady"]
+    assert conditions["NetworkReady"].status is True
+    own = os.path.join(agent.config.agent.root_dir, "cni", "net.d", "10-model-agent.conflist")
+    assert resp.info["cniConfig"] == own
+    assert [h.name for h in resp.runtime_handlers][:2] == ["", "crun"]
+
+
+async def test_status_network_not_ready_without_usable_plugins(short_dir):
+    os.makedirs(f"{short_dir}/no-plugins")
+    agent = Agent(make_config(short_dir, **{"network.cni_bin_dirs": [f"{short_dir}/no-plugins"]}))
+    await agent.start()
+    try:
+        async with CriClient(agent.socket_path) as cri:
+            resp = await cri.runtime.Status(pb.StatusRequest())
+    finally:
+        await agent.stop(grace=0)
+    network = {c.type: c for c in resp.status.conditions}["NetworkReady"]
     assert network.status is False
     assert network.reason == "NetworkPluginNotReady"
-    assert "no CNI network config found" in network.message
-    assert [h.name for h in resp.runtime_handlers][:2] == ["", "crun"]
+    assert "plugin 'bridge' not found" in network.message
     assert dict(resp.info) == {}
 
 
@@ -261,11 +293,11 @@ async def test_metrics_count_rpcs_by_operation_and_code(agent, cri):
     await cri.runtime.Version(pb.VersionRequest())
     await cri.runtime.Version(pb.VersionRequest())
     with pytest.raises(grpc.aio.AioRpcError):
-        await cri.runtime.ListContainers(pb.ListContainersRequest())
+        await cri.runtime.ListContainerStats(pb.ListContainerStatsRequest())
     text = await asyncio.to_thread(fetch, agent.metrics_server.url)
     assert 'model_agent_cri_operations_total{code="OK",operation="Version"} 2.0' in text
     assert (
-        'model_agent_cri_operations_total{code="UNIMPLEMENTED",operation="ListContainers"} 1.0'
+        'model_agent_cri_operations_total{code="UNIMPLEMENTED",operation="ListContainerStats"} 1.0'
         in text
     )
     assert 'model_agent_cri_operation_duration_seconds_count{operation="Version"} 2.0' in text

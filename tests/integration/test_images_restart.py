@@ -51,7 +51,7 @@ def agent_process(base: str) -> Iterator[subprocess.Popen[str]]:
         yield proc
     finally:
         if proc.poll() is None:
-            proc.kill()
+            proc.terminate()  # a clean stop releases what the agent mounted
         proc.communicate(timeout=30)
 
 

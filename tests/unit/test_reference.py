@@ -69,7 +69,8 @@ def test_is_digest():
     assert not is_digest(DIGEST.upper())
 
 
-_component = st.from_regex(r"[a-z0-9]{1,8}([._-][a-z0-9]{1,8}){0,2}", fullmatch=True)
+# No dots: a dotted first component would (rightly) be read as a registry host.
+_component = st.from_regex(r"[a-z0-9]{1,8}([_-][a-z0-9]{1,8}){0,2}", fullmatch=True)
 _tag = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}", fullmatch=True)
 
 

@@ -1,0 +1,298 @@
+"""Pod sandbox lifecycle: run, stop, remove, status, and infra exits.
+
+    run:     record (reserves the name) -> pod dirs -> netns + CNI ADD (unless host
+             network) -> pod files -> /dev/shm -> infra ``catatonit -P`` via conmon +
+             runc -> READY.  Any failure undoes every step done so far.
+    stop:    kill its containers -> kill the infra -> CNI DEL, remove the netns ->
+             unmount /dev/shm -> NOTREADY.  Idempotent.
+    remove:  stop -> remove its containers -> runc delete the infra -> delete the
+             dirs and the record.  Idempotent.
+
+A sandbox whose infra process dies (killed, OOM) becomes NOTREADY; the
+kubelet then stops and recreates it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from agent._util.fs import atomic_write_json
+from agent._util.locks import KeyedLock
+from agent.config import Config
+from agent.errors import AgentError, InvalidArgument, NotFound
+from agent.oci.conmon import CreateFailed
+from agent.oci.runtime import CreateOptions, OciRuntime
+from agent.pods import mounts, spec
+from agent.pods.containers import ContainerManager
+from agent.pods.model import Resources, SandboxConfig
+from agent.pods.oom import OomPolicy
+from agent.pods.podfiles import PodDirs
+from agent.pods.podnet import PodNetwork
+from agent.pods.seccomp_profiles import SeccompProfiles
+from agent.pods.state import SandboxRecord, SandboxState
+from agent.pods.store import PodStore
+
+__all__ = ["SandboxManager"]
+
+log = logging.getLogger(__name__)
+
+_SHM_SIZE = "64m"
+_INFRA_EXIT_WAIT = 10.0
+
+
+class SandboxManager:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: PodStore,
+        containers: ContainerManager,
+        runtimes: dict[str, OciRuntime],
+        pod_dirs: PodDirs,
+        network: PodNetwork,
+        oom: OomPolicy,
+        seccomp: SeccompProfiles,
+        infra_rootfs: str,
+        on_change: Callable[[str, str], None] = lambda kind, sid: None,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._containers = containers
+        self._runtimes = runtimes
+        self._dirs = pod_dirs
+        self.network = network
+        self._oom = oom
+        self._seccomp = seccomp
+        self._infra_rootfs = infra_rootfs
+        self._on_change = on_change
+        self._locks = KeyedLock()
+        self._stopping: set[str] = set()
+
+    def runtime(self, handler: str) -> OciRuntime:
+        runtime = self._runtimes.get(handler)
+        if runtime is None:
+            known = ", ".join(sorted(self._runtimes)) or "none"
+            raise InvalidArgument(f"runtime handler '{handler}' is not available (have {known})")
+        return runtime
+
+    # -- run -----------------------------------------------------------------------
+
+    async def run(self, config: SandboxConfig) -> str:
+        handler = config.runtime_handler or self._config.runtime.default_handler
+        runtime = self.runtime(handler)
+        sandbox_id = secrets.token_hex(32)
+        record = SandboxRecord(
+            id=sandbox_id,
+            config=config,
+            state=SandboxState.NOTREADY,
+            created_at=time.time_ns(),
+            handler=handler,
+            cgroup_path=spec.cgroups_path(
+                self._config.runtime.cgroup_driver, config.cgroup_parent, sandbox_id
+            ),
+            message="starting",
+        )
+        self._store.add_sandbox(record)  # reserves the name, or ALREADY_EXISTS
+        async with self._locks.hold(sandbox_id), contextlib.AsyncExitStack() as undo:
+            undo.callback(self._store.remove_sandbox, sandbox_id)
+            self._dirs.create(sandbox_id)
+            undo.callback(self._dirs.delete, sandbox_id)
+            if config.security.namespaces.network != "NODE":
+                attachment = await self.network.attach(sandbox_id, config)
+                undo.push_async_callback(
+                    self.network.detach,
+                    sandbox_id,
+                    config,
+                    netns_path=attachment.netns,
+                    network_conf=attachment.network_conf,
+                    result=attachment.result,
+                )
+                record = self._store.update_sandbox(
+                    sandbox_id,
+                    lambda r: replace(
+                        r,
+                        netns=attachment.netns,
+                        ips=attachment.ips,
+                        cni_result=attachment.result,
+                        network_conf=attachment.network_conf,
+                    ),
+                )
+            self._dirs.write_files(sandbox_id, config, list(record.ips))
+            if config.security.namespaces.ipc != "NODE":
+                await mounts.mount_tmpfs(self._dirs.shm(sandbox_id), size=_SHM_SIZE, mode="1777")
+                undo.push_async_callback(mounts.unmount, self._dirs.shm(sandbox_id))
+            pid = await self._start_infra(record, runtime, undo)
+            self._store.update_sandbox(
+                sandbox_id,
+                lambda r: replace(r, state=SandboxState.READY, infra_pid=pid, message=""),
+            )
+            undo.pop_all()
+        log.info(
+            "pod sandbox %s (%s/%s) ready%s",
+            sandbox_id,
+            config.metadata.namespace,
+            config.metadata.name,
+            f" at {', '.join(record.ips)}" if record.ips else "",
+        )
+        self._on_change("started", sandbox_id)
+        return sandbox_id
+
+    async def _start_infra(
+        self, record: SandboxRecord, runtime: OciRuntime, undo: contextlib.AsyncExitStack
+    ) -> int:
+        config = record.config
+        security = config.security
+        caps: list[str] = []
+        oci = spec.infra_spec(
+            sandbox_id=record.id,
+            rootfs=self._infra_rootfs,
+            hostname=config.hostname or config.metadata.name,
+            namespaces=security.namespaces,
+            pod=self._dirs.files(record),
+            cgroups=record.cgroup_path,
+            sysctls=config.sysctls,
+            seccomp=self._seccomp.profile(security.seccomp, caps),
+            oom_score_adj=self._oom.clamp(-998),
+            privileged=security.privileged,
+            run_as_user=security.run_as_user,
+        )
+        bundle = self._dirs.bundle(record.id)
+        atomic_write_json(os.path.join(bundle, "config.json"), oci, mode=0o600)
+        log_path = os.path.join(self._dirs.volatile(record.id), "infra.log")
+        try:
+            pid = await runtime.create(record.id, bundle, CreateOptions(log_path=log_path))
+        except CreateFailed as exc:
+            raise AgentError(f"start the pod's infra process: {exc}") from None
+        undo.push_async_callback(self._delete_infra, runtime, record.id)
+        await runtime.start(record.id)
+        return pid
+
+    async def _delete_infra(self, runtime: OciRuntime, sandbox_id: str) -> None:
+        await runtime.delete(sandbox_id)
+        await runtime.reap_monitor(self._dirs.bundle(sandbox_id))
+        runtime.forget(sandbox_id)
+
+    # -- stop and remove -------------------------------------------------------------
+
+    async def stop(self, sandbox_id: str) -> None:
+        try:
+            record = self._store.sandbox(sandbox_id)
+        except NotFound:
+            return  # api.proto: StopPodSandbox is idempotent
+        async with self._locks.hold(record.id):
+            await self._stop_locked(record.id)
+
+    async def _stop_locked(self, sandbox_id: str) -> None:
+        self._stopping.add(sandbox_id)
+        try:
+            await self._stop_steps(sandbox_id)
+        finally:
+            self._stopping.discard(sandbox_id)
+
+    async def _stop_steps(self, sandbox_id: str) -> None:
+        record = self._store.sandbox(sandbox_id)
+        for container in self._store.containers_of(record.id):
+            await self._containers.stop(container.id, 0)
+        runtime = self._runtimes.get(record.handler)
+        if runtime is not None:
+            await runtime.kill(record.id, signal.SIGKILL, all_processes=True)
+            await self._wait_infra_exit(runtime, record.id)
+        if record.netns or record.network_conf:
+            await self.network.detach(
+                record.id,
+                record.config,
+                netns_path=record.netns,
+                network_conf=record.network_conf,
+                result=record.cni_result,
+            )
+        await mounts.unmount(self._dirs.shm(record.id))
+        was_ready = record.state is SandboxState.READY
+        self._store.update_sandbox(
+            record.id,
+            lambda r: replace(
+                r,
+                state=SandboxState.NOTREADY,
+                netns="",
+                network_conf="",
+                cni_result="",
+                ips=(),
+                message=r.message or "stopped",
+            ),
+        )
+        if was_ready:
+            log.info("pod sandbox %s stopped", record.id)
+            self._on_change("stopped", record.id)
+
+    async def _wait_infra_exit(self, runtime: OciRuntime, sandbox_id: str) -> None:
+        deadline = time.monotonic() + _INFRA_EXIT_WAIT
+        while runtime.exit_status(sandbox_id) is None:
+            state = await runtime.state(sandbox_id)
+            if state is None or state.get("status") == "stopped":
+                return
+            if time.monotonic() > deadline:
+                log.warning("infra of pod %s did not exit after SIGKILL", sandbox_id)
+                return
+            await asyncio.sleep(0.05)
+
+    async def remove(self, sandbox_id: str) -> None:
+        try:
+            record = self._store.sandbox(sandbox_id)
+        except NotFound:
+            return  # api.proto: RemovePodSandbox is idempotent
+        async with self._locks.hold(record.id):
+            if record.id not in self._store.sandboxes:
+                return
+            await self._stop_locked(record.id)
+            for container in self._store.containers_of(record.id):
+                await self._containers.remove(container.id)
+            runtime = self._runtimes.get(record.handler)
+            if runtime is not None:
+                await self._delete_infra(runtime, record.id)
+            await asyncio.to_thread(self._dirs.delete, record.id)
+            self._store.remove_sandbox(record.id)
+        log.info("pod sandbox %s removed", record.id)
+        self._on_change("deleted", record.id)
+
+    # -- status and updates ---------------------------------------------------------------
+
+    def notice_exit(self, sandbox_id: str) -> None:
+        """The infra process ended: the pod is no longer ready."""
+        record = self._store.sandboxes.get(sandbox_id)
+        if record is None or record.state is not SandboxState.READY:
+            return
+        if sandbox_id in self._stopping:
+            return  # our own stop killed it; stop records the state
+        self._store.update_sandbox(
+            sandbox_id,
+            lambda r: replace(
+                r, state=SandboxState.NOTREADY, message="the pod's infra process exited"
+            ),
+        )
+        log.warning("infra process of pod %s exited; the pod is not ready", sandbox_id)
+        self._on_change("stopped", sandbox_id)
+
+    def status(self, sandbox_id: str) -> SandboxRecord:
+        record = self._store.sandbox(sandbox_id)
+        runtime = self._runtimes.get(record.handler)
+        if (
+            record.state is SandboxState.READY
+            and runtime is not None
+            and runtime.exit_status(record.id) is not None
+        ):
+            self.notice_exit(record.id)
+            record = self._store.sandbox(record.id)
+        return record
+
+    def update_resources(self, sandbox_id: str, resources: Resources) -> None:
+        record = self._store.sandbox(sandbox_id)
+        self._store.update_sandbox(
+            record.id, lambda r: replace(r, config=replace(r.config, resources=resources))
+        )

@@ -1,0 +1,156 @@
+"""Sandbox and container records: SQLite for durability, a dict for fast reads.
+
+The kubelet lists pods and containers every second, so reads come from
+memory; every change is written to SQLite first (one transaction) and only
+then swapped into memory, so what a reader sees is always on disk. Names are
+unique (the kubelet's ``<name>_<namespace>_<uid>_<attempt>``): a second
+object with the same name is ``ALREADY_EXISTS``. Ids may be abbreviated to a
+unique prefix, as crictl does.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from typing import TypeVar
+
+from agent._util.serde import from_dict, to_dict
+from agent.db import MetadataDB
+from agent.errors import AlreadyExists, InvalidArgument, NotFound
+from agent.pods.state import ContainerRecord, SandboxRecord
+
+__all__ = ["PodStore"]
+
+R = TypeVar("R", SandboxRecord, ContainerRecord)
+
+
+def _container_name(record: ContainerRecord, sandbox: SandboxRecord) -> str:
+    m = sandbox.config.metadata
+    return f"{record.config.name}_{m.name}_{m.namespace}_{m.uid}_{record.config.attempt}"
+
+
+class PodStore:
+    def __init__(self, db: MetadataDB) -> None:
+        self._db = db
+        self.sandboxes: dict[str, SandboxRecord] = {}
+        self.containers: dict[str, ContainerRecord] = {}
+        for row in db.execute("SELECT record FROM sandboxes"):
+            sandbox = from_dict(SandboxRecord, json.loads(row["record"]))
+            self.sandboxes[sandbox.id] = sandbox
+        for row in db.execute("SELECT record FROM containers"):
+            container = from_dict(ContainerRecord, json.loads(row["record"]))
+            self.containers[container.id] = container
+
+    # -- lookups -------------------------------------------------------------
+
+    def sandbox(self, id_or_prefix: str) -> SandboxRecord:
+        return self._find(self.sandboxes, id_or_prefix, "pod sandbox")
+
+    def container(self, id_or_prefix: str) -> ContainerRecord:
+        return self._find(self.containers, id_or_prefix, "container")
+
+    @staticmethod
+    def _find(index: dict[str, R], key: str, what: str) -> R:
+        if not key:
+            raise InvalidArgument(f"{what} id is required")
+        found = index.get(key)
+        if found is not None:
+            return found
+        matches = [record for rid, record in index.items() if rid.startswith(key)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise InvalidArgument(f"{what} id prefix '{key}' is ambiguous")
+        raise NotFound(f"{what} '{key}' not found")
+
+    def containers_of(self, sandbox_id: str) -> list[ContainerRecord]:
+        return [c for c in self.containers.values() if c.sandbox_id == sandbox_id]
+
+    def image_in_use(self, image_id: str) -> bool:
+        return any(c.image_id == image_id for c in self.containers.values())
+
+    # -- changes -------------------------------------------------------------
+
+    def add_sandbox(self, sandbox: SandboxRecord) -> None:
+        try:
+            with self._db.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO sandboxes (id, name, record) VALUES (?, ?, ?)",
+                    (sandbox.id, sandbox.name, json.dumps(to_dict(sandbox))),
+                )
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"pod sandbox name '{sandbox.name}' is already in use") from None
+        self.sandboxes[sandbox.id] = sandbox
+
+    def update_sandbox(
+        self, sandbox_id: str, change: Callable[[SandboxRecord], SandboxRecord]
+    ) -> SandboxRecord:
+        new = change(self.sandboxes[sandbox_id])
+        with self._db.transaction() as conn:
+            conn.execute(
+                "UPDATE sandboxes SET record = ? WHERE id = ?",
+                (json.dumps(to_dict(new)), sandbox_id),
+            )
+        self.sandboxes[sandbox_id] = new
+        return new
+
+    def remove_sandbox(self, sandbox_id: str) -> None:
+        with self._db.transaction() as conn:
+            conn.execute("DELETE FROM containers WHERE sandbox_id = ?", (sandbox_id,))
+            conn.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))
+        self.sandboxes.pop(sandbox_id, None)
+        for cid in [c.id for c in self.containers.values() if c.sandbox_id == sandbox_id]:
+            del self.containers[cid]
+
+    def check_container_name(self, container: ContainerRecord) -> None:
+        """Fail early (before anything is created) if the name is taken."""
+        sandbox = self.sandboxes[container.sandbox_id]
+        name = _container_name(container, sandbox)
+        for other in self.containers.values():
+            if other.sandbox_id == sandbox.id and _container_name(other, sandbox) == name:
+                raise AlreadyExists(
+                    f"container name '{container.config.name}' (attempt "
+                    f"{container.config.attempt}) is already in use in pod "
+                    f"{sandbox.config.metadata.name} by {other.id}"
+                )
+
+    def add_container(self, container: ContainerRecord) -> None:
+        sandbox = self.sandboxes[container.sandbox_id]
+        name = _container_name(container, sandbox)
+        try:
+            with self._db.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO containers (id, sandbox_id, name, image_id, record) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (
+                        container.id,
+                        container.sandbox_id,
+                        name,
+                        container.image_id,
+                        json.dumps(to_dict(container)),
+                    ),
+                )
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(
+                f"container name '{container.config.name}' (attempt {container.config.attempt}) "
+                f"is already in use in pod {sandbox.config.metadata.name}"
+            ) from None
+        self.containers[container.id] = container
+
+    def update_container(
+        self, container_id: str, change: Callable[[ContainerRecord], ContainerRecord]
+    ) -> ContainerRecord:
+        new = change(self.containers[container_id])
+        with self._db.transaction() as conn:
+            conn.execute(
+                "UPDATE containers SET record = ? WHERE id = ?",
+                (json.dumps(to_dict(new)), container_id),
+            )
+        self.containers[container_id] = new
+        return new
+
+    def remove_container(self, container_id: str) -> None:
+        with self._db.transaction() as conn:
+            conn.execute("DELETE FROM containers WHERE id = ?", (container_id,))
+        self.containers.pop(container_id, None)
