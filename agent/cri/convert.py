@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from google.protobuf.message import Message
 
 from agent.api.cri.runtime.v1 import api_pb2 as pb
-from agent.errors import InvalidArgument
+from agent.errors import InvalidArgument, Unimplemented
 from agent.images.auth import Credentials
 from agent.images.service import FsUsage
 from agent.images.store import ImageRecord
+from agent.metrics.cadvisor import Descriptor, MetricSample, pod_samples
 from agent.pods import model
+from agent.pods.events import ContainerEvent
 from agent.pods.state import ContainerRecord, ContainerState, SandboxRecord, SandboxState
+from agent.pods.stats import ContainerUsage, PodUsage
 
 __all__ = [
     "credentials_from_pb",
@@ -316,7 +320,8 @@ def container_config_from_pb(message: pb.ContainerConfig) -> model.ContainerConf
         field = f"config.mounts[{i}]"
         _absolute(mount.container_path, f"{field}.container_path")
         if mount.HasField("image") and mount.image.image:
-            raise InvalidArgument(f"{field}: image volumes are not supported")
+            # UNIMPLEMENTED is how a runtime says it lacks image volumes (critest skips on it).
+            raise Unimplemented(f"{field}: image volumes are not supported")
         _absolute(mount.host_path, f"{field}.host_path")
         if mount.uidMappings or mount.gidMappings:
             raise InvalidArgument(f"{field}: id-mapped mounts are not supported")
@@ -369,6 +374,16 @@ def container_config_from_pb(message: pb.ContainerConfig) -> model.ContainerConf
     if security.run_as_username and security.run_as_user is not None:
         raise InvalidArgument(
             "config.linux.security_context: run_as_user and run_as_username are exclusive"
+        )
+    if (
+        security.run_as_group is not None
+        and security.run_as_user is None
+        and not security.run_as_username
+    ):
+        # As containerd and CRI-O do: a group without a user is refused, not guessed at.
+        raise InvalidArgument(
+            "config.linux.security_context: run_as_group is set without run_as_user "
+            "or run_as_username"
         )
     stop_signal = ""
     if message.stop_signal:
@@ -530,3 +545,159 @@ def container_status_to_pb(record: ContainerRecord) -> pb.ContainerStatus:
     if record.config.stop_signal:
         status.stop_signal = pb.Signal.Value(record.config.stop_signal)
     return status
+
+
+# ---------------------------------------------------------------------------
+# Stats, metrics and events
+
+
+def _u64(value: int) -> pb.UInt64Value:
+    return pb.UInt64Value(value=max(0, int(value)))
+
+
+def container_stats_to_pb(usage: ContainerUsage) -> pb.ContainerStats:
+    record = usage.record
+    stats = pb.ContainerStats(
+        attributes=pb.ContainerAttributes(
+            id=record.id,
+            metadata=_container_metadata(record),
+            labels=record.config.labels,
+            annotations=record.config.annotations,
+        )
+    )
+    reading = usage.cgroup
+    if reading is not None:
+        stats.cpu.CopyFrom(
+            pb.CpuUsage(
+                timestamp=usage.timestamp, usage_core_nano_seconds=_u64(reading.cpu_usage_ns)
+            )
+        )
+        if usage.nano_cores is not None:
+            stats.cpu.usage_nano_cores.CopyFrom(_u64(usage.nano_cores))
+        memory = pb.MemoryUsage(
+            timestamp=usage.timestamp,
+            working_set_bytes=_u64(reading.memory_working_set),
+            usage_bytes=_u64(reading.memory_usage),
+            rss_bytes=_u64(reading.memory_rss),
+            page_faults=_u64(reading.page_faults),
+            major_page_faults=_u64(reading.major_page_faults),
+        )
+        if reading.memory_limit:
+            memory.available_bytes.CopyFrom(_u64(reading.memory_limit - reading.memory_working_set))
+        stats.memory.CopyFrom(memory)
+        if reading.swap_usage is not None:
+            stats.swap.CopyFrom(
+                pb.SwapUsage(timestamp=usage.timestamp, swap_usage_bytes=_u64(reading.swap_usage))
+            )
+    if usage.writable_layer is not None:
+        stats.writable_layer.CopyFrom(
+            pb.FilesystemUsage(
+                timestamp=usage.timestamp,
+                fs_id=pb.FilesystemIdentifier(mountpoint=usage.writable_layer.mountpoint),
+                used_bytes=_u64(usage.writable_layer.used_bytes),
+                inodes_used=_u64(usage.writable_layer.inodes_used),
+            )
+        )
+    return stats
+
+
+def pod_stats_to_pb(usage: PodUsage) -> pb.PodSandboxStats:
+    record = usage.record
+    linux = pb.LinuxPodSandboxStats(containers=[container_stats_to_pb(c) for c in usage.containers])
+    reading = usage.cgroup
+    if reading is not None:
+        linux.cpu.CopyFrom(
+            pb.CpuUsage(
+                timestamp=usage.timestamp, usage_core_nano_seconds=_u64(reading.cpu_usage_ns)
+            )
+        )
+        if usage.nano_cores is not None:
+            linux.cpu.usage_nano_cores.CopyFrom(_u64(usage.nano_cores))
+        linux.memory.CopyFrom(
+            pb.MemoryUsage(
+                timestamp=usage.timestamp,
+                working_set_bytes=_u64(reading.memory_working_set),
+                usage_bytes=_u64(reading.memory_usage),
+                rss_bytes=_u64(reading.memory_rss),
+                page_faults=_u64(reading.page_faults),
+                major_page_faults=_u64(reading.major_page_faults),
+            )
+        )
+        linux.process.CopyFrom(
+            pb.ProcessUsage(timestamp=usage.timestamp, process_count=_u64(reading.pids))
+        )
+    if usage.interfaces:
+        interfaces = [
+            pb.NetworkInterfaceUsage(
+                name=c.name,
+                rx_bytes=_u64(c.rx_bytes),
+                rx_errors=_u64(c.rx_errors),
+                tx_bytes=_u64(c.tx_bytes),
+                tx_errors=_u64(c.tx_errors),
+            )
+            for c in usage.interfaces.values()
+        ]
+        default = next((i for i in interfaces if i.name == "eth0"), interfaces[0])
+        linux.network.CopyFrom(
+            pb.NetworkUsage(
+                timestamp=usage.timestamp, default_interface=default, interfaces=interfaces
+            )
+        )
+    return pb.PodSandboxStats(
+        attributes=pb.PodSandboxAttributes(
+            id=record.id,
+            metadata=_sandbox_metadata(record),
+            labels=record.config.labels,
+            annotations=record.config.annotations,
+        ),
+        linux=linux,
+    )
+
+
+def descriptors_to_pb(descriptors: Iterable[Descriptor]) -> list[pb.MetricDescriptor]:
+    return [
+        pb.MetricDescriptor(name=d.name, help=d.help, label_keys=list(d.labels))
+        for d in descriptors
+    ]
+
+
+def _metric(sample: MetricSample) -> pb.Metric:
+    return pb.Metric(
+        name=sample.name,
+        timestamp=sample.timestamp,
+        metric_type=pb.COUNTER if sample.counter else pb.GAUGE,
+        label_values=list(sample.label_values),
+        value=_u64(sample.value),
+    )
+
+
+def pod_metrics_to_pb(usage: PodUsage) -> pb.PodSandboxMetrics:
+    pod_level, per_container = pod_samples(usage)
+    return pb.PodSandboxMetrics(
+        pod_sandbox_id=usage.record.id,
+        metrics=[_metric(s) for s in pod_level],
+        container_metrics=[
+            pb.ContainerMetrics(container_id=cid, metrics=[_metric(s) for s in samples])
+            for cid, samples in per_container.items()
+        ],
+    )
+
+
+_EVENT_TYPES = {
+    "created": pb.CONTAINER_CREATED_EVENT,
+    "started": pb.CONTAINER_STARTED_EVENT,
+    "stopped": pb.CONTAINER_STOPPED_EVENT,
+    "deleted": pb.CONTAINER_DELETED_EVENT,
+}
+
+
+def event_to_pb(event: ContainerEvent) -> pb.ContainerEventResponse:
+    response = pb.ContainerEventResponse(
+        container_id=event.container_id,
+        container_event_type=_EVENT_TYPES[event.kind],
+        created_at=event.created_at,
+        containers_statuses=[container_status_to_pb(c) for c in event.containers],
+    )
+    if event.sandbox is not None:
+        response.pod_sandbox_status.CopyFrom(sandbox_status_to_pb(event.sandbox))
+    return response

@@ -267,8 +267,11 @@ async def _write_stream(
             on_bytes(len(chunk))
             if pending_bytes >= _FLUSH_BYTES or len(pending) >= _MAX_IOVECS:
                 flush()
-    finally:
-        with contextlib.suppress(OSError, ResourceExhausted):
+    except (aiohttp.ClientError, TimeoutError):
+        # Keep what arrived before the connection broke: the retry resumes after it.
+        with contextlib.suppress(OSError):
             flush()
+        raise
+    flush()
     if position < end:
         raise aiohttp.ClientPayloadError(f"connection closed at byte {position} of {end}")

@@ -423,6 +423,9 @@ class Puller:
             if exc.kind != "download":
                 self._content.abort_ingest(descriptor.digest)  # never resume from bad bytes
             raise
+        except ResourceExhausted:
+            self._content.abort_ingest(descriptor.digest)  # give the full disk its space back
+            raise
         finally:
             if not committed:
                 self._snapshots.discard(temporary)

@@ -28,7 +28,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agent._util.proc import run
@@ -585,14 +585,15 @@ async def delete(
             prev_result=cached,
             runtime_config=runtime_config,
         )
+        # Each plugin gets the whole timeout: one that hangs must not keep the
+        # others (bridge, IPAM) from releasing what they hold.
+        call = replace(call, deadline=asyncio.get_running_loop().time() + timeout)
         try:
             try:
                 await _invoke(call, plugin, conf)
             except CniError as exc:
                 log.debug("CNI DEL %s: %s; trying once more", network.name, exc)
                 await _invoke(call, plugin, conf)
-        except DeadlineExceeded:
-            raise
         except AgentError as exc:
             failures.append(exc)
     if len(failures) == 1:

@@ -4,8 +4,10 @@
     <state_dir>/sandboxes/<id>/  the pod's /dev/shm (a tmpfs), the infra bundle
 
 resolv.conf comes from the kubelet's DNS config (or the node's own file);
-hosts maps localhost and the pod's name to its IP (the kubelet usually mounts
-its own); a pod on the host network gets the node's files.
+hosts maps localhost and the pod's hostname to its IP (the kubelet usually
+mounts its own); a pod on the host network gets the node's files. A pod the
+kubelet gave no hostname gets the node's, as with containerd and CRI-O (the
+pod's name may be longer than the 64 bytes a hostname can hold).
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from agent.pods.model import SandboxConfig
 from agent.pods.spec import PodFiles
 from agent.pods.state import SandboxRecord
 
-__all__ = ["PodDirs"]
+__all__ = ["PodDirs", "pod_hostname"]
+
+
+def pod_hostname(config: SandboxConfig) -> str:
+    """The kubelet's hostname for the pod; the node's on the host network or if none given."""
+    if config.security.namespaces.network == "NODE" or not config.hostname:
+        return os.uname().nodename
+    return config.hostname
 
 
 class PodDirs:
@@ -63,9 +72,7 @@ class PodDirs:
     def write_files(self, sandbox_id: str, config: SandboxConfig, ips: list[str]) -> None:
         base = self.persistent(sandbox_id)
         host_network = config.security.namespaces.network == "NODE"
-        hostname = (
-            os.uname().nodename if host_network else (config.hostname or config.metadata.name)
-        )
+        hostname = pod_hostname(config)
         atomic_write(os.path.join(base, "hostname"), f"{hostname}\n".encode())
         atomic_write(os.path.join(base, "resolv.conf"), self._resolv_conf(config).encode())
         atomic_write(os.path.join(base, "hosts"), self._hosts(hostname, ips, host_network))

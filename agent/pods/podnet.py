@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.config import Config
@@ -92,8 +93,17 @@ class PodNetwork:
         ]
         return cni.port_mappings_config(mappings)
 
-    async def attach(self, sandbox_id: str, config: SandboxConfig) -> Attachment:
-        """A new namespace attached to the network; undone completely if any step fails."""
+    async def attach(
+        self,
+        sandbox_id: str,
+        config: SandboxConfig,
+        prepared: Callable[[str, str], None] = lambda netns_path, network_conf: None,
+    ) -> Attachment:
+        """A new namespace attached to the network; undone completely if any step fails.
+
+        ``prepared(netns_path, network_conf)`` runs before CNI ADD, so the caller
+        can record what must be detached if the agent dies in the middle.
+        """
         network = self.current()
         path = await netns.create(self.pin_dir, sandbox_id)
         network_conf = json.dumps(
@@ -105,6 +115,7 @@ class PodNetwork:
             }
         )
         try:
+            prepared(path, network_conf)
             await cni.add(
                 loopback_network(),
                 container_id=sandbox_id,

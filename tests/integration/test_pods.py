@@ -24,6 +24,7 @@ from agent.ctl.client import CriClient
 from tests.conftest import make_config
 from tests.support.images import build_image, busybox_image, busybox_layer
 from tests.support.layers import File, layer
+from tests.support.network import HostNetworkState
 from tests.support.push import RegistryClient
 
 pytestmark = pytest.mark.integration
@@ -202,6 +203,7 @@ async def environment(
         "network.pod_cidr": f"10.252.{next(_subnet)}.0/24",
         **overrides,
     }
+    host = HostNetworkState.capture()
     agent = Agent(make_config(short_dir, **values))
     await agent.start()
     try:
@@ -219,6 +221,7 @@ async def environment(
     finally:
         await agent.stop(grace=0)
         delete_link(bridge)
+        host.restore("model-agent", [])  # portmap's shared chains, if this test made them
         for path in sorted(cgroup_dirs(cgroup_parent), key=len, reverse=True):
             for child in sorted(
                 (os.path.join(p, d) for p, ds, _ in os.walk(path) for d in ds),

@@ -1,0 +1,367 @@
+"""Container and pod metrics under the cAdvisor names dashboards already query.
+
+Served through the CRI's ``ListMetricDescriptors`` / ``ListPodSandboxMetrics``
+(the kubelet re-exports them on ``/metrics/cadvisor``). CRI metric values are
+unsigned integers, so "seconds" counters are whole seconds, as CRI-O sends
+them. Labels follow cAdvisor: ``container``, ``id``, ``image``, ``name``,
+``namespace``, ``pod`` (and ``interface`` for network metrics); pod-level
+metrics (network) carry an empty ``container``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.pods.cgroups import CgroupReading
+from agent.pods.stats import ContainerUsage, PodUsage
+
+__all__ = ["BASE_LABELS", "DESCRIPTORS", "Descriptor", "MetricSample", "pod_samples"]
+
+BASE_LABELS = ("container", "id", "image", "name", "namespace", "pod")
+NETWORK_LABELS = (*BASE_LABELS, "interface")
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    name: str
+    help: str
+    counter: bool
+    labels: tuple[str, ...] = BASE_LABELS
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSample:
+    name: str
+    counter: bool
+    label_values: tuple[str, ...]
+    value: int
+    timestamp: int
+
+
+_CPU: list[tuple[Descriptor, Callable[[CgroupReading], int]]] = [
+    (
+        Descriptor(
+            "container_cpu_usage_seconds_total", "Cumulative CPU time consumed in seconds.", True
+        ),
+        lambda r: r.cpu_usage_ns // 1_000_000_000,
+    ),
+    (
+        Descriptor(
+            "container_cpu_user_seconds_total",
+            "Cumulative user CPU time consumed in seconds.",
+            True,
+        ),
+        lambda r: r.cpu_user_ns // 1_000_000_000,
+    ),
+    (
+        Descriptor(
+            "container_cpu_system_seconds_total",
+            "Cumulative system CPU time consumed in seconds.",
+            True,
+        ),
+        lambda r: r.cpu_system_ns // 1_000_000_000,
+    ),
+    (
+        Descriptor(
+            "container_cpu_cfs_periods_total",
+            "Number of elapsed enforcement period intervals.",
+            True,
+        ),
+        lambda r: r.periods,
+    ),
+    (
+        Descriptor(
+            "container_cpu_cfs_throttled_periods_total",
+            "Number of throttled period intervals.",
+            True,
+        ),
+        lambda r: r.throttled_periods,
+    ),
+    (
+        Descriptor(
+            "container_cpu_cfs_throttled_seconds_total",
+            "Total time duration the container has been throttled.",
+            True,
+        ),
+        lambda r: r.throttled_ns // 1_000_000_000,
+    ),
+    (
+        Descriptor(
+            "container_memory_usage_bytes",
+            "Current memory usage in bytes, including all memory regardless of when it was "
+            "accessed.",
+            False,
+        ),
+        lambda r: r.memory_usage,
+    ),
+    (
+        Descriptor("container_memory_working_set_bytes", "Current working set in bytes.", False),
+        lambda r: r.memory_working_set,
+    ),
+    (Descriptor("container_memory_rss", "Size of RSS in bytes.", False), lambda r: r.memory_rss),
+    (
+        Descriptor("container_memory_cache", "Number of bytes of page cache memory.", False),
+        lambda r: r.memory_cache,
+    ),
+    (
+        Descriptor("container_memory_swap", "Container swap usage in bytes.", False),
+        lambda r: r.swap_usage or 0,
+    ),
+    (
+        Descriptor(
+            "container_spec_memory_limit_bytes", "Memory limit for the container in bytes.", False
+        ),
+        lambda r: r.memory_limit,
+    ),
+    (
+        Descriptor(
+            "container_oom_events_total",
+            "Count of out of memory events observed for the container.",
+            True,
+        ),
+        lambda r: r.oom_events,
+    ),
+    (
+        Descriptor(
+            "container_processes", "Number of processes running inside the container.", False
+        ),
+        lambda r: r.pids,
+    ),
+    (
+        Descriptor("container_threads", "Number of threads running inside the container.", False),
+        lambda r: r.pids,  # the pids controller counts tasks, i.e. threads
+    ),
+    (
+        Descriptor(
+            "container_threads_max",
+            "Maximum number of threads allowed inside the container, 0 if unlimited.",
+            False,
+        ),
+        lambda r: r.threads_max,
+    ),
+    (
+        Descriptor("container_memory_failcnt", "Number of memory usage hits limits.", True),
+        lambda r: r.memory_failcnt,
+    ),
+    (
+        Descriptor(
+            "container_memory_kernel_usage", "Size of kernel memory allocated in bytes.", False
+        ),
+        lambda r: r.memory_kernel,
+    ),
+    (
+        Descriptor("container_memory_mapped_file", "Size of memory mapped files in bytes.", False),
+        lambda r: r.memory_mapped_file,
+    ),
+    (
+        Descriptor(
+            "container_memory_max_usage_bytes", "Maximum memory usage recorded in bytes.", False
+        ),
+        lambda r: r.memory_max_usage,
+    ),
+    (
+        Descriptor(
+            "container_spec_memory_swap_limit_bytes",
+            "Memory swap limit for the container in bytes.",
+            False,
+        ),
+        lambda r: r.memory_swap_limit,
+    ),
+    (
+        Descriptor("container_spec_cpu_period", "CPU period of the container.", False),
+        lambda r: r.cpu_period,
+    ),
+    (
+        Descriptor("container_spec_cpu_quota", "CPU quota of the container.", False),
+        lambda r: r.cpu_quota,
+    ),
+    (
+        Descriptor("container_spec_cpu_shares", "CPU share of the container.", False),
+        lambda r: r.cpu_shares,
+    ),
+]
+FAILURE_LABELS = (*BASE_LABELS, "failure_type", "scope")
+_MEMORY_FAILURES = Descriptor(
+    "container_memory_failures_total",
+    "Cumulative count of memory allocation failures.",
+    True,
+    FAILURE_LABELS,
+)
+DEVICE_LABELS = (*BASE_LABELS, "device")
+BLKIO_LABELS = (*BASE_LABELS, "device", "major", "minor", "operation")
+_BLKIO = Descriptor(
+    "container_blkio_device_usage_total", "Blkio device bytes usage.", True, BLKIO_LABELS
+)
+#: (descriptor, block-io operation, index into (bytes, ios))
+_FS_IO: list[tuple[Descriptor, str, int]] = [
+    (
+        Descriptor(
+            f"container_fs_{what}_total", f"Cumulative count of {text}.", True, DEVICE_LABELS
+        ),
+        operation,
+        index,
+    )
+    for what, text, operation, index in (
+        ("reads_bytes", "bytes read", "Read", 0),
+        ("reads", "reads completed", "Read", 1),
+        ("writes_bytes", "bytes written", "Write", 0),
+        ("writes", "writes completed", "Write", 1),
+    )
+]
+_FS_SPACE: list[tuple[Descriptor, str]] = [
+    (
+        Descriptor(
+            "container_fs_limit_bytes",
+            "Number of bytes that can be consumed by the container on this filesystem.",
+            False,
+            DEVICE_LABELS,
+        ),
+        "capacity_bytes",
+    ),
+    (
+        Descriptor(
+            "container_fs_inodes_total",
+            "Number of Inodes on the filesystem of the writable layer.",
+            False,
+            DEVICE_LABELS,
+        ),
+        "inodes_total",
+    ),
+    (
+        Descriptor(
+            "container_fs_inodes_free",
+            "Number of available Inodes on the filesystem of the writable layer.",
+            False,
+            DEVICE_LABELS,
+        ),
+        "inodes_free",
+    ),
+]
+_FDS = Descriptor(
+    "container_file_descriptors", "Number of open file descriptors for the container.", False
+)
+_SOCKETS = Descriptor("container_sockets", "Number of open sockets for the container.", False)
+_LAST_SEEN = Descriptor(
+    "container_last_seen", "Last time a container was seen by the exporter.", False
+)
+_FS = Descriptor("container_fs_usage_bytes", "Current filesystem usage in bytes.", False)
+_FS_INODES = Descriptor("container_fs_inodes_used", "Inodes used by the writable layer.", False)
+_START = Descriptor(
+    "container_start_time_seconds",
+    "Start time of the container since unix epoch in seconds.",
+    False,
+)
+_NETWORK: list[tuple[Descriptor, str]] = [
+    (
+        Descriptor(f"container_network_{direction}_{what}_total", help_text, True, NETWORK_LABELS),
+        attribute,
+    )
+    for direction, prefix, past, gerund in (
+        ("receive", "rx", "received", "receiving"),
+        ("transmit", "tx", "transmitted", "transmitting"),
+    )
+    for what, attribute, help_text in (
+        ("bytes", f"{prefix}_bytes", f"Cumulative count of bytes {past}"),
+        ("packets", f"{prefix}_packets", f"Cumulative count of packets {past}"),
+        ("errors", f"{prefix}_errors", f"Cumulative count of errors encountered while {gerund}"),
+        (
+            "packets_dropped",
+            f"{prefix}_dropped",
+            f"Cumulative count of packets dropped while {gerund}",
+        ),
+    )
+]
+
+DESCRIPTORS: tuple[Descriptor, ...] = (
+    *(d for d, _ in _CPU),
+    _MEMORY_FAILURES,
+    _BLKIO,
+    *(d for d, _, _ in _FS_IO),
+    _FS,
+    _FS_INODES,
+    *(d for d, _ in _FS_SPACE),
+    _FDS,
+    _SOCKETS,
+    _START,
+    _LAST_SEEN,
+    *(d for d, _ in _NETWORK),
+)
+
+
+def _container_samples(usage: ContainerUsage, pod: PodUsage) -> list[MetricSample]:
+    record = usage.record
+    meta = pod.record.config.metadata
+    labels = (record.config.name, record.id, record.image_ref, record.id, meta.namespace, meta.name)
+    now = usage.timestamp
+    samples = [MetricSample(_LAST_SEEN.name, False, labels, now // 10**9, now)]
+    reading = usage.cgroup
+    if reading is not None:
+        samples += [MetricSample(d.name, d.counter, labels, get(reading), now) for d, get in _CPU]
+        for kind, value in (
+            ("pgfault", reading.page_faults),
+            ("pgmajfault", reading.major_page_faults),
+        ):
+            for scope in ("container", "hierarchy"):
+                samples.append(
+                    MetricSample(_MEMORY_FAILURES.name, True, (*labels, kind, scope), value, now)
+                )
+        for major, minor, operation, size, ios in reading.block_io:
+            device = _device_name(major, minor)
+            if operation in ("Read", "Write", "Sync", "Async", "Discard", "Total"):
+                samples.append(
+                    MetricSample(
+                        _BLKIO.name,
+                        True,
+                        (*labels, device, str(major), str(minor), operation),
+                        size,
+                        now,
+                    )
+                )
+            for d, wanted, index in _FS_IO:
+                if operation == wanted:
+                    value = (size, ios)[index]
+                    samples.append(MetricSample(d.name, True, (*labels, device), value, now))
+    layer = usage.writable_layer
+    if layer is not None:
+        samples.append(MetricSample(_FS.name, False, labels, layer.used_bytes, now))
+        samples.append(MetricSample(_FS_INODES.name, False, labels, layer.inodes_used, now))
+        samples += [
+            MetricSample(d.name, False, (*labels, layer.mountpoint), getattr(layer, attr), now)
+            for d, attr in _FS_SPACE
+        ]
+    if usage.processes is not None:
+        samples.append(
+            MetricSample(_FDS.name, False, labels, usage.processes.file_descriptors, now)
+        )
+        samples.append(MetricSample(_SOCKETS.name, False, labels, usage.processes.sockets, now))
+    if record.started_at:
+        samples.append(
+            MetricSample(_START.name, False, labels, record.started_at // 10**9, usage.timestamp)
+        )
+    return samples
+
+
+def _device_name(major: int, minor: int) -> str:
+    """``/dev/<name>`` for a block device number, as cAdvisor labels it (or ``major:minor``)."""
+    try:
+        target = os.readlink(f"/sys/dev/block/{major}:{minor}")
+    except OSError:
+        return f"{major}:{minor}"
+    return "/dev/" + os.path.basename(target)
+
+
+def pod_samples(pod: PodUsage) -> tuple[list[MetricSample], dict[str, list[MetricSample]]]:
+    """The pod's own metrics (network), and each container's."""
+    meta = pod.record.config.metadata
+    base = ("", pod.record.id, "", pod.record.id, meta.namespace, meta.name)
+    pod_level = [
+        MetricSample(
+            d.name, d.counter, (*base, counters.name), getattr(counters, attr), pod.timestamp
+        )
+        for counters in pod.interfaces.values()
+        for d, attr in _NETWORK
+    ]
+    containers = {u.record.id: _container_samples(u, pod) for u in pod.containers}
+    return pod_level, containers
