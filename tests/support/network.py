@@ -201,6 +201,50 @@ async def echo_server(netns_path: str, port: int) -> AsyncIterator[None]:
         await proc.communicate()
 
 
+STREAM_ECHO_SERVER = """
+import asyncio, sys
+
+async def echo(reader, writer):
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
+
+async def main():
+    server = await asyncio.start_server(echo, "0.0.0.0", int(sys.argv[1]), backlog=4096)
+    print("ready", flush=True)
+    await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+@contextlib.asynccontextmanager
+async def stream_echo_server(netns_path: str, port: int) -> AsyncIterator[None]:
+    """A TCP server inside the namespace that echoes each connection until its EOF, for
+    any number of connections at once (busybox ``nc -ll`` resets some under load)."""
+    proc = await asyncio.create_subprocess_exec(
+        "nsenter",
+        f"--net={netns_path}",
+        "--",
+        sys.executable,
+        "-c",
+        STREAM_ECHO_SERVER,
+        str(port),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 10)
+        assert line.strip() == b"ready", line
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.communicate()
+
+
 async def echo(host: str, port: int, payload: bytes = b"ping", timeout: float = 5.0) -> bytes:
     """Connect, send, read the reply until the server closes."""
 
