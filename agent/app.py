@@ -39,6 +39,7 @@ from agent.metrics.images import PullMetrics
 from agent.metrics.rpc import RpcMetrics
 from agent.metrics.server import MetricsServer
 from agent.pods.service import PodService
+from agent.streaming.server import StreamingServer, StreamingTimeouts
 
 __all__ = ["Agent"]
 
@@ -64,6 +65,7 @@ class Agent:
         self.images: ImageManager | None = None
         self.pods: PodService | None = None
         self.cri: CriServer | None = None
+        self.streaming: StreamingServer | None = None
         self.metrics_server: MetricsServer | None = None
         #: Run in order before the agent reports ready, after the agent's own steps.
         self.recovery_steps: list[tuple[str, RecoveryStep]] = []
@@ -76,6 +78,15 @@ class Agent:
         self.recovery_steps[:0] = [("images", images.recover), ("pods", pods.start)]
         # RPCs a servicer does not define yet are answered UNIMPLEMENTED by the
         # interceptor; the generated stubs declare every RPC abstract.
+        streaming = self.streaming = StreamingServer(
+            self.config.streaming.address,
+            pods,
+            StreamingTimeouts(
+                token_ttl=self.config.streaming.token_ttl_seconds,
+                creation=self.config.streaming.stream_creation_timeout_seconds,
+                idle=self.config.streaming.stream_idle_timeout_seconds,
+            ),
+        )
         runtime = RuntimeService(  # type: ignore[abstract]
             config=self.config,
             health=self.health,
@@ -83,6 +94,7 @@ class Agent:
             version=__version__,
             pulls=images.pulls_in_progress,
             pods=pods,
+            streaming=streaming,
         )
         return CriServer(
             self.socket_path,
@@ -102,6 +114,8 @@ class Agent:
                 self.db.set_info("first_start_version", __version__)
             self.db.set_info("last_start_version", __version__)
             self.cri = self._build(self.db)
+            assert self.streaming is not None
+            await self.streaming.start()
             await self.cri.start()
             if self.config.metrics.address:
                 self.metrics_server = MetricsServer(self.registry, self.config.metrics.address)
@@ -132,6 +146,8 @@ class Agent:
         self.ready.clear()
         if self.cri is not None:
             await self.cri.stop(grace)
+        if self.streaming is not None:
+            await self.streaming.stop()  # ends every session; exec'd processes die with them
         if self.pods is not None:
             await self.pods.close()
         if self.images is not None:

@@ -225,6 +225,18 @@ class StreamingSection:
         default="127.0.0.1:0",
         metadata=_doc("host:port of the exec/attach/port-forward server; port 0 picks a free one."),
     )
+    token_ttl_seconds: float = field(
+        default=60.0,
+        metadata=_doc("A streaming URL not used within this is forgotten (one use only)."),
+    )
+    stream_creation_timeout_seconds: float = field(
+        default=30.0,
+        metadata=_doc("A client must send its request and open its streams within this."),
+    )
+    stream_idle_timeout_seconds: float = field(
+        default=14400.0,
+        metadata=_doc("A streaming connection that carries nothing for this long is closed."),
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -272,7 +284,7 @@ def load(
             raise ConfigError(f"config file {source}: {exc.strerror}") from None
     env = os.environ if environ is None else environ
     for var, key in ENV_OVERRIDES.items():
-        if env.get(var):
+        if var in env:  # set, even empty: MODEL_AGENT_METRICS_ADDRESS="" disables metrics
             _set_dotted(raw, key, env[var])
     for key, value in (overrides or {}).items():
         if value is not None:
@@ -416,6 +428,14 @@ def _validate(config: Config) -> None:
     if config.network.cni_timeout_seconds <= 0:
         raise ConfigError("network.cni_timeout_seconds: must be positive")
     image = config.image
+    streaming = config.streaming
+    for key in (
+        "token_ttl_seconds",
+        "stream_creation_timeout_seconds",
+        "stream_idle_timeout_seconds",
+    ):
+        if getattr(streaming, key) <= 0:
+            raise ConfigError(f"streaming.{key}: must be positive")
     if image.max_concurrent_downloads < 1:
         raise ConfigError("image.max_concurrent_downloads: must be at least 1")
     if image.download_part_mb < 1:

@@ -19,9 +19,14 @@ from agent._util.serde import to_dict
 from agent.api.cri.runtime.v1 import api_pb2 as pb, api_pb2_grpc as pb_grpc
 from agent.config import Config
 from agent.cri import convert
-from agent.errors import InvalidArgument
+from agent.errors import FailedPrecondition, InvalidArgument, Unavailable
 from agent.health import Condition, NodeHealth
+from agent.metrics import cadvisor
+from agent.pods.events import SubscriberTooSlow
 from agent.pods.service import PodService
+from agent.pods.state import ContainerState
+from agent.streaming.server import StreamingServer
+from agent.streaming.tokens import AttachRequest, ExecRequest, PortForwardRequest
 
 __all__ = ["CRI_API_VERSION", "RUNTIME_NAME", "RuntimeService"]
 
@@ -35,7 +40,127 @@ Context = grpc.aio.ServicerContext[Any, Any]
 _STREAM_BATCH = 100
 
 
-class RuntimeService(pb_grpc.RuntimeServiceServicer):
+class _StatsRpcs:
+    """Stats, metrics and events (mixed into RuntimeService)."""
+
+    _pods: PodService
+
+    async def _container_stats(self, f: pb.ContainerStatsFilter | None) -> list[pb.ContainerStats]:
+        records = list(self._pods.store.containers.values())
+        if f is not None:
+            if f.id:
+                records = [r for r in records if r.id.startswith(f.id)]
+            if f.pod_sandbox_id:
+                records = [r for r in records if r.sandbox_id.startswith(f.pod_sandbox_id)]
+            if f.label_selector:
+                records = [
+                    r
+                    for r in records
+                    if all(r.config.labels.get(k) == v for k, v in f.label_selector.items())
+                ]
+        records = [self._pods.containers.status(r.id) for r in records]
+        records = [r for r in records if r.state is ContainerState.RUNNING]
+        return [convert.container_stats_to_pb(await self._pods.container_usage(r)) for r in records]
+
+    async def ContainerStats(
+        self, request: pb.ContainerStatsRequest, context: Context
+    ) -> pb.ContainerStatsResponse:
+        record = self._pods.containers.status(request.container_id)
+        usage = await self._pods.container_usage(record)
+        return pb.ContainerStatsResponse(stats=convert.container_stats_to_pb(usage))
+
+    async def ListContainerStats(
+        self, request: pb.ListContainerStatsRequest, context: Context
+    ) -> pb.ListContainerStatsResponse:
+        f = request.filter if request.HasField("filter") else None
+        return pb.ListContainerStatsResponse(stats=await self._container_stats(f))
+
+    async def StreamContainerStats(
+        self, request: pb.StreamContainerStatsRequest, context: Context
+    ) -> AsyncIterator[pb.StreamContainerStatsResponse]:
+        f = request.filter if request.HasField("filter") else None
+        stats = await self._container_stats(f)
+        for start in range(0, len(stats), _STREAM_BATCH):
+            yield pb.StreamContainerStatsResponse(
+                container_stats=stats[start : start + _STREAM_BATCH]
+            )
+
+    async def _pod_usages(
+        self, f: pb.PodSandboxStatsFilter | None, *, processes: bool = False
+    ) -> list[Any]:
+        records = list(self._pods.store.sandboxes.values())
+        if f is not None:
+            if f.id:
+                records = [r for r in records if r.id.startswith(f.id)]
+            if f.label_selector:
+                records = [
+                    r
+                    for r in records
+                    if all(r.config.labels.get(k) == v for k, v in f.label_selector.items())
+                ]
+        records = [r for r in records if self._pods.sandboxes.status(r.id).state.value == "READY"]
+        return [await self._pods.pod_usage(r, processes=processes) for r in records]
+
+    async def PodSandboxStats(
+        self, request: pb.PodSandboxStatsRequest, context: Context
+    ) -> pb.PodSandboxStatsResponse:
+        record = self._pods.sandboxes.status(request.pod_sandbox_id)
+        usage = await self._pods.pod_usage(record)
+        return pb.PodSandboxStatsResponse(stats=convert.pod_stats_to_pb(usage))
+
+    async def ListPodSandboxStats(
+        self, request: pb.ListPodSandboxStatsRequest, context: Context
+    ) -> pb.ListPodSandboxStatsResponse:
+        f = request.filter if request.HasField("filter") else None
+        usages = await self._pod_usages(f)
+        return pb.ListPodSandboxStatsResponse(stats=[convert.pod_stats_to_pb(u) for u in usages])
+
+    async def StreamPodSandboxStats(
+        self, request: pb.StreamPodSandboxStatsRequest, context: Context
+    ) -> AsyncIterator[pb.StreamPodSandboxStatsResponse]:
+        f = request.filter if request.HasField("filter") else None
+        stats = [convert.pod_stats_to_pb(u) for u in await self._pod_usages(f)]
+        for start in range(0, len(stats), _STREAM_BATCH):
+            yield pb.StreamPodSandboxStatsResponse(
+                pod_sandbox_stats=stats[start : start + _STREAM_BATCH]
+            )
+
+    async def ListMetricDescriptors(
+        self, request: pb.ListMetricDescriptorsRequest, context: Context
+    ) -> pb.ListMetricDescriptorsResponse:
+        return pb.ListMetricDescriptorsResponse(
+            descriptors=convert.descriptors_to_pb(cadvisor.DESCRIPTORS)
+        )
+
+    async def ListPodSandboxMetrics(
+        self, request: pb.ListPodSandboxMetricsRequest, context: Context
+    ) -> pb.ListPodSandboxMetricsResponse:
+        usages = await self._pod_usages(None, processes=True)
+        return pb.ListPodSandboxMetricsResponse(
+            pod_metrics=[convert.pod_metrics_to_pb(u) for u in usages]
+        )
+
+    async def StreamPodSandboxMetrics(
+        self, request: pb.StreamPodSandboxMetricsRequest, context: Context
+    ) -> AsyncIterator[pb.StreamPodSandboxMetricsResponse]:
+        usages = await self._pod_usages(None, processes=True)
+        metrics = [convert.pod_metrics_to_pb(u) for u in usages]
+        for start in range(0, len(metrics), _STREAM_BATCH):
+            yield pb.StreamPodSandboxMetricsResponse(
+                pod_sandbox_metrics=metrics[start : start + _STREAM_BATCH]
+            )
+
+    async def GetContainerEvents(
+        self, request: pb.GetEventsRequest, context: Context
+    ) -> AsyncIterator[pb.ContainerEventResponse]:
+        try:
+            async for event in self._pods.events.subscribe():
+                yield convert.event_to_pb(event)
+        except SubscriberTooSlow as exc:
+            raise Unavailable(str(exc)) from None
+
+
+class RuntimeService(_StatsRpcs, pb_grpc.RuntimeServiceServicer):
     def __init__(
         self,
         *,
@@ -45,7 +170,9 @@ class RuntimeService(pb_grpc.RuntimeServiceServicer):
         version: str,
         pulls: Callable[[], list[dict[str, object]]],
         pods: PodService,
+        streaming: StreamingServer,
     ) -> None:
+        self._streaming = streaming
         self._config = config
         self._health = health
         self._ready = ready
@@ -328,6 +455,60 @@ class RuntimeService(pb_grpc.RuntimeServiceServicer):
         return pb.ExecSyncResponse(
             stdout=output.stdout, stderr=output.stderr, exit_code=output.exit_code
         )
+
+    # -- streaming: validate, park under a one-time token, answer the URL -------------
+
+    def _check_streams(self, request: pb.ExecRequest | pb.AttachRequest) -> str:
+        _require_id(request.container_id, "container_id")
+        if request.tty and request.stderr:
+            raise InvalidArgument("tty and stderr cannot both be true")
+        if not (request.stdin or request.stdout or request.stderr):
+            raise InvalidArgument("one of stdin, stdout, or stderr must be set")
+        record = self._pods.containers.status(request.container_id)
+        if record.state is not ContainerState.RUNNING:
+            raise FailedPrecondition(f"container {record.id} is not running")
+        return record.id
+
+    async def Exec(self, request: pb.ExecRequest, context: Context) -> pb.ExecResponse:
+        if not request.cmd:
+            raise InvalidArgument("cmd is required")
+        container_id = self._check_streams(request)
+        url = self._streaming.url_for(
+            ExecRequest(
+                container_id,
+                tuple(request.cmd),
+                tty=request.tty,
+                stdin=request.stdin,
+                stdout=request.stdout,
+                stderr=request.stderr,
+            )
+        )
+        return pb.ExecResponse(url=url)
+
+    async def Attach(self, request: pb.AttachRequest, context: Context) -> pb.AttachResponse:
+        container_id = self._check_streams(request)
+        url = self._streaming.url_for(
+            AttachRequest(
+                container_id,
+                tty=request.tty,
+                stdin=request.stdin,
+                stdout=request.stdout,
+                stderr=request.stderr,
+            )
+        )
+        return pb.AttachResponse(url=url)
+
+    async def PortForward(
+        self, request: pb.PortForwardRequest, context: Context
+    ) -> pb.PortForwardResponse:
+        _require_id(request.pod_sandbox_id, "pod_sandbox_id")
+        for port in request.port:
+            if not 0 < port <= 0xFFFF:
+                raise InvalidArgument(f"port {port} is not a valid TCP port")
+        sandbox_id = self._pods.sandboxes.status(request.pod_sandbox_id).id
+        self._pods.sandboxes.network_namespace(sandbox_id)  # ready, or FAILED_PRECONDITION
+        url = self._streaming.url_for(PortForwardRequest(sandbox_id, tuple(request.port)))
+        return pb.PortForwardResponse(url=url)
 
 
 def _require_id(value: str, field: str) -> None:

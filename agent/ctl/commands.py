@@ -24,6 +24,7 @@ from agent.api.cri.runtime.v1 import api_pb2 as pb
 from agent.ctl.client import CriClient
 from agent.errors import InvalidArgument
 from agent.images import reference
+from agent.streaming import client
 
 __all__ = ["add_parser", "run"]
 
@@ -358,13 +359,19 @@ def _write_log_lines(lines: list[bytes]) -> None:
 
 
 async def _exec(cri: CriClient, args: argparse.Namespace) -> int:
+    if not args.cmd:
+        raise InvalidArgument("exec needs a command")
     if args.interactive or args.tty:
-        print(
-            "interactive exec (-i/-t) needs the streaming server, which this agent "
-            "does not serve yet; run without -i/-t",
-            file=sys.stderr,
+        request = pb.ExecRequest(
+            container_id=args.id,
+            cmd=args.cmd,
+            tty=args.tty,
+            stdin=args.interactive,
+            stdout=True,
+            stderr=not args.tty,
         )
-        return 2
+        url = (await cri.runtime.Exec(request)).url
+        return await client.remote_command(url, stdin=args.interactive, tty=args.tty)
     resp = await cri.runtime.ExecSync(
         pb.ExecSyncRequest(container_id=args.id, cmd=args.cmd, timeout=args.timeout),
         timeout=None if args.timeout == 0 else args.timeout + 10,
@@ -372,6 +379,44 @@ async def _exec(cri: CriClient, args: argparse.Namespace) -> int:
     sys.stdout.buffer.write(resp.stdout)
     sys.stderr.buffer.write(resp.stderr)
     return int(resp.exit_code)
+
+
+async def _attach(cri: CriClient, args: argparse.Namespace) -> int:
+    request = pb.AttachRequest(
+        container_id=args.id,
+        tty=args.tty,
+        stdin=args.interactive,
+        stdout=True,
+        stderr=not args.tty,
+    )
+    url = (await cri.runtime.Attach(request)).url
+    return await client.remote_command(url, stdin=args.interactive, tty=args.tty)
+
+
+def parse_port_mapping(text: str) -> tuple[int, int]:
+    """``8080`` or ``LOCAL:REMOTE`` (``:REMOTE`` picks a free local port), as kubectl takes."""
+    local, sep, remote = text.rpartition(":")
+    try:
+        pair = (int(local or 0) if sep else int(remote), int(remote))
+    except ValueError:
+        raise InvalidArgument(f"'{text}' is not PORT or LOCAL:REMOTE") from None
+    if not (0 <= pair[0] <= 0xFFFF and 0 < pair[1] <= 0xFFFF):
+        raise InvalidArgument(f"'{text}' names a port outside 1-65535")
+    return pair
+
+
+async def _port_forward(cri: CriClient, args: argparse.Namespace) -> int:
+    mappings = [parse_port_mapping(m) for m in args.ports]
+    request = pb.PortForwardRequest(pod_sandbox_id=args.pod, port=[r for _, r in mappings])
+    url = (await cri.runtime.PortForward(request)).url
+
+    def ready(bound: list[tuple[int, int]]) -> None:
+        for local, remote in bound:
+            print(f"Forwarding from {args.address}:{local} -> {remote}", flush=True)
+
+    await client.forward_ports(url, mappings, address=args.address, on_ready=ready)
+    print("the streaming connection ended", file=sys.stderr)
+    return 1
 
 
 async def _stats(cri: CriClient, args: argparse.Namespace) -> int:
@@ -488,9 +533,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("id")
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("--tail", type=int)
-    p = verb("exec", _exec, "run a command in a container")
-    p.add_argument("-i", "--interactive", action="store_true")
-    p.add_argument("-t", "--tty", action="store_true")
+    p = verb("exec", _exec, "run a command in a container (-i/-t: interactive, streamed)")
+    p.add_argument("-i", "--interactive", action="store_true", help="pass stdin")
+    p.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
     p.add_argument(
         "--timeout",
         type=int,
@@ -500,6 +545,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("id")
     p.add_argument("cmd", nargs=argparse.REMAINDER)
+    p = verb("attach", _attach, "attach to a running container's stdio")
+    p.add_argument("-i", "--interactive", action="store_true", help="pass stdin")
+    p.add_argument("-t", "--tty", action="store_true", help="the container has a terminal")
+    p.add_argument("id")
+    p = verb("port-forward", _port_forward, "forward local ports to a pod")
+    p.add_argument("--address", default="127.0.0.1", help="local address to listen on")
+    p.add_argument("pod")
+    p.add_argument("ports", nargs="+", metavar="[LOCAL:]REMOTE")
     p = verb("stats", _stats, "container resource usage")
     p.add_argument("--id")
     p.add_argument("--pod")
@@ -530,6 +583,11 @@ def run(args: argparse.Namespace, socket_path: str) -> int:
         if exc.code() is grpc.StatusCode.UNAVAILABLE and not os.path.exists(socket_path):
             print(f"(no socket at {socket_path}: is model-agent running?)", file=sys.stderr)
         return 1
-    except OSError as exc:
+    except (OSError, client.StreamingError) as exc:
         print(f"model-agent ctl: {exc}", file=sys.stderr)
         return 1
+    except InvalidArgument as exc:
+        print(f"model-agent ctl: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

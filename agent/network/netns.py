@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
+import functools
 import os
 import re
+import socket
+import threading
 import weakref
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -35,6 +39,7 @@ __all__ = [
     "prepare_dir",
     "remove",
     "run_in",
+    "socket_in",
 ]
 
 #: mount/umount/unshare are quick; anything slower is a stuck host.
@@ -217,6 +222,53 @@ async def run_in(
     return await run(
         ["nsenter", f"--net={path}", "--", *argv], timeout=timeout, input=input, check=check
     )
+
+
+async def socket_in(path: str, family: int, kind: int) -> socket.socket:
+    """A non-blocking socket created inside the namespace at ``path`` (port-forward).
+
+    A socket belongs to the namespace it was created in, wherever it is used
+    later. ``setns`` switches only the calling thread, so the socket is made
+    on a throwaway thread that exits right after: no thread of ours is ever
+    left in a pod's namespace.
+    """
+    if not exists(path):
+        raise NotFound(f"network namespace {path} does not exist")
+    loop = asyncio.get_running_loop()
+    made: asyncio.Future[socket.socket] = loop.create_future()
+
+    def make() -> None:
+        try:
+            with open(path, "rb") as ns:
+                if _libc().setns(ns.fileno(), _CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns {path}: {os.strerror(err)}")
+            sock = socket.socket(family, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(_settle, made, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, made, sock, None)
+
+    threading.Thread(target=make, name="netns-socket", daemon=True).start()
+    return await made
+
+
+def _settle(
+    future: asyncio.Future[socket.socket], sock: socket.socket | None, exc: BaseException | None
+) -> None:
+    if future.cancelled():
+        if sock is not None:
+            sock.close()
+    elif exc is not None:
+        future.set_exception(exc)
+    else:
+        assert sock is not None
+        future.set_result(sock)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def parse_proc_net_dev(text: str) -> dict[str, InterfaceCounters]:

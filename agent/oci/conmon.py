@@ -23,7 +23,7 @@ from typing import Any
 
 from agent.errors import AgentError, DeadlineExceeded
 
-__all__ = ["ConmonSpawn", "CreateFailed", "spawn"]
+__all__ = ["ConmonSpawn", "CreateFailed", "runtime_message", "spawn"]
 
 _STDERR_TAIL = 2000
 
@@ -79,7 +79,7 @@ async def spawn(command: ConmonSpawn, *, timeout: float) -> int:
         raise CreateFailed(f"conmon exited without reporting the container: {detail}")
     pid = int(message.get("data", message.get("pid", -1)))
     if pid < 0:
-        raise CreateFailed(_runtime_message(str(message.get("message", "unknown error"))))
+        raise CreateFailed(runtime_message(str(message.get("message", "unknown error"))))
     return pid
 
 
@@ -110,7 +110,7 @@ async def _read_message(fd: int) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _runtime_message(raw: str) -> str:
+def runtime_message(raw: str) -> str:
     """runc's error, without its log-format noise (``time=... level=error msg="..."``)."""
     text = raw.strip()
     marker = 'msg="'

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import tempfile
@@ -20,7 +21,7 @@ from typing import Any
 
 from agent._util.proc import CommandFailed, run
 from agent.errors import AgentError, DeadlineExceeded, NotFound
-from agent.oci import conmon
+from agent.oci import conmon, execs
 
 __all__ = ["CreateOptions", "ExecResult", "ExitStatus", "OciRuntime"]
 
@@ -28,6 +29,8 @@ _GONE = ("does not exist", "not exist", "no such file")
 _NOT_RUNNING = ("not running", "process already finished", "container not running")
 #: ExecSync output kept per stream (the kubelet's message size limit is 16 MiB).
 MAX_EXEC_OUTPUT = 8 << 20
+#: After a timed-out exec'd process is killed, how long runc gets to reap it and exit.
+_EXEC_REAP_WAIT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +167,14 @@ class OciRuntime:
         result: dict[str, Any] = json.loads(done.stdout)
         return result
 
+    async def list_ids(self) -> list[str]:
+        """Every container this runtime's state dir knows (to find orphans)."""
+        try:
+            done = await self._run("list", "--quiet")
+        except CommandFailed:
+            return []
+        return [line for line in done.stdout.decode().split() if line]
+
     async def update(self, cid: str, resources: dict[str, Any]) -> None:
         try:
             await run(
@@ -199,7 +210,12 @@ class OciRuntime:
                 code = await proc.wait()
                 started = _exists(pid_path)
             except TimeoutError:
-                _kill_pid_file(pid_path)  # the exec'd process, inside the container
+                # Kill the exec'd process (inside the container) and let runc, its parent,
+                # reap it: killing runc first would leave it a zombie in the container,
+                # reparented to the host's init, for as long as that takes to reap it.
+                if _kill_pid_file(pid_path):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(proc.wait(), _EXEC_REAP_WAIT)
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 stdout, stderr = await outputs
@@ -214,6 +230,90 @@ class OciRuntime:
         if code != 0 and not started and _says_bytes(stderr, _GONE):
             raise NotFound(f"container {cid} does not exist in {self.name}")
         return ExecResult(code, stdout, stderr)
+
+    async def exec_session(
+        self, cid: str, process: dict[str, Any], *, tty: bool, stdin: bool
+    ) -> execs.ExecSession:
+        """Start an interactive process in the container under conmon (see ``oci.execs``)."""
+        session_id = secrets.token_hex(8)
+        directory = os.path.join(self.persist_dir(cid), f"exec-{session_id}")
+        os.makedirs(directory, mode=0o700)
+        spec_path = os.path.join(directory, "process.json")
+        _write_json(spec_path, dict(process, terminal=tty))
+        argv = [
+            self._conmon,
+            "--api-version",
+            "1",
+            "-c",
+            cid,
+            "-u",
+            session_id,
+            "-r",
+            self.binary,
+            "--runtime-arg",
+            f"--root={self.root}",
+            "-b",
+            directory,
+            "-p",
+            os.path.join(directory, "pid"),
+            "-P",
+            os.path.join(directory, execs.CONMON_PIDFILE),
+            "--exec",
+            "--exec-process-spec",
+            spec_path,
+            "--exec-attach",
+            "--exit-dir",
+            directory,
+            "-l",
+            "none",
+            "--log-level",
+            "error",
+            "--socket-dir-path",
+            self._socket_dir,
+        ]
+        if tty:
+            argv.append("--terminal")
+        if stdin:
+            argv.append("--stdin")
+        try:
+            return await execs.start_exec(
+                argv,
+                directory=directory,
+                symlink=os.path.join(self._socket_dir, session_id),
+                timeout=self._timeout,
+            )
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self._socket_dir, session_id))
+            raise
+
+    async def end_exec_sessions(self) -> list[str]:
+        """Kill exec'd processes whose client is gone (the agent stopped under them).
+
+        Their conmons still run: the process is signalled while its conmon is
+        alive (so the pid cannot have been reused), then the files go.
+        """
+        ended = []
+        with contextlib.suppress(FileNotFoundError):
+            for cid in os.listdir(self._persist_dir):
+                base = self.persist_dir(cid)
+                for name in os.listdir(base):
+                    if not name.startswith("exec-"):
+                        continue
+                    directory = os.path.join(base, name)
+                    monitor = _read_pid(os.path.join(directory, execs.CONMON_PIDFILE))
+                    process = _read_pid(os.path.join(directory, "pid"))
+                    if monitor and process and _alive(monitor):
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(process, signal.SIGKILL)
+                    if monitor:
+                        await self.reap_monitor(directory)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(self._socket_dir, name.removeprefix("exec-")))
+                    await asyncio.to_thread(shutil.rmtree, directory, True)
+                    ended.append(f"{cid}/{name}")
+        return ended
 
     def exit_status(self, cid: str) -> ExitStatus | None:
         """What conmon recorded when the container ended, or None while it runs."""
@@ -230,11 +330,7 @@ class OciRuntime:
         return ExitStatus(int(text), finished, oom)
 
     def conmon_pid(self, bundle: str) -> int | None:
-        try:
-            with open(os.path.join(bundle, "conmon.pid")) as f:
-                return int(f.read().strip())
-        except (OSError, ValueError):
-            return None
+        return _read_pid(os.path.join(bundle, "conmon.pid"))
 
     async def reap_monitor(self, bundle: str, timeout: float = 5.0) -> None:
         """Wait for the container's conmon to exit (it finishes just after the container);
@@ -249,6 +345,11 @@ class OciRuntime:
                     os.kill(pid, signal.SIGKILL)
                 return
             await asyncio.sleep(0.01)
+
+    def monitor_alive(self, bundle: str) -> bool | None:
+        """Is the container's conmon running? None when its pid is unknown."""
+        pid = self.conmon_pid(bundle)
+        return None if pid is None else _alive(pid)
 
     def forget(self, cid: str) -> None:
         """Drop conmon's files for a removed container."""
@@ -292,6 +393,14 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _read_pid(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def _write_json(path: str, value: Any) -> None:
     with open(path, "w") as f:
         json.dump(value, f)
@@ -301,8 +410,12 @@ def _exists(path: str) -> bool:
     return os.path.exists(path)
 
 
-def _kill_pid_file(path: str) -> None:
-    with contextlib.suppress(OSError, ValueError):
+def _kill_pid_file(path: str) -> bool:
+    """SIGKILL the process whose pid ``path`` holds; whether there was one to signal."""
+    try:
         with open(path) as f:
             pid = int(f.read().strip())
         os.kill(pid, signal.SIGKILL)
+    except (OSError, ValueError):
+        return False
+    return True

@@ -40,17 +40,18 @@ from agent.errors import (
 from agent.images.manifest import ImageConfig
 from agent.images.service import ImageManager
 from agent.oci.conmon import CreateFailed
+from agent.oci.execs import ExecFailed, ExecSession
 from agent.oci.runtime import CreateOptions, OciRuntime
 from agent.pods import mounts, spec
 from agent.pods.model import ContainerConfig, Resources
 from agent.pods.oom import OomPolicy
-from agent.pods.podfiles import PodDirs
+from agent.pods.podfiles import PodDirs, pod_hostname
 from agent.pods.seccomp_profiles import SeccompProfiles
 from agent.pods.state import ContainerRecord, ContainerState, SandboxRecord, SandboxState
 from agent.pods.store import PodStore
 from agent.pods.users import User, resolve_user
 
-__all__ = ["ContainerManager", "ExecOutput"]
+__all__ = ["AttachTarget", "ContainerManager", "ExecOutput"]
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,26 @@ class ExecOutput:
     exit_code: int
 
 
+@dataclass(frozen=True, slots=True)
+class AttachTarget:
+    socket: str
+    control_fifo: str
+    tty: bool
+    stdin: bool
+
+
 def _exists(path: str) -> bool:
     return os.path.exists(path)
+
+
+def _alive_pid(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def new_id() -> str:
@@ -259,7 +278,7 @@ class ContainerManager:
             user=user,
             pod=self._pod_dirs.files(sandbox),
             infra_pid=sandbox.infra_pid,
-            hostname=self._hostname(sandbox),
+            hostname=pod_hostname(sandbox.config),
             cgroups=spec.cgroups_path(
                 self._config.runtime.cgroup_driver, sandbox.config.cgroup_parent, cid
             ),
@@ -279,11 +298,6 @@ class ContainerManager:
         if config.stop_signal == "" and image.stop_signal:
             oci["annotations"]["io.kubernetes.cri.stop-signal"] = image.stop_signal
         return oci, user
-
-    def _hostname(self, sandbox: SandboxRecord) -> str:
-        if not sandbox.netns:
-            return os.uname().nodename
-        return sandbox.config.hostname or sandbox.config.metadata.name
 
     # -- start ---------------------------------------------------------------------
 
@@ -467,24 +481,102 @@ class ContainerManager:
             await mounts.unmount(self.rootfs(record.id))
             await asyncio.to_thread(shutil.rmtree, os.path.join(self.state, record.id), True)
             await asyncio.to_thread(shutil.rmtree, os.path.join(self.root, record.id), True)
+            self._on_change("deleted", record.id)  # while the record still says which pod
             self._store.remove_container(record.id)
             self._exited.pop(record.id, None)
         log.info("removed container %s", record.id)
-        self._on_change("deleted", record.id)
 
     # -- status, exec, update, logs ------------------------------------------------
 
     def status(self, container_id: str) -> ContainerRecord:
         record = self._store.container(container_id)
         if record.state is not ContainerState.EXITED:
-            self._apply_exit(record.id)
+            if not self._apply_exit(record.id):
+                self._check_monitor(record)
             record = self._store.container(record.id)
         return record
 
-    async def exec_sync(self, container_id: str, cmd: list[str], timeout: float) -> ExecOutput:
-        record = self.status(container_id)
+    def _check_monitor(self, record: ContainerRecord) -> None:
+        """A container whose conmon died has nobody to report its exit: say so."""
         if record.state is not ContainerState.RUNNING:
-            raise FailedPrecondition(f"container {record.id} is not running")
+            return
+        runtime = self._runtimes.get(record.handler)
+        if runtime is None or runtime.monitor_alive(self.bundle(record.id)) is not False:
+            return
+        if _alive_pid(record.pid):
+            self._store.update_container(
+                record.id,
+                lambda r: replace(
+                    r,
+                    state=ContainerState.UNKNOWN,
+                    message="its monitor (conmon) died; the process still runs",
+                ),
+            )
+        else:
+            self._store.update_container(
+                record.id,
+                lambda r: replace(
+                    r,
+                    state=ContainerState.EXITED,
+                    exit_code=255,
+                    reason="Error",
+                    finished_at=time.time_ns(),
+                    message="exit code unknown: its monitor (conmon) died",
+                ),
+            )
+        log.warning("conmon of container %s died", record.id)
+        self._on_change("stopped", record.id)
+
+    async def reconcile(self) -> None:
+        """After an agent restart: bring every record in line with what really runs."""
+        for record in list(self._store.containers.values()):
+            if record.state is ContainerState.EXITED or self._apply_exit(record.id):
+                continue
+            runtime = self._runtimes.get(record.handler)
+            state = await runtime.state(record.id) if runtime is not None else None
+            status = (state or {}).get("status")
+            if status == "running" and record.state is ContainerState.CREATED:
+                # The agent died inside StartContainer, after runc started it.
+                self._store.update_container(
+                    record.id,
+                    lambda r: replace(r, state=ContainerState.RUNNING, started_at=time.time_ns()),
+                )
+            elif status in (None, "stopped"):
+                self._store.update_container(
+                    record.id,
+                    lambda r: replace(
+                        r,
+                        state=ContainerState.EXITED,
+                        exit_code=255,
+                        reason="Error",
+                        message="the container was gone when the agent started",
+                        finished_at=r.finished_at or r.started_at or r.created_at,
+                    ),
+                )
+            else:
+                self._check_monitor(self._store.container(record.id))
+
+    async def remove_orphans(self) -> list[str]:
+        """Remove what a crash inside CreateContainer left: runc state, mounts, dirs."""
+        orphans = []
+        for base in (self.state, self.root):
+            with contextlib.suppress(FileNotFoundError):
+                orphans += [
+                    n for n in os.listdir(base) if len(n) == 64 and n not in self._store.containers
+                ]
+        for cid in sorted(set(orphans)):
+            for runtime in self._runtimes.values():
+                await runtime.delete(cid)
+                await runtime.reap_monitor(self.bundle(cid))
+                runtime.forget(cid)
+            await mounts.unmount(self.rootfs(cid))
+            await asyncio.to_thread(shutil.rmtree, os.path.join(self.state, cid), True)
+            await asyncio.to_thread(shutil.rmtree, os.path.join(self.root, cid), True)
+            log.info("removed the remains of container %s (created when the agent died)", cid)
+        return sorted(set(orphans))
+
+    async def exec_sync(self, container_id: str, cmd: list[str], timeout: float) -> ExecOutput:
+        record = self._running(container_id)
         if not cmd:
             raise InvalidArgument("cmd is required")
         process = self._bundle_spec(record.id)["process"]
@@ -493,6 +585,50 @@ class ContainerManager:
         if result.timed_out:
             raise DeadlineExceeded(f"command {cmd[0]!r} timed out after {timeout:g}s")
         return ExecOutput(result.stdout, result.stderr, result.exit_code)
+
+    def _running(self, container_id: str) -> ContainerRecord:
+        record = self.status(container_id)
+        if record.state is not ContainerState.RUNNING:
+            raise FailedPrecondition(f"container {record.id} is not running")
+        return record
+
+    async def exec_session(
+        self,
+        container_id: str,
+        cmd: list[str],
+        *,
+        tty: bool,
+        stdin: bool,
+        console_size: tuple[int, int] | None = None,
+    ) -> ExecSession:
+        """Start an interactive process (``Exec``); the caller owns and closes it."""
+        record = self._running(container_id)
+        if not cmd:
+            raise InvalidArgument("cmd is required")
+        process = self._bundle_spec(record.id)["process"]
+        process.update(args=cmd)
+        process.pop("consoleSize", None)
+        if tty and console_size is not None and all(0 < v <= 0xFFFF for v in console_size):
+            process["consoleSize"] = {"width": console_size[0], "height": console_size[1]}
+        try:
+            return await self.runtime_of(record).exec_session(
+                record.id, process, tty=tty, stdin=stdin
+            )
+        except ExecFailed as exc:
+            # The container may have died while we were asking: say which.
+            if self.status(record.id).state is not ContainerState.RUNNING:
+                raise FailedPrecondition(f"container {record.id} is not running") from None
+            raise AgentError(f"cannot exec {cmd[0]!r}: {exc}") from None
+
+    def attach_target(self, container_id: str) -> AttachTarget:
+        """Where the container's conmon serves its stdio (``Attach``)."""
+        record = self._running(container_id)
+        return AttachTarget(
+            socket=self.runtime_of(record).attach_socket(record.id),
+            control_fifo=os.path.join(self.bundle(record.id), "ctl"),
+            tty=record.config.tty,
+            stdin=record.config.stdin,
+        )
 
     async def update_resources(self, container_id: str, resources: Resources) -> None:
         record = self.status(container_id)

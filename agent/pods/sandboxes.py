@@ -27,14 +27,14 @@ from dataclasses import replace
 from agent._util.fs import atomic_write_json
 from agent._util.locks import KeyedLock
 from agent.config import Config
-from agent.errors import AgentError, InvalidArgument, NotFound
+from agent.errors import AgentError, FailedPrecondition, InvalidArgument, NotFound
 from agent.oci.conmon import CreateFailed
 from agent.oci.runtime import CreateOptions, OciRuntime
 from agent.pods import mounts, spec
 from agent.pods.containers import ContainerManager
 from agent.pods.model import Resources, SandboxConfig
 from agent.pods.oom import OomPolicy
-from agent.pods.podfiles import PodDirs
+from agent.pods.podfiles import PodDirs, pod_hostname
 from agent.pods.podnet import PodNetwork
 from agent.pods.seccomp_profiles import SeccompProfiles
 from agent.pods.state import SandboxRecord, SandboxState
@@ -106,7 +106,15 @@ class SandboxManager:
             self._dirs.create(sandbox_id)
             undo.callback(self._dirs.delete, sandbox_id)
             if config.security.namespaces.network != "NODE":
-                attachment = await self.network.attach(sandbox_id, config)
+
+                def prepared(netns_path: str, network_conf: str) -> None:
+                    # Recorded before CNI ADD: a crash during ADD is undone at restart.
+                    self._store.update_sandbox(
+                        sandbox_id,
+                        lambda r: replace(r, netns=netns_path, network_conf=network_conf),
+                    )
+
+                attachment = await self.network.attach(sandbox_id, config, prepared)
                 undo.push_async_callback(
                     self.network.detach,
                     sandbox_id,
@@ -154,7 +162,7 @@ class SandboxManager:
         oci = spec.infra_spec(
             sandbox_id=record.id,
             rootfs=self._infra_rootfs,
-            hostname=config.hostname or config.metadata.name,
+            hostname=pod_hostname(config),
             namespaces=security.namespaces,
             pod=self._dirs.files(record),
             cgroups=record.cgroup_path,
@@ -257,9 +265,9 @@ class SandboxManager:
             if runtime is not None:
                 await self._delete_infra(runtime, record.id)
             await asyncio.to_thread(self._dirs.delete, record.id)
+            self._on_change("deleted", record.id)
             self._store.remove_sandbox(record.id)
         log.info("pod sandbox %s removed", record.id)
-        self._on_change("deleted", record.id)
 
     # -- status and updates ---------------------------------------------------------------
 
@@ -290,6 +298,13 @@ class SandboxManager:
             self.notice_exit(record.id)
             record = self._store.sandbox(record.id)
         return record
+
+    def network_namespace(self, sandbox_id: str) -> str:
+        """The ready pod's network namespace path ("" for a host-network pod), for port-forward."""
+        record = self.status(sandbox_id)
+        if record.state is not SandboxState.READY:
+            raise FailedPrecondition(f"pod sandbox {record.id} is not ready")
+        return record.netns
 
     def update_resources(self, sandbox_id: str, resources: Resources) -> None:
         record = self._store.sandbox(sandbox_id)
