@@ -498,6 +498,9 @@ async def test_after_a_reboot_pods_are_not_ready_and_can_be_removed(node):
         ):
             subprocess.run(["umount", "-l", mount], check=False)
     shutil.rmtree(f"{node.base}/state")
+    # A reboot also empties iptables: the pod's masquerade rules go with it (CNI DEL
+    # cannot find them once the namespace is gone, and after a real reboot need not).
+    HostNetworkState.capture().restore("model-agent", [sid])
     with node.agent() as agent:
         async with CriClient(agent.socket) as cri:
             pod = await cri.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=sid))
