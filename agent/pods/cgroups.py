@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 __all__ = ["CgroupReading", "cgroup_dirs", "cgroup_processes", "read_cgroup", "unified"]
 
@@ -104,21 +105,23 @@ def _optional(path: str) -> int | None:
 _UNLIMITED = 1 << 60
 
 
-def read_cgroup(cgroups_path: str) -> CgroupReading | None:
+def read_cgroup(cgroups_path: str, *, detail: bool = False) -> CgroupReading | None:
+    """The counters the stats RPCs need; ``detail`` adds what only metrics use (a dozen
+    more files per container, so the kubelet's 10-second stats polls do not pay for it)."""
     dirs = cgroup_dirs(cgroups_path)
     try:
-        return _read_v2(dirs[""]) if "" in dirs else _read_v1(dirs)
+        if "" in dirs:
+            reading = _read_v2(dirs[""])
+            extra = _detail_v2(dirs[""]) if detail else {}
+        else:
+            reading = _read_v1(dirs)
+            extra = _detail_v1(dirs) if detail else {}
     except FileNotFoundError:
         return None
+    return replace(reading, **extra) if extra else reading
 
 
 def _read_v2(path: str) -> CgroupReading:
-    quota, period = 0, 100_000
-    with contextlib.suppress(OSError, ValueError):
-        with open(os.path.join(path, "cpu.max")) as f:
-            max_text, period_text = f.read().split()
-        period = int(period_text)
-        quota = 0 if max_text == "max" else int(max_text)
     cpu = _read_keyed(os.path.join(path, "cpu.stat"))
     memory = _read_keyed(os.path.join(path, "memory.stat"))
     usage = _read_int(os.path.join(path, "memory.current"))
@@ -142,17 +145,29 @@ def _read_v2(path: str) -> CgroupReading:
         swap_usage=_optional(os.path.join(path, "memory.swap.current")),
         oom_events=events.get("oom_kill", 0),
         pids=_optional(os.path.join(path, "pids.current")) or 0,
-        memory_failcnt=events.get("max", 0),
-        memory_kernel=memory.get("kernel", 0),
-        memory_mapped_file=memory.get("file_mapped", 0),
-        memory_max_usage=_optional(os.path.join(path, "memory.peak")) or 0,
-        memory_swap_limit=_limit(_optional(os.path.join(path, "memory.swap.max"))),
-        cpu_period=period,
-        cpu_quota=quota,
-        cpu_shares=_weight_to_shares(_optional(os.path.join(path, "cpu.weight")) or 100),
-        threads_max=_limit(_optional(os.path.join(path, "pids.max"))),
-        block_io=_io_stat_v2(os.path.join(path, "io.stat")),
     )
+
+
+def _detail_v2(path: str) -> dict[str, Any]:
+    quota, period = 0, 100_000
+    with contextlib.suppress(OSError, ValueError), open(os.path.join(path, "cpu.max")) as f:
+        max_text, period_text = f.read().split()
+        period = int(period_text)
+        quota = 0 if max_text == "max" else int(max_text)
+    memory = _read_keyed(os.path.join(path, "memory.stat"))
+    events = _read_keyed(os.path.join(path, "memory.events"))
+    return {
+        "memory_failcnt": events.get("max", 0),
+        "memory_kernel": memory.get("kernel", 0),
+        "memory_mapped_file": memory.get("file_mapped", 0),
+        "memory_max_usage": _optional(os.path.join(path, "memory.peak")) or 0,
+        "memory_swap_limit": _limit(_optional(os.path.join(path, "memory.swap.max"))),
+        "cpu_period": period,
+        "cpu_quota": quota,
+        "cpu_shares": _weight_to_shares(_optional(os.path.join(path, "cpu.weight")) or 100),
+        "threads_max": _limit(_optional(os.path.join(path, "pids.max"))),
+        "block_io": _io_stat_v2(os.path.join(path, "io.stat")),
+    }
 
 
 def _read_v1(dirs: dict[str, str]) -> CgroupReading:
@@ -184,17 +199,23 @@ def _read_v1(dirs: dict[str, str]) -> CgroupReading:
         swap_usage=(memsw - usage) if memsw is not None else None,
         oom_events=oom.get("oom_kill", 0),
         pids=_optional(os.path.join(dirs["pids"], "pids.current")) or 0,
-        memory_failcnt=_optional(os.path.join(mem, "memory.failcnt")) or 0,
-        memory_kernel=_optional(os.path.join(mem, "memory.kmem.usage_in_bytes")) or 0,
         memory_mapped_file=stat.get("total_mapped_file", 0),
-        memory_max_usage=_optional(os.path.join(mem, "memory.max_usage_in_bytes")) or 0,
-        memory_swap_limit=_limit(_optional(os.path.join(mem, "memory.memsw.limit_in_bytes"))),
-        cpu_period=_optional(os.path.join(dirs["cpu"], "cpu.cfs_period_us")) or 0,
-        cpu_quota=max(0, _optional(os.path.join(dirs["cpu"], "cpu.cfs_quota_us")) or 0),
-        cpu_shares=_optional(os.path.join(dirs["cpu"], "cpu.shares")) or 0,
-        threads_max=_limit(_optional(os.path.join(dirs["pids"], "pids.max"))),
-        block_io=_blkio_v1(dirs["blkio"]),
     )
+
+
+def _detail_v1(dirs: dict[str, str]) -> dict[str, Any]:
+    mem, cpu = dirs["memory"], dirs["cpu"]
+    return {
+        "memory_failcnt": _optional(os.path.join(mem, "memory.failcnt")) or 0,
+        "memory_kernel": _optional(os.path.join(mem, "memory.kmem.usage_in_bytes")) or 0,
+        "memory_max_usage": _optional(os.path.join(mem, "memory.max_usage_in_bytes")) or 0,
+        "memory_swap_limit": _limit(_optional(os.path.join(mem, "memory.memsw.limit_in_bytes"))),
+        "cpu_period": _optional(os.path.join(cpu, "cpu.cfs_period_us")) or 0,
+        "cpu_quota": max(0, _optional(os.path.join(cpu, "cpu.cfs_quota_us")) or 0),
+        "cpu_shares": _optional(os.path.join(cpu, "cpu.shares")) or 0,
+        "threads_max": _limit(_optional(os.path.join(dirs["pids"], "pids.max"))),
+        "block_io": _blkio_v1(dirs["blkio"]),
+    }
 
 
 def _limit(value: int | None) -> int:

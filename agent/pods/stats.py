@@ -123,7 +123,7 @@ class StatsCollector:
         reading = None
         counts = None
         if record.state is ContainerState.RUNNING:
-            reading = cgroups.read_cgroup(cgroups_path)
+            reading = cgroups.read_cgroup(cgroups_path, detail=processes)
             if processes:
                 pids = cgroups.cgroup_processes(cgroups_path)
                 counts = await asyncio.to_thread(_count_descriptors, pids)
