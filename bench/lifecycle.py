@@ -21,18 +21,16 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from _node import bench_node  # noqa: E402  (bench/ is the script's directory)
+
 from agent.api.cri.runtime.v1 import api_pb2 as pb  # noqa: E402
 from agent.ctl.client import CriClient  # noqa: E402
-from tests.support.images import busybox_image  # noqa: E402
-from tests.support.push import RegistryClient  # noqa: E402
-from tests.support.registry import Registry  # noqa: E402
 
 STEPS = (
     "RunPodSandbox",
@@ -144,48 +142,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--iterations", type=int, default=20)
     args = parser.parse_args()
-    base = tempfile.mkdtemp(prefix="ma-bench-", dir="/tmp")
-    bridge = f"ma-b{uuid.uuid4().hex[:6]}"
-    try:
-        with Registry(os.path.join(base, "registry")) as registry:
-            RegistryClient(registry.url).push_image("bench/busybox", busybox_image())
-            image = f"{registry.host}/bench/busybox:latest"
-            config = os.path.join(base, "config.toml")
-            with open(config, "w") as f:
-                f.write(f'[network]\nbridge = "{bridge}"\npod_cidr = "10.253.0.0/24"\n')
-            env = dict(
-                os.environ,
-                MODEL_AGENT_ROOT_DIR=f"{base}/root",
-                MODEL_AGENT_STATE_DIR=f"{base}/state",
-                MODEL_AGENT_METRICS_ADDRESS="",
-                MODEL_AGENT_CONFIG=config,
-            )
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "agent", "serve"],
-                env=env,
-                text=True,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-            )
-            try:
-                assert proc.stdout is not None
-                proc.stdout.readline()
-                times = asyncio.run(
-                    agent_iterations(f"{base}/state/model-agent.sock", image, base, args.iterations)
-                )
-                snapshots = os.path.join(base, "root", "snapshots")
-                layer = next(os.path.join(snapshots, n, "fs") for n in os.listdir(snapshots))
-            finally:
-                proc.terminate()
-                proc.communicate(timeout=60)
-            floor = runc_floor(layer, base, args.iterations)
-    finally:
-        subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
-        for controller in os.listdir("/sys/fs/cgroup"):
-            path = os.path.join("/sys/fs/cgroup", controller, "ma-bench")
-            if os.path.isdir(path):
-                os.rmdir(path)
-        shutil.rmtree(base, ignore_errors=True)
+    with bench_node("10.253.0.0/24", "/ma-bench") as node:
+        times = asyncio.run(agent_iterations(node.socket, node.image, node.base, args.iterations))
+        snapshots = os.path.join(node.base, "root", "snapshots")
+        layer = next(os.path.join(snapshots, n, "fs") for n in os.listdir(snapshots))
+        floor = runc_floor(layer, node.base, args.iterations)
     medians = {step: statistics.median(values) * 1000 for step, values in times.items()}
     floor_ms = statistics.median(floor) * 1000
     print(f"median of {args.iterations} iterations (milliseconds):")

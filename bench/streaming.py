@@ -23,23 +23,19 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from _node import bench_node  # noqa: E402  (bench/ is the script's directory)
+
 from agent.api.cri.runtime.v1 import api_pb2 as pb  # noqa: E402
 from agent.ctl.client import CriClient  # noqa: E402
-from tests.support.images import busybox_image  # noqa: E402
 from tests.support.portforward_client import forward_spdy  # noqa: E402
-from tests.support.push import RegistryClient  # noqa: E402
-from tests.support.registry import Registry  # noqa: E402
 from tests.support.remotecommand_client import exec_spdy  # noqa: E402
 
 PARENT = "/ma-bench-streaming"
@@ -166,50 +162,8 @@ def main() -> int:
     parser.add_argument("--mib", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    base = tempfile.mkdtemp(prefix="ma-bench-", dir="/tmp")
-    bridge = f"ma-b{uuid.uuid4().hex[:6]}"
-    try:
-        with Registry(os.path.join(base, "registry")) as registry:
-            RegistryClient(registry.url).push_image("bench/busybox", busybox_image())
-            config = os.path.join(base, "config.toml")
-            with open(config, "w") as f:
-                f.write(f'[network]\nbridge = "{bridge}"\npod_cidr = "10.253.32.0/24"\n')
-            env = dict(
-                os.environ,
-                MODEL_AGENT_ROOT_DIR=f"{base}/root",
-                MODEL_AGENT_STATE_DIR=f"{base}/state",
-                MODEL_AGENT_METRICS_ADDRESS="",
-                MODEL_AGENT_CONFIG=config,
-            )
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "agent", "serve"],
-                env=env,
-                text=True,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-            )
-            try:
-                assert proc.stdout is not None
-                proc.stdout.readline()
-                rates = asyncio.run(
-                    run(
-                        f"{base}/state/model-agent.sock",
-                        f"{registry.host}/bench/busybox:latest",
-                        base,
-                        args.mib << 20,
-                        args.rounds,
-                    )
-                )
-            finally:
-                proc.terminate()
-                proc.communicate(timeout=120)
-    finally:
-        subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
-        for controller in os.listdir("/sys/fs/cgroup"):
-            path = os.path.join("/sys/fs/cgroup", controller, PARENT.strip("/"))
-            if os.path.isdir(path):
-                os.rmdir(path)
-        shutil.rmtree(base, ignore_errors=True)
+    with bench_node("10.253.32.0/24", PARENT) as node:
+        rates = asyncio.run(run(node.socket, node.image, node.base, args.mib << 20, args.rounds))
     raw = rates["raw"]
     print(f"{args.mib} MiB per transfer, median of {args.rounds} (MB/s):")
     for name, label in (("exec", "exec stdout"), ("forward", "port-forward")):
