@@ -177,15 +177,15 @@ while True:
 
 
 @contextlib.asynccontextmanager
-async def echo_server(netns_path: str, port: int) -> AsyncIterator[None]:
-    """A TCP echo server inside the namespace (replies ``<data> from <peer ip>``)."""
+async def _serve_in(netns_path: str, script: str, port: int) -> AsyncIterator[None]:
+    """Run a Python server ``script`` (it prints "ready") inside the namespace until exit."""
     proc = await asyncio.create_subprocess_exec(
         "nsenter",
         f"--net={netns_path}",
         "--",
         sys.executable,
         "-c",
-        ECHO_SERVER,
+        script,
         str(port),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -199,6 +199,11 @@ async def echo_server(netns_path: str, port: int) -> AsyncIterator[None]:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.communicate()
+
+
+def echo_server(netns_path: str, port: int) -> contextlib.AbstractAsyncContextManager[None]:
+    """A TCP echo server inside the namespace (replies ``<data> from <peer ip>``)."""
+    return _serve_in(netns_path, ECHO_SERVER, port)
 
 
 STREAM_ECHO_SERVER = """
@@ -219,30 +224,10 @@ asyncio.run(main())
 """
 
 
-@contextlib.asynccontextmanager
-async def stream_echo_server(netns_path: str, port: int) -> AsyncIterator[None]:
+def stream_echo_server(netns_path: str, port: int) -> contextlib.AbstractAsyncContextManager[None]:
     """A TCP server inside the namespace that echoes each connection until its EOF, for
     any number of connections at once (busybox ``nc -ll`` resets some under load)."""
-    proc = await asyncio.create_subprocess_exec(
-        "nsenter",
-        f"--net={netns_path}",
-        "--",
-        sys.executable,
-        "-c",
-        STREAM_ECHO_SERVER,
-        str(port),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 10)
-        assert line.strip() == b"ready", line
-        yield
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.communicate()
+    return _serve_in(netns_path, STREAM_ECHO_SERVER, port)
 
 
 async def echo(host: str, port: int, payload: bytes = b"ping", timeout: float = 5.0) -> bytes:
