@@ -23,7 +23,7 @@ from typing import Any
 
 from agent.errors import AgentError, DeadlineExceeded
 
-__all__ = ["ConmonSpawn", "CreateFailed", "runtime_message", "spawn"]
+__all__ = ["ConmonSpawn", "CreateFailed", "SyncPipe", "runtime_message", "spawn"]
 
 _STDERR_TAIL = 2000
 
@@ -65,12 +65,13 @@ async def spawn(command: ConmonSpawn, *, timeout: float) -> int:
     os.write(start_write, b"\0")
     os.close(start_write)
     stderr = b""
+    sync = SyncPipe(sync_read)
     try:
-        message = await asyncio.wait_for(_read_message(sync_read), timeout)
+        message = await asyncio.wait_for(sync.message(), timeout)
     except TimeoutError:
         raise DeadlineExceeded(f"conmon did not report the container within {timeout:g}s") from None
     finally:
-        os.close(sync_read)
+        sync.close()
         # The conmon parent exits right after forking the monitor; reap it.
         with contextlib.suppress(TimeoutError):
             stderr = await asyncio.wait_for(_drain(proc), 10)
@@ -90,24 +91,41 @@ async def _drain(proc: asyncio.subprocess.Process) -> bytes:
     return data
 
 
-async def _read_message(fd: int) -> dict[str, Any] | None:
-    """One JSON line from the sync pipe, read without blocking the loop."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    transport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(fd), "rb", buffering=0)
-    )
-    try:
-        line = await reader.readline()
-    finally:
-        transport.close()
-    if not line.strip():
-        return None
-    try:
-        value = json.loads(line)
-    except ValueError:
-        return {"data": -1, "message": line.decode(errors="replace")}
-    return value if isinstance(value, dict) else None
+class SyncPipe:
+    """The reading end of a pipe conmon writes JSON lines to (it owns the fd).
+
+    ``message()`` is the next line, parsed; None at EOF. A line that is not
+    JSON reads as a failure (``data -1``) whose message is the line.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._reader: asyncio.StreamReader | None = None
+        self._transport: asyncio.BaseTransport | None = None
+
+    async def message(self) -> dict[str, Any] | None:
+        if self._reader is None:
+            loop = asyncio.get_running_loop()
+            self._reader = asyncio.StreamReader()
+            self._transport, _ = await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(self._reader),  # type: ignore[arg-type]
+                os.fdopen(self._fd, "rb", buffering=0),
+            )
+        line = await self._reader.readline()
+        if not line.strip():
+            return None
+        try:
+            value = json.loads(line)
+        except ValueError:
+            return {"data": -1, "message": line.decode(errors="replace")}
+        return value if isinstance(value, dict) else None
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        else:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
 
 
 def runtime_message(raw: str) -> str:

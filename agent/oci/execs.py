@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
-from typing import Any
 
 from agent.errors import AgentError, DeadlineExceeded
-from agent.oci.conmon import runtime_message
+from agent.oci.conmon import SyncPipe, runtime_message
 from agent.oci.console import ConsoleConnection
 
 __all__ = ["CONMON_PIDFILE", "ExecFailed", "ExecSession", "start_exec"]
@@ -46,44 +44,11 @@ class ExecFailed(AgentError):
     """runc could not start the process (no such executable, bad user, ...)."""
 
 
-class _Pipe:
-    """The reading end of a pipe conmon writes JSON lines to."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._reader: asyncio.StreamReader | None = None
-        self._transport: asyncio.BaseTransport | None = None
-
-    async def message(self) -> dict[str, Any] | None:
-        if self._reader is None:
-            loop = asyncio.get_running_loop()
-            self._reader = asyncio.StreamReader()
-            self._transport, _ = await loop.connect_read_pipe(
-                lambda: asyncio.StreamReaderProtocol(self._reader),  # type: ignore[arg-type]
-                os.fdopen(self._fd, "rb", buffering=0),
-            )
-        line = await self._reader.readline()
-        if not line.strip():
-            return None
-        try:
-            value = json.loads(line)
-        except ValueError:
-            return {"data": -1, "message": line.decode(errors="replace")}
-        return value if isinstance(value, dict) else None
-
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-        else:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-
-
 class ExecSession:
     """One running exec'd process: its console, its pid, and its exit."""
 
     def __init__(
-        self, *, directory: str, symlink: str, console: ConsoleConnection, pid: int, sync: _Pipe
+        self, *, directory: str, symlink: str, console: ConsoleConnection, pid: int, sync: SyncPipe
     ) -> None:
         self.directory = directory
         self.control_fifo = os.path.join(directory, "ctl")
@@ -157,7 +122,7 @@ async def start_exec(
     for fd in theirs:
         os.close(fd)
     start_fd = pipes["start"][1]
-    sync, attach = _Pipe(pipes["sync"][0]), _Pipe(pipes["attach"][0])
+    sync, attach = SyncPipe(pipes["sync"][0]), SyncPipe(pipes["attach"][0])
     console: ConsoleConnection | None = None
     try:
         os.write(start_fd, b"\0")
@@ -190,7 +155,7 @@ async def start_exec(
 
 def _cleanup(
     console: ConsoleConnection | None,
-    sync: _Pipe,
+    sync: SyncPipe,
     proc: asyncio.subprocess.Process,
     directory: str,
 ) -> None:
