@@ -34,11 +34,11 @@ from agent.cri.server import CriServer
 from agent.db import MetadataDB
 from agent.errors import FailedPrecondition
 from agent.health import NodeHealth
-from agent.images.service import ImageManager
+from agent.images import ImageManager
 from agent.metrics.images import PullMetrics
 from agent.metrics.rpc import RpcMetrics
 from agent.metrics.server import MetricsServer
-from agent.pods.service import PodService
+from agent.pods import PodService
 from agent.streaming.server import StreamingServer, StreamingTimeouts
 
 __all__ = ["Agent"]

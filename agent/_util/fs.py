@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_json", "ensure_dir", "fsync_dir"]
+__all__ = ["atomic_write", "atomic_write_json", "disk_usage", "ensure_dir", "fsync_dir"]
 
 
 def fsync_dir(path: str) -> None:
@@ -45,3 +45,20 @@ def ensure_dir(path: str, mode: int) -> None:
     """Create ``path`` (and parents) and force its mode, even if it existed."""
     os.makedirs(path, mode=mode, exist_ok=True)
     os.chmod(path, mode)
+
+
+def disk_usage(root: str) -> tuple[int, int]:
+    """``(bytes allocated, inodes)`` of a tree, each hardlinked inode counted once."""
+    seen: set[int] = set()
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames, None]:
+            path = dirpath if name is None else os.path.join(dirpath, name)
+            if name is not None and name in dirnames:
+                continue  # directories are counted when walked (name is None)
+            st = os.lstat(path)
+            if st.st_ino in seen:
+                continue
+            seen.add(st.st_ino)
+            total += st.st_blocks * 512
+    return total, len(seen)

@@ -9,15 +9,13 @@ import grpc
 
 from agent.api.cri.runtime.v1 import api_pb2 as pb, api_pb2_grpc as pb_grpc
 from agent.cri import convert
-from agent.images.service import ImageManager
-from agent.images.store import ImageRecord
+from agent.cri.batches import batches
+from agent.cri.validate import require_image
+from agent.images import ImageManager, ImageRecord
 
 __all__ = ["ImageService"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-#: Images per message of StreamImages; keeps each message far below 16 MiB.
-_STREAM_BATCH = 100
 
 
 class ImageService(pb_grpc.ImageServiceServicer):
@@ -42,14 +40,13 @@ class ImageService(pb_grpc.ImageServiceServicer):
     async def StreamImages(
         self, request: pb.StreamImagesRequest, context: Context
     ) -> AsyncIterator[pb.StreamImagesResponse]:
-        images = self._filtered(request)
-        for start in range(0, len(images), _STREAM_BATCH):
-            yield pb.StreamImagesResponse(images=images[start : start + _STREAM_BATCH])
+        for batch in batches(self._filtered(request)):
+            yield pb.StreamImagesResponse(images=batch)
 
     async def ImageStatus(
         self, request: pb.ImageStatusRequest, context: Context
     ) -> pb.ImageStatusResponse:
-        image = self._images.find(convert.require_image(request))
+        image = self._images.find(require_image(request))
         if image is None:
             return pb.ImageStatusResponse()  # api.proto: unknown image -> empty response
         info = convert.image_verbose_info(image) if request.verbose else {}
@@ -60,7 +57,7 @@ class ImageService(pb_grpc.ImageServiceServicer):
     async def PullImage(
         self, request: pb.PullImageRequest, context: Context
     ) -> pb.PullImageResponse:
-        image = convert.require_image(request)
+        image = require_image(request)
         image_id = await self._images.pull(image, convert.credentials_from_pb(request))
         return pb.PullImageResponse(image_ref=image_id)
 
@@ -69,7 +66,7 @@ class ImageService(pb_grpc.ImageServiceServicer):
     ) -> pb.RemoveImageResponse:
         # api.proto: "This call is idempotent, and must not return an error if the
         # image has already been removed."
-        await self._images.remove(convert.require_image(request))
+        await self._images.remove(require_image(request))
         return pb.RemoveImageResponse()
 
     async def ImageFsInfo(

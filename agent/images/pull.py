@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent._util.fs import disk_usage
 from agent.config import ImageSection
 from agent.errors import AgentError, DeadlineExceeded, InvalidArgument, ResourceExhausted
 from agent.images.auth import Credentials
@@ -46,8 +47,7 @@ from agent.images.reference import Reference
 from agent.images.registry import RegistryClient, Repository
 from agent.images.snapshots import Snapshots, chain_ids
 from agent.images.store import ImageStore, SnapshotRecord
-from agent.images.unpack import disk_usage
-from agent.images.unpacker import UnpackJob, run_unpack
+from agent.images.unpack_pool import UnpackFailure, UnpackJob, run_unpack
 from agent.metrics.images import PullMetrics
 
 __all__ = ["PullProgress", "Puller"]
@@ -402,7 +402,9 @@ class Puller:
             async with self._unpack_slots:
                 result = await run_unpack(job, watermark)
             if not result.ok:
-                raise _unpack_error(descriptor.digest, result.kind, result.error)
+                raise _unpack_error(
+                    descriptor.digest, result.kind or UnpackFailure.CRASH, result.error
+                )
             for warning in result.warnings:
                 log.warning("layer %s: %s", descriptor.digest, warning)
 
@@ -420,7 +422,7 @@ class Puller:
             record = SnapshotRecord(chain_id, name, diff_id, size, inodes)
             self._store.add_snapshot(record)
         except _UnpackFailed as exc:
-            if exc.kind != "download":
+            if exc.kind is not UnpackFailure.DOWNLOAD:
                 self._content.abort_ingest(descriptor.digest)  # never resume from bad bytes
             raise
         except ResourceExhausted:
@@ -444,9 +446,9 @@ class Puller:
 
 
 class _UnpackFailed(AgentError):
-    """The unpack worker refused a layer; ``kind`` says why (see ``unpack_worker``)."""
+    """The unpack worker refused a layer; ``kind`` says why (see ``unpack_process``)."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: UnpackFailure, message: str) -> None:
         super().__init__(message)
         self.kind = kind
 
@@ -463,12 +465,12 @@ class _NoSpace(_UnpackFailed, ResourceExhausted):
     pass
 
 
-def _unpack_error(digest: str, kind: str, error: str) -> _UnpackFailed:
-    if kind in ("digest", "diff_id"):
+def _unpack_error(digest: str, kind: UnpackFailure, error: str) -> _UnpackFailed:
+    if kind.is_corruption():
         return _CorruptBlob(kind, f"layer {digest} failed verification: {error}")
-    if kind == "space":
+    if kind is UnpackFailure.SPACE:
         return _NoSpace(kind, f"layer {digest}: {error}")
-    if kind == "layer":
+    if kind is UnpackFailure.LAYER:
         return _UnsafeLayer(kind, f"layer {digest} cannot be unpacked: {error}")
     return _UnpackFailed(kind, f"layer {digest}: {error}")
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent._util.fs import disk_usage
 from agent.config import Config
 from agent.db import MetadataDB
 from agent.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -26,7 +27,6 @@ from agent.images.pull import Puller
 from agent.images.registry import RegistryClient
 from agent.images.snapshots import Snapshots
 from agent.images.store import ImageRecord, ImageStore
-from agent.images.unpack import disk_usage
 from agent.metrics.images import PullMetrics
 
 __all__ = ["FsUsage", "ImageManager"]
@@ -116,6 +116,12 @@ class ImageManager:
         if snapshot is None:
             raise NotFound(f"layer {chain_id} is not unpacked; pull the image again")
         return snapshot.name
+
+    def layer_dirs(self, image: ImageRecord) -> tuple[str, list[str]]:
+        """Where an image's layers are, for an overlay: (the snapshots root, the
+        layer directories relative to it, top-most first)."""
+        lowers = [os.path.join(self.snapshot_name(c), "fs") for c in reversed(image.layers)]
+        return self.snapshots.root, lowers
 
     def all(self) -> list[ImageRecord]:
         return self.store.all()

@@ -14,8 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.pods.cgroups import CgroupReading
-from agent.pods.stats import ContainerUsage, PodUsage
+from agent.pods import CgroupReading, ContainerUsage, PodUsage
 
 __all__ = ["BASE_LABELS", "DESCRIPTORS", "Descriptor", "MetricSample", "pod_samples"]
 

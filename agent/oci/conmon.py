@@ -9,7 +9,12 @@ pid (or runc's error) on the sync pipe, as JSON: ``{"data": <pid>}`` or
 
 The sync pipe is passed as an inherited descriptor whose number conmon reads
 from ``_OCI_SYNCPIPE``; ``_OCI_STARTPIPE`` would let a caller hold conmon
-back (CRI-O moves it into a cgroup first); we release it at once.
+back (CRI-O moves it into a cgroup first); we release it at once. Exec
+sessions add ``_OCI_ATTACHPIPE`` (see ``execs``).
+
+This module is the only place that knows conmon's command line
+(:class:`ConmonCommand`) and its files: ``conmon.pid`` and ``pidfile`` in the
+monitored process's directory, ``ctl`` (the control FIFO) beside them.
 """
 
 from __future__ import annotations
@@ -21,40 +26,117 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from agent._util.proc import spawn, stderr_tail
 from agent.errors import AgentError, DeadlineExceeded
 
-__all__ = ["ConmonSpawn", "CreateFailed", "SyncPipe", "runtime_message", "spawn"]
+__all__ = [
+    "CONMON_PIDFILE",
+    "CONTROL_FIFO",
+    "PROCESS_PIDFILE",
+    "ConmonCommand",
+    "CreateFailed",
+    "SyncPipe",
+    "read_pid",
+    "runtime_message",
+    "spawn_container",
+]
 
-_STDERR_TAIL = 2000
+#: conmon's own pid (``-P``), in the bundle or exec session directory.
+CONMON_PIDFILE = "conmon.pid"
+#: The monitored process's pid (``-p``), written by runc.
+PROCESS_PIDFILE = "pidfile"
+#: conmon's control FIFO in the bundle (terminal size, log reopen).
+CONTROL_FIFO = "ctl"
+#: How long the conmon parent gets to exit after it forked the monitor.
+_PARENT_EXIT_WAIT = 10.0
 
 
 class CreateFailed(AgentError):
     """The OCI runtime refused to create the container; the message is its stderr."""
 
 
-@dataclass(frozen=True, slots=True)
-class ConmonSpawn:
-    argv: tuple[str, ...]
-    cwd: str
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConmonCommand:
+    """One conmon invocation; :meth:`argv` is the only place its flags are spelled."""
+
+    conmon: str
+    runtime: str
+    runtime_root: str
+    #: the container's id (``-c``)
+    container_id: str
+    #: the monitored process's id (``-u``): the container id, or an exec session id
+    session_id: str
+    #: the bundle (a container) or the session directory (an exec)
+    directory: str
+    exit_dir: str
+    socket_dir: str
+    log: str  # "k8s-file:<path>" or "none"
+    persist_dir: str = ""
+    exec_spec: str = ""  # exec mode: the process.json to run
+    systemd_cgroup: bool = False
+    terminal: bool = False
+    stdin: bool = False
+    leave_stdin_open: bool = False
+
+    def argv(self) -> list[str]:
+        argv = [
+            self.conmon,
+            "--api-version",
+            "1",
+            "-c",
+            self.container_id,
+            "-u",
+            self.session_id,
+            "-r",
+            self.runtime,
+            "--runtime-arg",
+            f"--root={self.runtime_root}",
+            "-b",
+            self.directory,
+            "-p",
+            os.path.join(self.directory, PROCESS_PIDFILE),
+            "-P",
+            os.path.join(self.directory, CONMON_PIDFILE),
+            "--exit-dir",
+            self.exit_dir,
+            "-l",
+            self.log,
+            "--log-level",
+            "error",
+            "--socket-dir-path",
+            self.socket_dir,
+        ]
+        if self.exec_spec:
+            argv += ["--exec", "--exec-process-spec", self.exec_spec, "--exec-attach"]
+        else:
+            argv += ["-n", self.container_id]
+        if self.persist_dir:
+            argv += ["--persist-dir", self.persist_dir]
+        if self.systemd_cgroup:
+            argv.append("--systemd-cgroup")
+        if self.terminal:
+            argv.append("--terminal")
+        if self.stdin:
+            argv.append("--stdin")
+            if self.leave_stdin_open:
+                argv.append("--leave-stdin-open")
+        return argv
 
 
-async def spawn(command: ConmonSpawn, *, timeout: float) -> int:
-    """Run conmon; return the container pid it reports once ``runc create`` is done."""
+async def spawn_container(command: ConmonCommand, *, timeout: float) -> int:
+    """Run conmon for a container; return the pid it reports once ``runc create`` is done."""
     sync_read, sync_write = os.pipe()
     start_read, start_write = os.pipe()
     for fd in (sync_read, start_write):
         os.set_inheritable(fd, False)
     env = dict(os.environ, _OCI_SYNCPIPE=str(sync_write), _OCI_STARTPIPE=str(start_read))
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *command.argv,
-            cwd=command.cwd,
+        child = await spawn(
+            command.argv(),
+            cwd=command.directory,
             env=env,
             pass_fds=(sync_write, start_read),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
+            stdout="null",
         )
     except BaseException:
         for fd in (sync_read, sync_write, start_read, start_write):
@@ -64,31 +146,27 @@ async def spawn(command: ConmonSpawn, *, timeout: float) -> int:
     os.close(start_read)
     os.write(start_write, b"\0")
     os.close(start_write)
-    stderr = b""
     sync = SyncPipe(sync_read)
-    try:
-        message = await asyncio.wait_for(sync.message(), timeout)
-    except TimeoutError:
-        raise DeadlineExceeded(f"conmon did not report the container within {timeout:g}s") from None
-    finally:
-        sync.close()
+    stderr = ""
+    async with child:
+        try:
+            message = await asyncio.wait_for(sync.message(), timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"conmon did not report the container within {timeout:g}s"
+            ) from None
+        finally:
+            sync.close()
         # The conmon parent exits right after forking the monitor; reap it.
-        with contextlib.suppress(TimeoutError):
-            stderr = await asyncio.wait_for(_drain(proc), 10)
+        stderr = await child.read_stderr(_PARENT_EXIT_WAIT)
+        with contextlib.suppress(DeadlineExceeded):
+            await child.wait(_PARENT_EXIT_WAIT)
     if message is None:
-        detail = stderr.decode(errors="replace").strip()[-_STDERR_TAIL:]
-        raise CreateFailed(f"conmon exited without reporting the container: {detail}")
+        raise CreateFailed(f"conmon exited without reporting the container: {stderr}")
     pid = int(message.get("data", message.get("pid", -1)))
     if pid < 0:
         raise CreateFailed(runtime_message(str(message.get("message", "unknown error"))))
     return pid
-
-
-async def _drain(proc: asyncio.subprocess.Process) -> bytes:
-    assert proc.stderr is not None
-    data = await proc.stderr.read()
-    await proc.wait()
-    return data
 
 
 class SyncPipe:
@@ -134,4 +212,13 @@ def runtime_message(raw: str) -> str:
     marker = 'msg="'
     if marker in text:
         text = text[text.rindex(marker) + len(marker) :].rstrip('"')
-    return text.replace('\\"', '"')[-_STDERR_TAIL:]
+    return stderr_tail(text.replace('\\"', '"').encode())
+
+
+def read_pid(path: str) -> int | None:
+    """The pid a pid file holds, or None (missing, empty, garbage)."""
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None

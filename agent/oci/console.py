@@ -9,8 +9,8 @@ on ``<socket-dir>/<uuid>/attach``, an ``AF_UNIX SOCK_SEQPACKET`` socket:
 * to conmon, each packet is raw stdin (conmon reads at most 32767 bytes of a
   packet, so we never send more); ``shutdown(SHUT_WR)`` means stdin EOF, and
   conmon closes the process's stdin unless it runs with ``--leave-stdin-open``;
-* the terminal size goes through the ``ctl`` FIFO in the bundle as the text
-  line ``"1 <height> <width>"``.
+* the control FIFO (``ctl`` in the bundle) takes text lines ``"<kind> <a> <b>"``:
+  ``1 <height> <width>`` sets the terminal size, ``2 0 0`` reopens the log.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import socket
 
 from agent.errors import FailedPrecondition
 
-__all__ = ["STDERR", "STDOUT", "ConsoleConnection", "resize_terminal"]
+__all__ = ["STDERR", "STDOUT", "ConsoleConnection", "request_log_reopen", "resize_terminal"]
 
 STDOUT = 2
 STDERR = 3
@@ -134,3 +134,18 @@ async def resize_terminal(control_fifo: str, width: int, height: int) -> None:
         pass  # conmon's FIFO is full of older sizes; dropping one is harmless
     finally:
         os.close(fd)
+
+
+def request_log_reopen(control_fifo: str) -> bool:
+    """Ask conmon to reopen its log file; False when no conmon reads the FIFO."""
+    try:
+        fd = os.open(control_fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ENXIO, errno.ENOENT):
+            return False
+        raise
+    try:
+        os.write(fd, b"2 0 0\n")
+    finally:
+        os.close(fd)
+    return True

@@ -27,15 +27,22 @@ import os
 import shutil
 import signal
 
+from agent._util.proc import Child, spawn
 from agent.errors import AgentError, DeadlineExceeded
-from agent.oci.conmon import SyncPipe, runtime_message
+from agent.oci.conmon import (
+    CONMON_PIDFILE,
+    CONTROL_FIFO,
+    ConmonCommand,
+    SyncPipe,
+    read_pid,
+    runtime_message,
+)
 from agent.oci.console import ConsoleConnection
 
-__all__ = ["CONMON_PIDFILE", "ExecFailed", "ExecSession", "start_exec"]
+__all__ = ["ExecFailed", "ExecSession", "start_exec"]
 
-_STDERR_TAIL = 2000
-#: conmon's own pid, written in the session directory (``-P``).
-CONMON_PIDFILE = "conmon.pid"
+#: How long the conmon parent gets to exit after it forked the monitor.
+_PARENT_EXIT_WAIT = 10.0
 #: How long a killed process's conmon gets to report the exit before we stop waiting.
 _KILL_WAIT = 5.0
 
@@ -51,7 +58,7 @@ class ExecSession:
         self, *, directory: str, symlink: str, console: ConsoleConnection, pid: int, sync: SyncPipe
     ) -> None:
         self.directory = directory
-        self.control_fifo = os.path.join(directory, "ctl")
+        self.control_fifo = os.path.join(directory, CONTROL_FIFO)
         self.console = console
         self.pid = pid
         self._symlink = symlink
@@ -89,10 +96,9 @@ class ExecSession:
         await asyncio.to_thread(shutil.rmtree, self.directory, True)
 
 
-async def start_exec(
-    argv: list[str], *, directory: str, symlink: str, timeout: float
-) -> ExecSession:
-    """Run conmon (``argv``) in ``directory``; return once the process runs."""
+async def start_exec(command: ConmonCommand, *, symlink: str, timeout: float) -> ExecSession:
+    """Run conmon in exec mode (``command``); return once the process runs."""
+    directory = command.directory
     pipes = {name: os.pipe() for name in ("sync", "start", "attach")}
     ours = [pipes["sync"][0], pipes["start"][1], pipes["attach"][0]]
     theirs = [pipes["sync"][1], pipes["start"][0], pipes["attach"][1]]
@@ -105,16 +111,7 @@ async def start_exec(
         _OCI_ATTACHPIPE=str(pipes["attach"][1]),
     )
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=directory,
-            env=env,
-            pass_fds=theirs,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
+        child = await spawn(command.argv(), cwd=directory, env=env, pass_fds=theirs, stdout="null")
     except BaseException:
         for fd in ours + theirs:
             os.close(fd)
@@ -129,52 +126,43 @@ async def start_exec(
         async with asyncio.timeout(timeout):
             ready = await attach.message()
             if ready is None:
-                raise ExecFailed(f"conmon exited before serving the exec: {await _stderr(proc)}")
+                raise ExecFailed(
+                    f"conmon exited before serving the exec: {await child.read_stderr()}"
+                )
             console = await ConsoleConnection.connect(os.path.join(symlink, "attach"))
             os.write(start_fd, b"\0")
             started = await sync.message()
         if started is None:
-            raise ExecFailed(f"conmon exited without starting the exec: {await _stderr(proc)}")
+            raise ExecFailed(
+                f"conmon exited without starting the exec: {await child.read_stderr()}"
+            )
         pid = int(started.get("data", -1))
         if pid <= 0:
             raise ExecFailed(runtime_message(str(started.get("message", "runc exec failed"))))
     except TimeoutError:
-        _cleanup(console, sync, proc, directory)
+        await _abandon(console, sync, child, directory)
         raise DeadlineExceeded(f"conmon did not start the exec within {timeout:g}s") from None
     except BaseException:
-        _cleanup(console, sync, proc, directory)
+        await _abandon(console, sync, child, directory)
         raise
     finally:
         os.close(start_fd)
         attach.close()
-        # The conmon parent exits right after forking the monitor; reap it.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), 10)
+    # The conmon parent exits right after forking the monitor; reap it.
+    with contextlib.suppress(DeadlineExceeded):
+        await child.wait(_PARENT_EXIT_WAIT)
     return ExecSession(directory=directory, symlink=symlink, console=console, pid=pid, sync=sync)
 
 
-def _cleanup(
-    console: ConsoleConnection | None,
-    sync: SyncPipe,
-    proc: asyncio.subprocess.Process,
-    directory: str,
+async def _abandon(
+    console: ConsoleConnection | None, sync: SyncPipe, child: Child, directory: str
 ) -> None:
     """Stop a half-started session: conmon (whose runc child dies with it) and our ends."""
     if console is not None:
         console.close()
     sync.close()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    try:
-        with open(os.path.join(directory, CONMON_PIDFILE)) as f:
-            os.kill(int(f.read().strip()), signal.SIGKILL)
-    except (OSError, ValueError):
-        pass
-
-
-async def _stderr(proc: asyncio.subprocess.Process) -> str:
-    assert proc.stderr is not None
-    with contextlib.suppress(TimeoutError):
-        data = await asyncio.wait_for(proc.stderr.read(), 5)
-        return data.decode(errors="replace").strip()[-_STDERR_TAIL:]
-    return "(no output)"
+    monitor = read_pid(os.path.join(directory, CONMON_PIDFILE))
+    if monitor is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(monitor, signal.SIGKILL)
+    await child.kill_and_reap()

@@ -1,21 +1,20 @@
-"""Container lifecycle: create, start, stop, remove, exec, update, and exits.
+"""Container lifecycle: create, start, stop, remove, exec, update, logs.
 
     create:  check the pod and image -> overlay rootfs -> user -> OCI spec ->
              conmon + runc create -> record (CREATED)     (each step undone on failure)
     start:   runc start -> RUNNING (an exit racing the start is applied right after)
     stop:    stop signal, wait up to the timeout, SIGKILL, wait -> EXITED
-    remove:  kill if live, runc delete, unmount, delete the bundle -> gone (logs stay)
+    remove:  kill if live, destroy in the runtime, unmount, delete the dirs -> gone (logs stay)
 
-Exits arrive from conmon's exit files (``oci.exits``) at any time; every
-transition of one container runs under its own lock, so an exit never
-interleaves with a stop or a start.
+Exits arrive at any time (``exits.ExitTracker``); every transition of one
+container runs under its own lock, so an exit never interleaves with a stop
+or a start. The runtime is reached only through ``oci.Runtime``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from agent._util.fs import atomic_write_json
 from agent._util.locks import KeyedLock
@@ -37,27 +36,36 @@ from agent.errors import (
     InvalidArgument,
     NotFound,
 )
-from agent.images.manifest import ImageConfig
-from agent.images.service import ImageManager
-from agent.oci.conmon import CreateFailed
-from agent.oci.execs import ExecFailed, ExecSession
-from agent.oci.runtime import CreateOptions, OciRuntime
-from agent.pods import mounts, spec
+from agent.images import ImageConfig, ImageRecord
+from agent.oci import CreateFailed, CreateOptions, ExecFailed, ExecSession, Runtime
+from agent.pods import spec
+from agent.pods.events import EventKind
+from agent.pods.exits import MONITOR_DIED, ExitTracker
 from agent.pods.model import ContainerConfig, Resources
+from agent.pods.mounts import Mounter
 from agent.pods.oom import OomPolicy
 from agent.pods.podfiles import PodDirs, pod_hostname
 from agent.pods.seccomp_profiles import SeccompProfiles
-from agent.pods.state import ContainerRecord, ContainerState, SandboxRecord, SandboxState
+from agent.pods.state import ContainerRecord, ContainerState, ExitReason, SandboxRecord, mark_exited
 from agent.pods.store import PodStore
 from agent.pods.users import User, resolve_user
 
-__all__ = ["AttachTarget", "ContainerManager", "ExecOutput"]
+__all__ = ["AttachTarget", "ContainerManager", "ExecOutput", "ImageSource"]
 
 log = logging.getLogger(__name__)
 
 #: After SIGKILL, how long to wait for conmon to report the exit.
 _KILL_WAIT = 30.0
-_REOPEN_WAIT = 5.0
+#: The exit code recorded for a container killed while its monitor was gone.
+_KILLED_CODE = 137
+
+
+class ImageSource(Protocol):
+    """What containers need from the image store (``images.ImageManager``)."""
+
+    def find(self, text: str) -> ImageRecord | None: ...
+
+    def layer_dirs(self, image: ImageRecord) -> tuple[str, list[str]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,20 +81,6 @@ class AttachTarget:
     control_fifo: str
     tty: bool
     stdin: bool
-
-
-def _exists(path: str) -> bool:
-    return os.path.exists(path)
-
-
-def _alive_pid(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def new_id() -> str:
@@ -114,25 +108,28 @@ class ContainerManager:
         config: Config,
         *,
         store: PodStore,
-        images: ImageManager,
-        runtimes: dict[str, OciRuntime],
+        images: ImageSource,
+        runtimes: dict[str, Runtime],
+        mounter: Mounter,
         oom: OomPolicy,
         seccomp: SeccompProfiles,
         pod_dirs: PodDirs,
-        on_change: Callable[[str, str], None] = lambda kind, cid: None,
+        on_change: Callable[[EventKind, str], None] = lambda kind, cid: None,
     ) -> None:
         self._pod_dirs = pod_dirs
         self._config = config
         self._store = store
         self._images = images
         self._runtimes = runtimes
+        self._mounter = mounter
         self._oom = oom
         self._seccomp = seccomp
         self._on_change = on_change
         self._locks = KeyedLock()
+        self.exits = ExitTracker(
+            store=store, runtimes=runtimes, locks=self._locks, on_change=on_change
+        )
         self._apparmor_warned = False
-        self._exited: dict[str, asyncio.Event] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
         self.root = os.path.join(config.agent.root_dir, "containers")
         self.state = os.path.join(config.agent.state_dir, "containers")
         os.makedirs(self.root, mode=0o711, exist_ok=True)
@@ -146,17 +143,14 @@ class ContainerManager:
     def rootfs(self, cid: str) -> str:
         return os.path.join(self.state, cid, "rootfs")
 
-    def runtime_of(self, record: ContainerRecord) -> OciRuntime:
-        runtime = self._runtimes.get(record.handler)
-        if runtime is None:
-            raise FailedPrecondition(f"runtime handler '{record.handler}' is not available")
-        return runtime
+    def runtime_of(self, record: ContainerRecord) -> Runtime:
+        return self.exits.runtime_of(record)
 
     # -- create ------------------------------------------------------------------
 
     async def create(self, sandbox_id: str, config: ContainerConfig) -> str:
         sandbox = self._store.sandbox(sandbox_id)
-        if sandbox.state is not SandboxState.READY:
+        if not sandbox.state.is_ready():
             raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
         image = self._images.find(config.image)
         if image is None:
@@ -186,30 +180,25 @@ class ContainerManager:
             os.makedirs(rootfs, mode=0o755)
             os.makedirs(self.bundle(cid), mode=0o700)
             undo.callback(shutil.rmtree, os.path.join(self.state, cid), True)
-            lowers = [
-                os.path.join(self._images.snapshot_name(c), "fs") for c in reversed(image.layers)
-            ]
-            await mounts.mount_overlay(
-                rootfs,
-                lower_root=self._images.snapshots.root,
-                lowers=lowers,
-                upper=upper,
-                work=work,
+            lower_root, lowers = self._images.layer_dirs(image)
+            await self._mounter.overlay(
+                rootfs, lower_root=lower_root, lowers=lowers, upper=upper, work=work
             )
-            undo.push_async_callback(mounts.unmount, rootfs)
+            undo.push_async_callback(self._mounter.unmount, rootfs)
             oci, user = self._spec(cid, sandbox, config, image.config, rootfs)
             atomic_write_json(os.path.join(self.bundle(cid), "config.json"), oci, mode=0o600)
             os.makedirs(os.path.dirname(log_path), mode=0o755, exist_ok=True)
-            self._exited[cid] = asyncio.Event()
-            undo.callback(self._exited.pop, cid, None)
+            self.exits.watch(cid)
+            undo.callback(self.exits.forget, cid)
             options = CreateOptions(
                 log_path=log_path, tty=config.tty, stdin=config.stdin, stdin_once=config.stdin_once
             )
+            # Before create: a failed create leaves runtime files (conmon's dirs) too.
+            undo.push_async_callback(runtime.destroy, cid)
             try:
                 pid = await runtime.create(cid, self.bundle(cid), options)
             except CreateFailed as exc:
                 raise AgentError(f"create container {config.name}: {exc}") from None
-            undo.push_async_callback(self._discard_runtime, runtime, cid)
             record = replace(
                 record,
                 pid=pid,
@@ -224,13 +213,8 @@ class ContainerManager:
             self._store.add_container(record)
             undo.pop_all()
         log.info("created container %s (%s) in pod %s", cid, config.name, sandbox.id)
-        self._on_change("created", cid)
+        self._on_change(EventKind.CREATED, cid)
         return cid
-
-    async def _discard_runtime(self, runtime: OciRuntime, cid: str) -> None:
-        await runtime.delete(cid)
-        await runtime.reap_monitor(self.bundle(cid))
-        runtime.forget(cid)
 
     def _log_path(self, sandbox: SandboxRecord, config: ContainerConfig) -> str:
         directory = sandbox.config.log_directory
@@ -310,7 +294,7 @@ class ContainerManager:
                     f"container {record.id} is {record.state.value.lower()}, not created"
                 )
             sandbox = self._store.sandbox(record.sandbox_id)
-            if sandbox.state is not SandboxState.READY:
+            if not sandbox.state.is_ready():
                 raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
             runtime = self.runtime_of(record)
             try:
@@ -319,12 +303,11 @@ class ContainerManager:
                 message = str(exc)
                 self._store.update_container(
                     record.id,
-                    lambda r: replace(
+                    lambda r: mark_exited(
                         r,
-                        state=ContainerState.EXITED,
+                        code=128,
+                        reason=ExitReason.START_ERROR,
                         finished_at=time.time_ns(),
-                        exit_code=128,
-                        reason="StartError",
                         message=message,
                     ),
                 )
@@ -333,72 +316,9 @@ class ContainerManager:
                 record.id,
                 lambda r: replace(r, state=ContainerState.RUNNING, started_at=time.time_ns()),
             )
-            self._apply_exit(record.id)  # it may already have ended
+            self.exits.apply(record.id)  # it may already have ended
         log.info("started container %s", record.id)
-        self._on_change("started", record.id)
-
-    # -- exits -------------------------------------------------------------------
-
-    def notice_exit(self, container_id: str) -> None:
-        """conmon wrote the exit file; record the exit (from the exit watcher)."""
-        record = self._store.containers.get(container_id)
-        if record is None or record.state is ContainerState.EXITED:
-            return
-        event = self._exited.get(container_id)
-        if event is not None:
-            event.set()  # wake a stop() waiting under the lock; it records the exit itself
-        task = asyncio.get_running_loop().create_task(self._locked_exit(container_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _locked_exit(self, container_id: str) -> None:
-        async with self._locks.hold(container_id):
-            self._apply_exit(container_id)
-
-    def _apply_exit(self, container_id: str) -> bool:
-        """Record the exit if conmon wrote it; call with the container's lock held."""
-        record = self._store.containers.get(container_id)
-        if record is None or record.state is ContainerState.EXITED:
-            return record is not None
-        status = self.runtime_of(record).exit_status(container_id)
-        if status is None:
-            return False
-        if status.oom_killed:
-            reason = "OOMKilled"
-        elif status.code == 0:
-            reason = "Completed"
-        else:
-            reason = "Error"
-        self._store.update_container(
-            container_id,
-            lambda r: replace(
-                r,
-                state=ContainerState.EXITED,
-                exit_code=status.code,
-                finished_at=status.finished_at,
-                reason=reason,
-                started_at=r.started_at or status.finished_at,
-            ),
-        )
-        event = self._exited.get(container_id)
-        if event is not None:
-            event.set()
-        log.info("container %s exited with %d (%s)", container_id, status.code, reason)
-        self._on_change("stopped", container_id)
-        return True
-
-    async def _wait_exit(self, record: ContainerRecord, timeout: float) -> bool:
-        event = self._exited.setdefault(record.id, asyncio.Event())
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._apply_exit(record.id):
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), min(remaining, 0.5))
-            event.clear()
+        self._on_change(EventKind.STARTED, record.id)
 
     # -- stop and remove -----------------------------------------------------------
 
@@ -413,32 +333,21 @@ class ContainerManager:
 
     async def _stop_locked(self, container_id: str, timeout: float) -> None:
         record = self._store.container(container_id)
-        if self._apply_exit(record.id) or not record.state.is_live():
+        if self.exits.apply(record.id) or not record.state.is_live():
             return
         runtime = self.runtime_of(record)
-        if record.state is ContainerState.RUNNING and timeout > 0:
+        if record.state.is_running() and timeout > 0:
             sig = self._stop_signal(record)
             await runtime.kill(record.id, sig)
-            if await self._wait_exit(record, timeout):
+            if await self.exits.wait(record, timeout):
                 return
             log.info("container %s ignored signal %d for %gs; killing it", record.id, sig, timeout)
         await runtime.kill(record.id, signal.SIGKILL, all_processes=True)
-        if not await self._wait_exit(record, _KILL_WAIT):
+        if not await self.exits.wait(record, _KILL_WAIT):
             state = await runtime.state(record.id)
-            if state is None or state.get("status") == "stopped":
+            if state is None or not state.status.has_process():
                 # conmon is gone (killed from outside): nobody will write the exit file.
-                self._store.update_container(
-                    record.id,
-                    lambda r: replace(
-                        r,
-                        state=ContainerState.EXITED,
-                        finished_at=time.time_ns(),
-                        exit_code=137,
-                        reason="Error",
-                        message="exit code unknown: its monitor (conmon) died",
-                    ),
-                )
-                self._on_change("stopped", record.id)
+                self.exits.mark_lost(record.id, code=_KILLED_CODE, message=MONITOR_DIED)
                 return
             raise DeadlineExceeded(f"container {record.id} did not die after SIGKILL")
 
@@ -471,109 +380,38 @@ class ContainerManager:
         except NotFound:
             return
         async with self._locks.hold(record.id):
-            if record.id not in self._store.containers:
+            if self._store.get_container(record.id) is None:
                 return
             await self._stop_locked(record.id, 0)
-            runtime = self.runtime_of(record)
-            await runtime.delete(record.id)
-            await runtime.reap_monitor(self.bundle(record.id))
-            runtime.forget(record.id)
-            await mounts.unmount(self.rootfs(record.id))
-            await asyncio.to_thread(shutil.rmtree, os.path.join(self.state, record.id), True)
-            await asyncio.to_thread(shutil.rmtree, os.path.join(self.root, record.id), True)
-            self._on_change("deleted", record.id)  # while the record still says which pod
+            await self.runtime_of(record).destroy(record.id)
+            await self.remove_files(record.id)
+            self._on_change(EventKind.DELETED, record.id)  # while the record still says which pod
             self._store.remove_container(record.id)
-            self._exited.pop(record.id, None)
+            self.exits.forget(record.id)
         log.info("removed container %s", record.id)
+
+    async def remove_files(self, container_id: str) -> None:
+        """Unmount the rootfs and delete the container's directories (not its log)."""
+        await self._mounter.unmount(self.rootfs(container_id))
+        await asyncio.to_thread(shutil.rmtree, os.path.join(self.state, container_id), True)
+        await asyncio.to_thread(shutil.rmtree, os.path.join(self.root, container_id), True)
+
+    def leftover_ids(self) -> list[str]:
+        """Container directories no record names (a crash inside CreateContainer)."""
+        found: set[str] = set()
+        for base in (self.state, self.root):
+            with contextlib.suppress(FileNotFoundError):
+                found.update(
+                    n
+                    for n in os.listdir(base)
+                    if len(n) == 64 and self._store.get_container(n) is None
+                )
+        return sorted(found)
 
     # -- status, exec, update, logs ------------------------------------------------
 
     def status(self, container_id: str) -> ContainerRecord:
-        record = self._store.container(container_id)
-        if record.state is not ContainerState.EXITED:
-            if not self._apply_exit(record.id):
-                self._check_monitor(record)
-            record = self._store.container(record.id)
-        return record
-
-    def _check_monitor(self, record: ContainerRecord) -> None:
-        """A container whose conmon died has nobody to report its exit: say so."""
-        if record.state is not ContainerState.RUNNING:
-            return
-        runtime = self._runtimes.get(record.handler)
-        if runtime is None or runtime.monitor_alive(self.bundle(record.id)) is not False:
-            return
-        if _alive_pid(record.pid):
-            self._store.update_container(
-                record.id,
-                lambda r: replace(
-                    r,
-                    state=ContainerState.UNKNOWN,
-                    message="its monitor (conmon) died; the process still runs",
-                ),
-            )
-        else:
-            self._store.update_container(
-                record.id,
-                lambda r: replace(
-                    r,
-                    state=ContainerState.EXITED,
-                    exit_code=255,
-                    reason="Error",
-                    finished_at=time.time_ns(),
-                    message="exit code unknown: its monitor (conmon) died",
-                ),
-            )
-        log.warning("conmon of container %s died", record.id)
-        self._on_change("stopped", record.id)
-
-    async def reconcile(self) -> None:
-        """After an agent restart: bring every record in line with what really runs."""
-        for record in list(self._store.containers.values()):
-            if record.state is ContainerState.EXITED or self._apply_exit(record.id):
-                continue
-            runtime = self._runtimes.get(record.handler)
-            state = await runtime.state(record.id) if runtime is not None else None
-            status = (state or {}).get("status")
-            if status == "running" and record.state is ContainerState.CREATED:
-                # The agent died inside StartContainer, after runc started it.
-                self._store.update_container(
-                    record.id,
-                    lambda r: replace(r, state=ContainerState.RUNNING, started_at=time.time_ns()),
-                )
-            elif status in (None, "stopped"):
-                self._store.update_container(
-                    record.id,
-                    lambda r: replace(
-                        r,
-                        state=ContainerState.EXITED,
-                        exit_code=255,
-                        reason="Error",
-                        message="the container was gone when the agent started",
-                        finished_at=r.finished_at or r.started_at or r.created_at,
-                    ),
-                )
-            else:
-                self._check_monitor(self._store.container(record.id))
-
-    async def remove_orphans(self) -> list[str]:
-        """Remove what a crash inside CreateContainer left: runc state, mounts, dirs."""
-        orphans = []
-        for base in (self.state, self.root):
-            with contextlib.suppress(FileNotFoundError):
-                orphans += [
-                    n for n in os.listdir(base) if len(n) == 64 and n not in self._store.containers
-                ]
-        for cid in sorted(set(orphans)):
-            for runtime in self._runtimes.values():
-                await runtime.delete(cid)
-                await runtime.reap_monitor(self.bundle(cid))
-                runtime.forget(cid)
-            await mounts.unmount(self.rootfs(cid))
-            await asyncio.to_thread(shutil.rmtree, os.path.join(self.state, cid), True)
-            await asyncio.to_thread(shutil.rmtree, os.path.join(self.root, cid), True)
-            log.info("removed the remains of container %s (created when the agent died)", cid)
-        return sorted(set(orphans))
+        return self.exits.refresh(container_id)
 
     async def exec_sync(self, container_id: str, cmd: list[str], timeout: float) -> ExecOutput:
         record = self._running(container_id)
@@ -588,7 +426,7 @@ class ContainerManager:
 
     def _running(self, container_id: str) -> ContainerRecord:
         record = self.status(container_id)
-        if record.state is not ContainerState.RUNNING:
+        if not record.state.is_running():
             raise FailedPrecondition(f"container {record.id} is not running")
         return record
 
@@ -616,23 +454,24 @@ class ContainerManager:
             )
         except ExecFailed as exc:
             # The container may have died while we were asking: say which.
-            if self.status(record.id).state is not ContainerState.RUNNING:
+            if not self.status(record.id).state.is_running():
                 raise FailedPrecondition(f"container {record.id} is not running") from None
             raise AgentError(f"cannot exec {cmd[0]!r}: {exc}") from None
 
     def attach_target(self, container_id: str) -> AttachTarget:
         """Where the container's conmon serves its stdio (``Attach``)."""
         record = self._running(container_id)
+        runtime = self.runtime_of(record)
         return AttachTarget(
-            socket=self.runtime_of(record).attach_socket(record.id),
-            control_fifo=os.path.join(self.bundle(record.id), "ctl"),
+            socket=runtime.attach_socket(record.id),
+            control_fifo=runtime.control_fifo(record.id),
             tty=record.config.tty,
             stdin=record.config.stdin,
         )
 
     async def update_resources(self, container_id: str, resources: Resources) -> None:
         record = self.status(container_id)
-        if record.state not in (ContainerState.CREATED, ContainerState.RUNNING):
+        if not record.state.can_update():
             raise FailedPrecondition(f"container {record.id} is not running")
         async with self._locks.hold(record.id):
             clamped = replace(resources, oom_score_adj=self._oom.clamp(resources.oom_score_adj))
@@ -644,26 +483,9 @@ class ContainerManager:
     async def reopen_log(self, container_id: str) -> None:
         """Ask conmon to reopen the log file (after the kubelet rotated it)."""
         record = self.status(container_id)
-        if record.state is not ContainerState.RUNNING:
+        if not record.state.is_running():
             raise FailedPrecondition(f"container {record.id} is not running")
-        control = os.path.join(self.bundle(record.id), "ctl")
-        try:
-            fd = os.open(control, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            if exc.errno in (errno.ENXIO, errno.ENOENT):
-                raise FailedPrecondition(f"container {record.id} has no log monitor") from None
-            raise
-        try:
-            os.write(fd, b"2 0 0\n")
-        finally:
-            os.close(fd)
-        deadline = time.monotonic() + _REOPEN_WAIT
-        while not _exists(record.log_path):
-            if time.monotonic() > deadline:
-                raise DeadlineExceeded(f"conmon did not reopen {record.log_path}")
-            await asyncio.sleep(0.02)
+        await self.runtime_of(record).reopen_log(record.id, record.log_path)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.exits.close()

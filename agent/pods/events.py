@@ -10,14 +10,14 @@ never waits, and a subscriber that falls that far behind is disconnected
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from agent.pods.state import ContainerRecord, SandboxRecord
 
-__all__ = ["ContainerEvent", "EventBroker", "SubscriberTooSlow"]
+__all__ = ["ContainerEvent", "EventBroker", "EventKind", "SubscriberTooSlow"]
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +25,17 @@ log = logging.getLogger(__name__)
 QUEUE_SIZE = 1024
 
 
+class EventKind(enum.StrEnum):
+    CREATED = "created"
+    STARTED = "started"
+    STOPPED = "stopped"
+    DELETED = "deleted"
+
+
 @dataclass(frozen=True, slots=True)
 class ContainerEvent:
     container_id: str  # a container's id, or the sandbox's for sandbox events
-    kind: str  # created, started, stopped, deleted
+    kind: EventKind
     created_at: int  # ns
     sandbox: SandboxRecord | None
     containers: tuple[ContainerRecord, ...]
@@ -72,7 +79,3 @@ class EventBroker:
                 yield item
         finally:
             self._queues.discard(queue)
-
-
-def now() -> int:
-    return time.time_ns()

@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Protocol
 
 from agent._util.proc import CommandFailed, run
 from agent.errors import AgentError
 
-__all__ = ["is_mounted", "mount_overlay", "mount_tmpfs", "unmount"]
+__all__ = [
+    "HOST",
+    "HostMounter",
+    "Mounter",
+    "is_mounted",
+    "mount_overlay",
+    "mount_tmpfs",
+    "unmount",
+]
 
 _TIMEOUT = 30.0
 
@@ -71,3 +80,33 @@ async def unmount(target: str) -> None:
         await run(["umount", target], timeout=_TIMEOUT)
     except CommandFailed:
         await run(["umount", "-l", target], timeout=_TIMEOUT, check=False)
+
+
+class Mounter(Protocol):
+    """The mounts the pods managers make (a seam, so their unit tests need no root)."""
+
+    async def overlay(
+        self, target: str, *, lower_root: str, lowers: Sequence[str], upper: str, work: str
+    ) -> None: ...
+
+    async def tmpfs(self, target: str, *, size: str, mode: str) -> None: ...
+
+    async def unmount(self, target: str) -> None: ...
+
+
+class HostMounter:
+    """The real thing: ``mount``/``umount`` on the host."""
+
+    async def overlay(
+        self, target: str, *, lower_root: str, lowers: Sequence[str], upper: str, work: str
+    ) -> None:
+        await mount_overlay(target, lower_root=lower_root, lowers=lowers, upper=upper, work=work)
+
+    async def tmpfs(self, target: str, *, size: str, mode: str) -> None:
+        await mount_tmpfs(target, size=size, mode=mode)
+
+    async def unmount(self, target: str) -> None:
+        await unmount(target)
+
+
+HOST: Mounter = HostMounter()

@@ -28,11 +28,12 @@ from agent._util.fs import atomic_write_json
 from agent._util.locks import KeyedLock
 from agent.config import Config
 from agent.errors import AgentError, FailedPrecondition, InvalidArgument, NotFound
-from agent.oci.conmon import CreateFailed
-from agent.oci.runtime import CreateOptions, OciRuntime
-from agent.pods import mounts, spec
+from agent.oci import CreateFailed, CreateOptions, Runtime
+from agent.pods import spec
 from agent.pods.containers import ContainerManager
+from agent.pods.events import EventKind
 from agent.pods.model import Resources, SandboxConfig
+from agent.pods.mounts import Mounter
 from agent.pods.oom import OomPolicy
 from agent.pods.podfiles import PodDirs, pod_hostname
 from agent.pods.podnet import PodNetwork
@@ -55,15 +56,17 @@ class SandboxManager:
         *,
         store: PodStore,
         containers: ContainerManager,
-        runtimes: dict[str, OciRuntime],
+        runtimes: dict[str, Runtime],
+        mounter: Mounter,
         pod_dirs: PodDirs,
         network: PodNetwork,
         oom: OomPolicy,
         seccomp: SeccompProfiles,
         infra_rootfs: str,
-        on_change: Callable[[str, str], None] = lambda kind, sid: None,
+        on_change: Callable[[EventKind, str], None] = lambda kind, sid: None,
     ) -> None:
         self._config = config
+        self._mounter = mounter
         self._store = store
         self._containers = containers
         self._runtimes = runtimes
@@ -76,7 +79,7 @@ class SandboxManager:
         self._locks = KeyedLock()
         self._stopping: set[str] = set()
 
-    def runtime(self, handler: str) -> OciRuntime:
+    def runtime(self, handler: str) -> Runtime:
         runtime = self._runtimes.get(handler)
         if runtime is None:
             known = ", ".join(sorted(self._runtimes)) or "none"
@@ -92,13 +95,12 @@ class SandboxManager:
         record = SandboxRecord(
             id=sandbox_id,
             config=config,
-            state=SandboxState.NOTREADY,
+            state=SandboxState.CREATING,
             created_at=time.time_ns(),
             handler=handler,
             cgroup_path=spec.cgroups_path(
                 self._config.runtime.cgroup_driver, config.cgroup_parent, sandbox_id
             ),
-            message="starting",
         )
         self._store.add_sandbox(record)  # reserves the name, or ALREADY_EXISTS
         async with self._locks.hold(sandbox_id), contextlib.AsyncExitStack() as undo:
@@ -135,8 +137,8 @@ class SandboxManager:
                 )
             self._dirs.write_files(sandbox_id, config, list(record.ips))
             if config.security.namespaces.ipc != "NODE":
-                await mounts.mount_tmpfs(self._dirs.shm(sandbox_id), size=_SHM_SIZE, mode="1777")
-                undo.push_async_callback(mounts.unmount, self._dirs.shm(sandbox_id))
+                await self._mounter.tmpfs(self._dirs.shm(sandbox_id), size=_SHM_SIZE, mode="1777")
+                undo.push_async_callback(self._mounter.unmount, self._dirs.shm(sandbox_id))
             pid = await self._start_infra(record, runtime, undo)
             self._store.update_sandbox(
                 sandbox_id,
@@ -150,11 +152,11 @@ class SandboxManager:
             config.metadata.name,
             f" at {', '.join(record.ips)}" if record.ips else "",
         )
-        self._on_change("started", sandbox_id)
+        self._on_change(EventKind.STARTED, sandbox_id)
         return sandbox_id
 
     async def _start_infra(
-        self, record: SandboxRecord, runtime: OciRuntime, undo: contextlib.AsyncExitStack
+        self, record: SandboxRecord, runtime: Runtime, undo: contextlib.AsyncExitStack
     ) -> int:
         config = record.config
         security = config.security
@@ -175,18 +177,14 @@ class SandboxManager:
         bundle = self._dirs.bundle(record.id)
         atomic_write_json(os.path.join(bundle, "config.json"), oci, mode=0o600)
         log_path = os.path.join(self._dirs.volatile(record.id), "infra.log")
+        # Before create: a failed create leaves runtime files (conmon's dirs) too.
+        undo.push_async_callback(runtime.destroy, record.id)
         try:
             pid = await runtime.create(record.id, bundle, CreateOptions(log_path=log_path))
         except CreateFailed as exc:
             raise AgentError(f"start the pod's infra process: {exc}") from None
-        undo.push_async_callback(self._delete_infra, runtime, record.id)
         await runtime.start(record.id)
         return pid
-
-    async def _delete_infra(self, runtime: OciRuntime, sandbox_id: str) -> None:
-        await runtime.delete(sandbox_id)
-        await runtime.reap_monitor(self._dirs.bundle(sandbox_id))
-        runtime.forget(sandbox_id)
 
     # -- stop and remove -------------------------------------------------------------
 
@@ -221,8 +219,8 @@ class SandboxManager:
                 network_conf=record.network_conf,
                 result=record.cni_result,
             )
-        await mounts.unmount(self._dirs.shm(record.id))
-        was_ready = record.state is SandboxState.READY
+        await self._mounter.unmount(self._dirs.shm(record.id))
+        was_ready = record.state.is_ready()
         self._store.update_sandbox(
             record.id,
             lambda r: replace(
@@ -237,13 +235,13 @@ class SandboxManager:
         )
         if was_ready:
             log.info("pod sandbox %s stopped", record.id)
-            self._on_change("stopped", record.id)
+            self._on_change(EventKind.STOPPED, record.id)
 
-    async def _wait_infra_exit(self, runtime: OciRuntime, sandbox_id: str) -> None:
+    async def _wait_infra_exit(self, runtime: Runtime, sandbox_id: str) -> None:
         deadline = time.monotonic() + _INFRA_EXIT_WAIT
         while runtime.exit_status(sandbox_id) is None:
             state = await runtime.state(sandbox_id)
-            if state is None or state.get("status") == "stopped":
+            if state is None or not state.status.has_process():
                 return
             if time.monotonic() > deadline:
                 log.warning("infra of pod %s did not exit after SIGKILL", sandbox_id)
@@ -256,16 +254,16 @@ class SandboxManager:
         except NotFound:
             return  # api.proto: RemovePodSandbox is idempotent
         async with self._locks.hold(record.id):
-            if record.id not in self._store.sandboxes:
+            if self._store.get_sandbox(record.id) is None:
                 return
             await self._stop_locked(record.id)
             for container in self._store.containers_of(record.id):
                 await self._containers.remove(container.id)
             runtime = self._runtimes.get(record.handler)
             if runtime is not None:
-                await self._delete_infra(runtime, record.id)
+                await runtime.destroy(record.id)
             await asyncio.to_thread(self._dirs.delete, record.id)
-            self._on_change("deleted", record.id)
+            self._on_change(EventKind.DELETED, record.id)
             self._store.remove_sandbox(record.id)
         log.info("pod sandbox %s removed", record.id)
 
@@ -273,8 +271,8 @@ class SandboxManager:
 
     def notice_exit(self, sandbox_id: str) -> None:
         """The infra process ended: the pod is no longer ready."""
-        record = self._store.sandboxes.get(sandbox_id)
-        if record is None or record.state is not SandboxState.READY:
+        record = self._store.get_sandbox(sandbox_id)
+        if record is None or not record.state.is_ready():
             return
         if sandbox_id in self._stopping:
             return  # our own stop killed it; stop records the state
@@ -285,13 +283,13 @@ class SandboxManager:
             ),
         )
         log.warning("infra process of pod %s exited; the pod is not ready", sandbox_id)
-        self._on_change("stopped", sandbox_id)
+        self._on_change(EventKind.STOPPED, sandbox_id)
 
     def status(self, sandbox_id: str) -> SandboxRecord:
         record = self._store.sandbox(sandbox_id)
         runtime = self._runtimes.get(record.handler)
         if (
-            record.state is SandboxState.READY
+            record.state.is_ready()
             and runtime is not None
             and runtime.exit_status(record.id) is not None
         ):
@@ -302,7 +300,7 @@ class SandboxManager:
     def network_namespace(self, sandbox_id: str) -> str:
         """The ready pod's network namespace path ("" for a host-network pod), for port-forward."""
         record = self.status(sandbox_id)
-        if record.state is not SandboxState.READY:
+        if not record.state.is_ready():
             raise FailedPrecondition(f"pod sandbox {record.id} is not ready")
         return record.netns
 

@@ -1,53 +1,56 @@
-"""The pods subsystem as the CRI layer sees it: sandboxes, containers, exits, recovery.
+"""The pods subsystem as the CRI layer sees it: one facade over sandboxes and containers.
 
-Builds the runtimes (one per configured handler whose binary exists), the
-store, both managers and the exit watcher, and reconciles stored records
-with what is really running when the agent starts.
+``cri`` calls only this class (never the managers or the store): each CRI
+RPC is one method here, which is one call into ``SandboxManager`` or
+``ContainerManager``, which calls the ``oci.Runtime``. The constructor builds
+the runtimes (one per configured handler whose binary exists), the store, both
+managers and the exit watcher; :meth:`start` runs recovery before the agent
+reports ready.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
-from dataclasses import replace
+from collections.abc import AsyncIterator
+from typing import Any
 
 from agent.config import Config
 from agent.db import MetadataDB
-from agent.images.service import ImageManager
+from agent.images import ImageManager
 from agent.network import netns
-from agent.oci.execs import ExecSession
-from agent.oci.exits import ExitWatcher
-from agent.oci.probe import resolve_binary
-from agent.oci.runtime import OciRuntime
+from agent.oci import ConmonRuntime, ExecSession, ExitWatcher, Runtime, resolve_binary
 from agent.pods import mounts
-from agent.pods.containers import AttachTarget, ContainerManager
-from agent.pods.events import ContainerEvent, EventBroker
+from agent.pods.containers import AttachTarget, ContainerManager, ExecOutput
+from agent.pods.events import ContainerEvent, EventBroker, EventKind
 from agent.pods.infra import ensure_infra_rootfs
+from agent.pods.model import ContainerConfig, Resources, SandboxConfig
 from agent.pods.oom import OomPolicy, has_cap_sys_resource
 from agent.pods.podfiles import PodDirs
 from agent.pods.podnet import PodNetwork
+from agent.pods.recovery import Recovery
 from agent.pods.sandboxes import SandboxManager
 from agent.pods.seccomp_profiles import SeccompProfiles
+from agent.pods.selection import Selector, select
 from agent.pods.spec import cgroups_path
-from agent.pods.state import ContainerRecord, ContainerState, SandboxRecord, SandboxState
+from agent.pods.state import ContainerRecord, SandboxRecord
 from agent.pods.stats import ContainerUsage, PodUsage, StatsCollector
 from agent.pods.store import PodStore
 
-__all__ = ["PodService"]
+__all__ = ["PodService", "build_runtimes"]
 
 log = logging.getLogger(__name__)
 
 
-def build_runtimes(config: Config) -> dict[str, OciRuntime]:
+def build_runtimes(config: Config) -> dict[str, Runtime]:
     conmon = resolve_binary(config.runtime.conmon_path) or config.runtime.conmon_path
-    runtimes = {}
+    runtimes: dict[str, Runtime] = {}
     for name, handler in config.runtime.handlers.items():
         binary = resolve_binary(handler.path)
         if binary is None:
             continue
-        runtimes[name] = OciRuntime(
+        runtimes[name] = ConmonRuntime(
             name=name,
             binary=binary,
             root=handler.root,
@@ -59,119 +62,182 @@ def build_runtimes(config: Config) -> dict[str, OciRuntime]:
 
 
 class PodService:
-    def __init__(self, config: Config, db: MetadataDB, images: ImageManager) -> None:
-        self.config = config
-        self.store = PodStore(db)
-        self.events = EventBroker()
-        on_change = self._publish
-        self.runtimes = build_runtimes(config)
-        self.dirs = PodDirs(config.agent.root_dir, config.agent.state_dir)
+    def __init__(
+        self,
+        config: Config,
+        db: MetadataDB,
+        images: ImageManager,
+        *,
+        runtimes: dict[str, Runtime] | None = None,
+        mounter: mounts.Mounter = mounts.HOST,
+    ) -> None:
+        self._config = config
+        self._store = PodStore(db)
+        self._events = EventBroker()
+        self._runtimes = build_runtimes(config) if runtimes is None else runtimes
+        self._dirs = PodDirs(config.agent.root_dir, config.agent.state_dir)
         restrict = {"auto": not has_cap_sys_resource(), "true": True, "false": False}[
             config.runtime.restrict_oom_score_adj
         ]
         oom = OomPolicy(restrict)
         seccomp = SeccompProfiles()
-        self.containers = ContainerManager(
+        self._containers = ContainerManager(
             config,
-            store=self.store,
+            store=self._store,
             images=images,
-            runtimes=self.runtimes,
+            runtimes=self._runtimes,
+            mounter=mounter,
             oom=oom,
             seccomp=seccomp,
-            pod_dirs=self.dirs,
-            on_change=lambda kind, cid: on_change(kind, "container", cid),
+            pod_dirs=self._dirs,
+            on_change=lambda kind, cid: self._publish(kind, container_id=cid),
         )
-        self.network = PodNetwork(config)
-        self._infra_binary = config.runtime.infra_binary
-        self.sandboxes = SandboxManager(
+        self._network = PodNetwork(config)
+        self._sandboxes = SandboxManager(
             config,
-            store=self.store,
-            containers=self.containers,
-            runtimes=self.runtimes,
-            pod_dirs=self.dirs,
-            network=self.network,
+            store=self._store,
+            containers=self._containers,
+            runtimes=self._runtimes,
+            mounter=mounter,
+            pod_dirs=self._dirs,
+            network=self._network,
             oom=oom,
             seccomp=seccomp,
             infra_rootfs=os.path.join(config.agent.root_dir, "infra", "rootfs"),
-            on_change=lambda kind, sid: on_change(kind, "sandbox", sid),
+            on_change=lambda kind, sid: self._publish(kind, sandbox_id=sid),
         )
-        images.in_use = self.store.image_in_use
-        self.stats = StatsCollector(self.containers.root)
+        self._recovery = Recovery(
+            store=self._store,
+            sandboxes=self._sandboxes,
+            containers=self._containers,
+            runtimes=self._runtimes,
+            dirs=self._dirs,
+            network=self._network,
+            mounter=mounter,
+        )
+        images.in_use = self._store.image_in_use
+        self._stats = StatsCollector(self._containers.root)
         exit_dir = os.path.join(config.agent.state_dir, "exits")
         os.makedirs(exit_dir, mode=0o700, exist_ok=True)
         self._watcher = ExitWatcher(exit_dir, self._on_exit)
 
-    def _publish(self, kind: str, what: str, object_id: str) -> None:
-        """Snapshot the pod of ``object_id`` now and hand the event to subscribers."""
-        if not self.events.subscribers:
-            return
-        if what == "sandbox":
-            sandbox = self.store.sandboxes.get(object_id)
-            sandbox_id = object_id
-        else:
-            container = self.store.containers.get(object_id)
-            sandbox_id = container.sandbox_id if container is not None else ""
-            sandbox = self.store.sandboxes.get(sandbox_id)
-        containers = tuple(self.store.containers_of(sandbox_id)) if sandbox_id else ()
-        self.events.publish(ContainerEvent(object_id, kind, time.time_ns(), sandbox, containers))
+    @property
+    def runtime_handlers(self) -> list[str]:
+        """The handlers whose binaries exist (``RuntimeHandler`` names)."""
+        return sorted(self._runtimes)
 
-    def _on_exit(self, object_id: str) -> None:
-        if object_id in self.store.sandboxes:
-            self.sandboxes.notice_exit(object_id)
-        elif object_id in self.store.containers:
-            self.containers.notice_exit(object_id)
+    # -- start and stop --------------------------------------------------------------
 
     async def start(self) -> None:
-        """Prepare host state, reconcile records with reality, then watch exits.
-
-        Assumptions: containers may have exited while the agent was down (their
-        exit files say how, since the state dir survives an agent restart);
-        after a reboot the state dir is empty, so nothing listed as running can
-        be, and pods are not ready. A crash inside an RPC leaves either a record
-        marked as being set up (a sandbox) or files without a record (a
-        container): both are undone here. Every step is idempotent.
-        """
-        ensure_infra_rootfs(self.config.agent.root_dir, self._infra_binary)
-        await self.network.prepare()
-        for sandbox in list(self.store.sandboxes.values()):
-            if sandbox.state is SandboxState.NOTREADY and sandbox.message == "starting":
-                log.info(
-                    "undoing pod sandbox %s, interrupted while it was being set up", sandbox.id
-                )
-                await self.sandboxes.remove(sandbox.id)
-                continue
-            runtime = self.runtimes.get(sandbox.handler)
-            if sandbox.state is SandboxState.READY:
-                state = await runtime.state(sandbox.id) if runtime is not None else None
-                if state is None or state.get("status") != "running":
-                    self.store.update_sandbox(
-                        sandbox.id,
-                        lambda r: replace(
-                            r,
-                            state=SandboxState.NOTREADY,
-                            message="the infra process was gone when the agent started",
-                        ),
-                    )
-        await self.containers.reconcile()
-        await self.containers.remove_orphans()
-        known = set(self.store.sandboxes) | set(self.store.containers)
-        for runtime in self.runtimes.values():
-            for stale in await runtime.end_exec_sessions():
-                log.info("killed exec session %s, left running when the agent stopped", stale)
-            for orphan in set(await runtime.list_ids()) - known:
-                log.info("deleting %s from %s: no record names it", orphan, runtime.name)
-                await runtime.delete(orphan)
-                runtime.forget(orphan)
-        for base in (self.dirs.state, self.dirs.root):
-            for name in os.listdir(base):
-                if len(name) == 64 and name not in self.store.sandboxes:
-                    await mounts.unmount(self.dirs.shm(name))
-                    await asyncio.to_thread(self.dirs.delete, name)
-        pins = {os.path.basename(s.netns) for s in self.store.sandboxes.values() if s.netns}
-        for removed in await netns.cleanup_dir(self.network.pin_dir, keep=pins):
-            log.info("removed network namespace pin %s of no known pod", removed)
+        """Prepare host state, reconcile records with reality (``recovery``), watch exits."""
+        ensure_infra_rootfs(self._config.agent.root_dir, self._config.runtime.infra_binary)
+        await self._network.prepare()
+        await self._recovery.run()
         self._watcher.start()
         self._watcher.scan()
+
+    async def close(self) -> None:
+        """Stop watching; pods keep running. The pin dir mount goes once no pod needs it."""
+        self._watcher.stop()
+        await self._containers.close()
+        if not any(s.netns for s in self._store.sandboxes()):
+            await netns.cleanup_dir(self._network.pin_dir, release_dir=True)
+
+    # -- events ----------------------------------------------------------------------
+
+    def _publish(self, kind: EventKind, *, sandbox_id: str = "", container_id: str = "") -> None:
+        """Snapshot the pod of the object now and hand the event to subscribers."""
+        if not self._events.subscribers:
+            return
+        if container_id:
+            container = self._store.get_container(container_id)
+            sandbox_id = container.sandbox_id if container is not None else ""
+        sandbox = self._store.get_sandbox(sandbox_id)
+        containers = tuple(self._store.containers_of(sandbox_id)) if sandbox_id else ()
+        event = ContainerEvent(
+            container_id or sandbox_id, kind, time.time_ns(), sandbox, containers
+        )
+        self._events.publish(event)
+
+    def subscribe_events(self) -> AsyncIterator[ContainerEvent]:
+        """Every change from now on (``GetContainerEvents``); see ``events``."""
+        return self._events.subscribe()
+
+    def _on_exit(self, object_id: str) -> None:
+        if self._store.get_sandbox(object_id) is not None:
+            self._sandboxes.notice_exit(object_id)
+        elif self._store.get_container(object_id) is not None:
+            self._containers.exits.notice(object_id)
+
+    # -- sandboxes -------------------------------------------------------------------
+
+    async def run_sandbox(self, config: SandboxConfig) -> str:
+        return await self._sandboxes.run(config)
+
+    async def stop_sandbox(self, sandbox_id: str) -> None:
+        await self._sandboxes.stop(sandbox_id)
+
+    async def remove_sandbox(self, sandbox_id: str) -> None:
+        await self._sandboxes.remove(sandbox_id)
+
+    def sandbox_status(self, sandbox_id: str) -> SandboxRecord:
+        """The sandbox, with a dead infra process noticed first."""
+        return self._sandboxes.status(sandbox_id)
+
+    def sandbox_containers(self, sandbox_id: str) -> list[ContainerRecord]:
+        return [self._containers.status(c.id) for c in self._store.containers_of(sandbox_id)]
+
+    def list_sandboxes(self, selector: Selector) -> list[SandboxRecord]:
+        candidates = select(self._store.sandboxes(), Selector(id_prefix=selector.id_prefix))
+        current = [self._sandboxes.status(r.id) for r in candidates]
+        return select(current, selector)
+
+    def update_sandbox_resources(self, sandbox_id: str, resources: Resources) -> None:
+        self._sandboxes.update_resources(sandbox_id, resources)
+
+    def network_namespace(self, sandbox_id: str) -> str:
+        return self._sandboxes.network_namespace(sandbox_id)
+
+    async def update_pod_cidr(self, pod_cidr: str) -> None:
+        await self._network.update_pod_cidr(pod_cidr)
+
+    # -- containers ------------------------------------------------------------------
+
+    async def create_container(self, sandbox_id: str, config: ContainerConfig) -> str:
+        return await self._containers.create(sandbox_id, config)
+
+    async def start_container(self, container_id: str) -> None:
+        await self._containers.start(container_id)
+
+    async def stop_container(self, container_id: str, timeout: float) -> None:
+        await self._containers.stop(container_id, timeout)
+
+    async def remove_container(self, container_id: str) -> None:
+        await self._containers.remove(container_id)
+
+    def container_status(self, container_id: str) -> ContainerRecord:
+        """The container, with an exit conmon recorded (or a dead conmon) noticed first."""
+        return self._containers.status(container_id)
+
+    def container_spec(self, container_id: str) -> dict[str, Any]:
+        """The OCI spec the container was created with (verbose status)."""
+        return self._containers.runtime_spec(container_id)
+
+    def list_containers(self, selector: Selector) -> list[ContainerRecord]:
+        prefixes = Selector(id_prefix=selector.id_prefix, sandbox_prefix=selector.sandbox_prefix)
+        current = [
+            self._containers.status(r.id) for r in select(self._store.containers(), prefixes)
+        ]
+        return select(current, selector)
+
+    async def update_container_resources(self, container_id: str, resources: Resources) -> None:
+        await self._containers.update_resources(container_id, resources)
+
+    async def reopen_container_log(self, container_id: str) -> None:
+        await self._containers.reopen_log(container_id)
+
+    async def exec_sync(self, container_id: str, cmd: list[str], timeout: float) -> ExecOutput:
+        return await self._containers.exec_sync(container_id, cmd, timeout)
 
     # -- streaming (the server's backend) -------------------------------------------
 
@@ -184,37 +250,37 @@ class PodService:
         stdin: bool,
         console_size: tuple[int, int] | None = None,
     ) -> ExecSession:
-        return await self.containers.exec_session(
+        return await self._containers.exec_session(
             container_id, cmd, tty=tty, stdin=stdin, console_size=console_size
         )
 
     def attach_target(self, container_id: str) -> AttachTarget:
-        return self.containers.attach_target(container_id)
+        return self._containers.attach_target(container_id)
 
-    def network_namespace(self, sandbox_id: str) -> str:
-        return self.sandboxes.network_namespace(sandbox_id)
+    # -- stats -----------------------------------------------------------------------
 
-    def container_cgroup(self, record: ContainerRecord) -> str:
-        sandbox = self.store.sandboxes.get(record.sandbox_id)
+    def _container_cgroup(self, record: ContainerRecord) -> str:
+        sandbox = self._store.get_sandbox(record.sandbox_id)
         parent = sandbox.config.cgroup_parent if sandbox is not None else ""
-        return cgroups_path(self.config.runtime.cgroup_driver, parent, record.id)
+        return cgroups_path(self._config.runtime.cgroup_driver, parent, record.id)
 
-    async def container_usage(self, record: ContainerRecord) -> ContainerUsage:
-        return await self.stats.container(record, self.container_cgroup(record))
+    async def container_usage(self, container_id: str) -> ContainerUsage:
+        record = self._containers.status(container_id)
+        return await self._stats.container(record, self._container_cgroup(record))
 
-    async def pod_usage(self, sandbox: SandboxRecord, *, processes: bool = False) -> PodUsage:
+    async def container_usages(self, selector: Selector) -> list[ContainerUsage]:
+        """Usage of the running containers ``selector`` picks."""
+        records = [r for r in self.list_containers(selector) if r.state.is_running()]
+        return [await self._stats.container(r, self._container_cgroup(r)) for r in records]
+
+    async def pod_usage(self, sandbox_id: str, *, processes: bool = False) -> PodUsage:
         """The pod's usage; ``processes`` adds per-process fd and socket counts (metrics)."""
-        current = [self.containers.status(c.id) for c in self.store.containers_of(sandbox.id)]
-        containers = [
-            (c, self.container_cgroup(c)) for c in current if c.state is ContainerState.RUNNING
-        ]
-        return await self.stats.pod(
-            self.sandboxes.status(sandbox.id), containers, processes=processes
-        )
+        sandbox = self._sandboxes.status(sandbox_id)
+        running = [c for c in self.sandbox_containers(sandbox.id) if c.state.is_running()]
+        containers = [(c, self._container_cgroup(c)) for c in running]
+        return await self._stats.pod(sandbox, containers, processes=processes)
 
-    async def close(self) -> None:
-        """Stop watching; pods keep running. The pin dir mount goes once no pod needs it."""
-        self._watcher.stop()
-        await self.containers.close()
-        if not any(s.netns for s in self.store.sandboxes.values()):
-            await netns.cleanup_dir(self.network.pin_dir, release_dir=True)
+    async def pod_usages(self, selector: Selector, *, processes: bool = False) -> list[PodUsage]:
+        """Usage of the ready pods ``selector`` picks."""
+        ready = [s for s in self.list_sandboxes(selector) if s.state.is_ready()]
+        return [await self.pod_usage(s.id, processes=processes) for s in ready]

@@ -5,24 +5,46 @@
                    └──────────── stop / failed start ────────┘
                 UNKNOWN: the agent lost track (conmon died); stop and remove still work.
 
-    sandbox:    READY ──stop / infra died──► NOTREADY ──remove──► (gone)
+    sandbox:    CREATING ──infra runs──► READY ──stop / infra died──► NOTREADY ──remove──► (gone)
+                   │ (RunPodSandbox failed or the agent died: undone)
+                   └──────────────────────────────────────────────────────────► (gone)
 
-Records are frozen; changes go through the store, which persists them.
+CREATING is the agent's own: the CRI sees it as NOTREADY. Records are frozen;
+changes go through the store, which persists them.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from agent.pods.model import ContainerConfig, SandboxConfig
 
-__all__ = ["ContainerRecord", "ContainerState", "SandboxRecord", "SandboxState"]
+__all__ = [
+    "ContainerRecord",
+    "ContainerState",
+    "ExitReason",
+    "SandboxRecord",
+    "SandboxState",
+    "mark_exited",
+]
 
 
 class SandboxState(enum.StrEnum):
+    CREATING = "CREATING"
     READY = "READY"
     NOTREADY = "NOTREADY"
+
+    def is_ready(self) -> bool:
+        return self is SandboxState.READY
+
+    def is_creating(self) -> bool:
+        """RunPodSandbox is (or was, if the agent died) still setting it up."""
+        return self is SandboxState.CREATING
+
+    def reported(self) -> SandboxState:
+        """What the CRI is told: READY or NOTREADY."""
+        return SandboxState.READY if self.is_ready() else SandboxState.NOTREADY
 
 
 class ContainerState(enum.StrEnum):
@@ -34,9 +56,33 @@ class ContainerState(enum.StrEnum):
     def can_start(self) -> bool:
         return self is ContainerState.CREATED
 
+    def is_running(self) -> bool:
+        return self is ContainerState.RUNNING
+
+    def is_exited(self) -> bool:
+        return self is ContainerState.EXITED
+
     def is_live(self) -> bool:
         """A process may exist: it must be stopped before removal."""
         return self in (ContainerState.CREATED, ContainerState.RUNNING, ContainerState.UNKNOWN)
+
+    def can_update(self) -> bool:
+        return self in (ContainerState.CREATED, ContainerState.RUNNING)
+
+
+class ExitReason(enum.StrEnum):
+    """``ContainerStatus.reason`` of an exited container (the kubelet's words)."""
+
+    COMPLETED = "Completed"
+    ERROR = "Error"
+    OOM_KILLED = "OOMKilled"
+    START_ERROR = "StartError"
+
+    @classmethod
+    def of(cls, code: int, *, oom_killed: bool) -> ExitReason:
+        if oom_killed:
+            return cls.OOM_KILLED
+        return cls.COMPLETED if code == 0 else cls.ERROR
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,3 +132,24 @@ class ContainerRecord:
     additional_gids: tuple[int, ...] = ()
     #: effective mounts (container path, host path, readonly, propagation)
     mounts: tuple[tuple[str, str, bool, str], ...] = field(default_factory=tuple)
+
+
+def mark_exited(
+    record: ContainerRecord,
+    *,
+    code: int,
+    reason: ExitReason,
+    finished_at: int,
+    message: str = "",
+    started_at: int | None = None,
+) -> ContainerRecord:
+    """The record of ``record`` once it ended; the one place a container becomes EXITED."""
+    return replace(
+        record,
+        state=ContainerState.EXITED,
+        exit_code=code,
+        reason=reason.value,
+        finished_at=finished_at,
+        started_at=record.started_at if started_at is None else started_at,
+        message=message or record.message,
+    )

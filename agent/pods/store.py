@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TypeVar
 
 from agent._util.serde import from_dict, to_dict
 from agent.db import MetadataDB
 from agent.errors import AlreadyExists, InvalidArgument, NotFound
-from agent.pods.state import ContainerRecord, SandboxRecord
+from agent.pods.state import ContainerRecord, SandboxRecord, SandboxState
 
 __all__ = ["PodStore"]
 
@@ -30,25 +31,47 @@ def _container_name(record: ContainerRecord, sandbox: SandboxRecord) -> str:
     return f"{record.config.name}_{m.name}_{m.namespace}_{m.uid}_{record.config.attempt}"
 
 
+def _loaded_sandbox(record: SandboxRecord) -> SandboxRecord:
+    """Records of agents before 0.2 marked a sandbox being set up by its message."""
+    if record.state is SandboxState.NOTREADY and record.message == "starting":
+        return replace(record, state=SandboxState.CREATING, message="")
+    return record
+
+
 class PodStore:
     def __init__(self, db: MetadataDB) -> None:
         self._db = db
-        self.sandboxes: dict[str, SandboxRecord] = {}
-        self.containers: dict[str, ContainerRecord] = {}
+        self._sandboxes: dict[str, SandboxRecord] = {}
+        self._containers: dict[str, ContainerRecord] = {}
         for row in db.execute("SELECT record FROM sandboxes"):
-            sandbox = from_dict(SandboxRecord, json.loads(row["record"]))
-            self.sandboxes[sandbox.id] = sandbox
+            sandbox = _loaded_sandbox(from_dict(SandboxRecord, json.loads(row["record"])))
+            self._sandboxes[sandbox.id] = sandbox
         for row in db.execute("SELECT record FROM containers"):
             container = from_dict(ContainerRecord, json.loads(row["record"]))
-            self.containers[container.id] = container
+            self._containers[container.id] = container
 
     # -- lookups -------------------------------------------------------------
 
     def sandbox(self, id_or_prefix: str) -> SandboxRecord:
-        return self._find(self.sandboxes, id_or_prefix, "pod sandbox")
+        """The sandbox with this id or unique id prefix (``NOT_FOUND``, ``INVALID_ARGUMENT``)."""
+        return self._find(self._sandboxes, id_or_prefix, "pod sandbox")
 
     def container(self, id_or_prefix: str) -> ContainerRecord:
-        return self._find(self.containers, id_or_prefix, "container")
+        return self._find(self._containers, id_or_prefix, "container")
+
+    def get_sandbox(self, sandbox_id: str) -> SandboxRecord | None:
+        """The sandbox with exactly this id, if any."""
+        return self._sandboxes.get(sandbox_id)
+
+    def get_container(self, container_id: str) -> ContainerRecord | None:
+        return self._containers.get(container_id)
+
+    def sandboxes(self) -> list[SandboxRecord]:
+        """Every sandbox (a copy: safe to iterate while the store changes)."""
+        return list(self._sandboxes.values())
+
+    def containers(self) -> list[ContainerRecord]:
+        return list(self._containers.values())
 
     @staticmethod
     def _find(index: dict[str, R], key: str, what: str) -> R:
@@ -65,10 +88,10 @@ class PodStore:
         raise NotFound(f"{what} '{key}' not found")
 
     def containers_of(self, sandbox_id: str) -> list[ContainerRecord]:
-        return [c for c in self.containers.values() if c.sandbox_id == sandbox_id]
+        return [c for c in self._containers.values() if c.sandbox_id == sandbox_id]
 
     def image_in_use(self, image_id: str) -> bool:
-        return any(c.image_id == image_id for c in self.containers.values())
+        return any(c.image_id == image_id for c in self._containers.values())
 
     # -- changes -------------------------------------------------------------
 
@@ -81,33 +104,33 @@ class PodStore:
                 )
         except sqlite3.IntegrityError:
             raise AlreadyExists(f"pod sandbox name '{sandbox.name}' is already in use") from None
-        self.sandboxes[sandbox.id] = sandbox
+        self._sandboxes[sandbox.id] = sandbox
 
     def update_sandbox(
         self, sandbox_id: str, change: Callable[[SandboxRecord], SandboxRecord]
     ) -> SandboxRecord:
-        new = change(self.sandboxes[sandbox_id])
+        new = change(self._sandboxes[sandbox_id])
         with self._db.transaction() as conn:
             conn.execute(
                 "UPDATE sandboxes SET record = ? WHERE id = ?",
                 (json.dumps(to_dict(new)), sandbox_id),
             )
-        self.sandboxes[sandbox_id] = new
+        self._sandboxes[sandbox_id] = new
         return new
 
     def remove_sandbox(self, sandbox_id: str) -> None:
         with self._db.transaction() as conn:
             conn.execute("DELETE FROM containers WHERE sandbox_id = ?", (sandbox_id,))
             conn.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))
-        self.sandboxes.pop(sandbox_id, None)
-        for cid in [c.id for c in self.containers.values() if c.sandbox_id == sandbox_id]:
-            del self.containers[cid]
+        self._sandboxes.pop(sandbox_id, None)
+        for cid in [c.id for c in self._containers.values() if c.sandbox_id == sandbox_id]:
+            del self._containers[cid]
 
     def check_container_name(self, container: ContainerRecord) -> None:
         """Fail early (before anything is created) if the name is taken."""
-        sandbox = self.sandboxes[container.sandbox_id]
+        sandbox = self._sandboxes[container.sandbox_id]
         name = _container_name(container, sandbox)
-        for other in self.containers.values():
+        for other in self._containers.values():
             if other.sandbox_id == sandbox.id and _container_name(other, sandbox) == name:
                 raise AlreadyExists(
                     f"container name '{container.config.name}' (attempt "
@@ -116,7 +139,7 @@ class PodStore:
                 )
 
     def add_container(self, container: ContainerRecord) -> None:
-        sandbox = self.sandboxes[container.sandbox_id]
+        sandbox = self._sandboxes[container.sandbox_id]
         name = _container_name(container, sandbox)
         try:
             with self._db.transaction() as conn:
@@ -136,21 +159,21 @@ class PodStore:
                 f"container name '{container.config.name}' (attempt {container.config.attempt}) "
                 f"is already in use in pod {sandbox.config.metadata.name}"
             ) from None
-        self.containers[container.id] = container
+        self._containers[container.id] = container
 
     def update_container(
         self, container_id: str, change: Callable[[ContainerRecord], ContainerRecord]
     ) -> ContainerRecord:
-        new = change(self.containers[container_id])
+        new = change(self._containers[container_id])
         with self._db.transaction() as conn:
             conn.execute(
                 "UPDATE containers SET record = ? WHERE id = ?",
                 (json.dumps(to_dict(new)), container_id),
             )
-        self.containers[container_id] = new
+        self._containers[container_id] = new
         return new
 
     def remove_container(self, container_id: str) -> None:
         with self._db.transaction() as conn:
             conn.execute("DELETE FROM containers WHERE id = ?", (container_id,))
-        self.containers.pop(container_id, None)
+        self._containers.pop(container_id, None)

@@ -777,7 +777,8 @@ async def test_invalid_container_requests_create_nothing(env, tmp_path):
         await create(no_command)
     assert "/no/such/binary" in details(info.value)
     assert (await rt.ListContainers(pb.ListContainersRequest())).containers == []
-    assert os.listdir(env.agent.pods.containers.state) == []  # nothing half-created
+    state_dir = env.agent.config.agent.state_dir
+    assert os.listdir(f"{state_dir}/containers") == []  # nothing half-created
 
     cid = await env.create(sid, env.container_config("once", "sleep", "100"))
     await expect(

@@ -8,8 +8,9 @@ import stat
 
 import pytest
 
+from agent._util.fs import disk_usage
 from agent.images.snapshots import chain_ids
-from agent.images.unpack import LayerError, TarSource, apply_layer, disk_usage
+from agent.images.tar_apply import LayerError, TarSource, apply_layer
 from tests.support.layers import (
     ESCAPE_NAME,
     MALICIOUS,

@@ -28,7 +28,7 @@ from typing import Any, cast
 
 from agent.errors import InvalidArgument
 
-__all__ = ["LayerError", "LayerStats", "TarSource", "apply_layer", "disk_usage"]
+__all__ = ["LayerError", "LayerStats", "TarSource", "apply_layer"]
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -429,20 +429,3 @@ def _whiteout(
         return  # whiteouts hide lower layers only; this layer's own entry stays
     if member.uid or member.gid:
         os.chown(path, member.uid, member.gid, follow_symlinks=False)
-
-
-def disk_usage(root: str) -> tuple[int, int]:
-    """``(bytes allocated, inodes)`` of a tree, each hardlinked inode counted once."""
-    seen: set[int] = set()
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [*dirnames, *filenames, None]:
-            path = dirpath if name is None else os.path.join(dirpath, name)
-            if name is not None and name in dirnames:
-                continue  # directories are counted when walked (name is None)
-            st = os.lstat(path)
-            if st.st_ino in seen:
-                continue
-            seen.add(st.st_ino)
-            total += st.st_blocks * 512
-    return total, len(seen)

@@ -1,4 +1,4 @@
-"""The unpack worker: ``python -m agent.images.unpack_worker``, one process per layer.
+"""The unpack worker: ``python -m agent.images.unpack_process``, one process per layer.
 
 Decompressing and extracting a multi-GB layer is CPU work that would stall
 the event loop and, in threads of the agent, fight over its GIL; a process
@@ -24,6 +24,7 @@ blob digest and the uncompressed stream against the config's diff_id.
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import hashlib
 import json
@@ -34,10 +35,27 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import IO, Any, BinaryIO, cast
 
-from agent.images.unpack import LayerError, TarSource, apply_layer
+from agent.images.tar_apply import LayerError, TarSource, apply_layer
+
+__all__ = ["UnpackFailure", "main", "unpack"]
 
 _CHUNK = 1 << 20
 _QUEUE_DEPTH = 16
+
+
+class UnpackFailure(enum.StrEnum):
+    """Why a layer was not unpacked (the ``kind`` of a failed result)."""
+
+    DOWNLOAD = "download"  # the blob never finished downloading
+    LAYER = "layer"  # the tar stream is corrupt or hostile
+    DIGEST = "digest"  # the compressed bytes do not match the blob digest
+    DIFF_ID = "diff_id"  # the uncompressed stream does not match the config's diff_id
+    SPACE = "space"  # the disk filled up
+    CRASH = "crash"  # the worker died without a result
+
+    def is_corruption(self) -> bool:
+        """The bytes are wrong: the blob must be discarded, never resumed."""
+        return self in (UnpackFailure.DIGEST, UnpackFailure.DIFF_ID)
 
 
 class DownloadEnded(Exception):
@@ -221,41 +239,45 @@ def unpack(job: dict[str, Any], watermarks: IO[bytes]) -> dict[str, Any]:
     try:
         pipeline = Pipeline(job, watermarks)
     except LayerError as exc:
-        return _failure("layer", str(exc))
+        return _failure(UnpackFailure.LAYER, str(exc))
     try:
         stats = apply_layer(TarSource(pipeline.tar.next_chunk), job["dest"])
         pipeline.drain()
     except DownloadEnded as exc:
-        return _failure("download", str(exc))
+        return _failure(UnpackFailure.DOWNLOAD, str(exc))
     except LayerError as exc:
-        return _failure("layer", str(exc))
+        return _failure(UnpackFailure.LAYER, str(exc))
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return _failure("space", "no space left on device")
+            return _failure(UnpackFailure.SPACE, "no space left on device")
         if exc.errno is None:  # gzip.BadGzipFile and friends: corrupt input
-            return _failure("layer", f"corrupt compressed layer: {exc}")
-        return _failure("layer", f"{exc.filename or ''}: {exc.strerror}")
+            return _failure(UnpackFailure.LAYER, f"corrupt compressed layer: {exc}")
+        return _failure(UnpackFailure.LAYER, f"{exc.filename or ''}: {exc.strerror}")
     except Exception as exc:  # decompressors raise their own types for corrupt input
-        return _failure("layer", f"corrupt compressed layer: {type(exc).__name__}: {exc}")
+        return _failure(
+            UnpackFailure.LAYER, f"corrupt compressed layer: {type(exc).__name__}: {exc}"
+        )
     finally:
         pipeline.close()
     size = int(job["blob_size"])
     if pipeline.blob_bytes != size:
-        return _failure("layer", "the compressed stream ended before the end of the blob")
+        return _failure(
+            UnpackFailure.LAYER, "the compressed stream ended before the end of the blob"
+        )
     blob_digest = "sha256:" + pipeline.blob_digest.hexdigest()
     if blob_digest != job["blob_digest"]:
-        return _failure("digest", f"blob {job['blob_digest']} has digest {blob_digest}")
+        return _failure(UnpackFailure.DIGEST, f"blob {job['blob_digest']} has digest {blob_digest}")
     diff_id = "sha256:" + pipeline.diff_digest.hexdigest()
     if diff_id != job["diff_id"]:
         return _failure(
-            "diff_id",
+            UnpackFailure.DIFF_ID,
             f"uncompressed layer has digest {diff_id}, the image config says {job['diff_id']}",
         )
     return {"ok": True, "entries": stats.entries, "warnings": stats.warnings[:50]}
 
 
-def _failure(kind: str, error: str) -> dict[str, Any]:
-    return {"ok": False, "kind": kind, "error": error}
+def _failure(kind: UnpackFailure, error: str) -> dict[str, Any]:
+    return {"ok": False, "kind": kind.value, "error": error}
 
 
 def _die_with_parent() -> None:
