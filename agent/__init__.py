@@ -7,3 +7,5 @@ from anywhere. See docs/ARCHITECTURE.md.
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__"]

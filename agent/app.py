@@ -25,21 +25,16 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import CollectorRegistry
 
 from agent import __version__
-from agent._util.fs import ensure_dir
+from agent._util import ensure_dir
 from agent.config import Config
-from agent.cri.image_service import ImageService
-from agent.cri.rpc import RpcInterceptor
-from agent.cri.runtime_service import RuntimeService
-from agent.cri.server import CriServer
+from agent.cri import CriServer, ImageService, RpcInterceptor, RuntimeService
 from agent.db import MetadataDB
 from agent.errors import FailedPrecondition
 from agent.health import NodeHealth
 from agent.images import ImageManager
-from agent.metrics.images import PullMetrics
-from agent.metrics.rpc import RpcMetrics
-from agent.metrics.server import MetricsServer
+from agent.metrics import MetricsServer, PullMetrics, RpcMetrics
 from agent.pods import PodService
-from agent.streaming.server import StreamingServer, StreamingTimeouts
+from agent.streaming import StreamingServer, StreamingTimeouts
 
 __all__ = ["Agent"]
 

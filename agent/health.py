@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 
 from agent.config import Config
 from agent.errors import AgentError
-from agent.network.cni import plugin_version
-from agent.network.cni_config import find_network, find_plugin
-from agent.oci.probe import BinaryProbe, resolve_binary
+from agent.network import find_network, find_plugin, plugin_version
+from agent.oci import BinaryProbe, resolve_binary
 
 __all__ = ["Condition", "HealthReport", "NodeHealth"]
 

@@ -29,7 +29,7 @@ from google.protobuf.message import DecodeError
 
 from agent.errors import AgentError, InvalidArgument, Unavailable
 from agent.log import RpcContext, current_rpc
-from agent.metrics.rpc import RpcMetrics
+from agent.metrics import RpcMetrics
 
 __all__ = ["RpcInterceptor"]
 

@@ -25,7 +25,7 @@ from agent.cri.stats_rpcs import StatsRpcs
 from agent.cri.streaming_rpcs import StreamingRpcs
 from agent.health import Condition, NodeHealth
 from agent.pods import PodService
-from agent.streaming.server import StreamingServer
+from agent.streaming import StreamingServer
 
 __all__ = ["CRI_API_VERSION", "RUNTIME_NAME", "RuntimeService"]
 

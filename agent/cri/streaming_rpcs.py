@@ -11,8 +11,7 @@ from agent.api.cri.runtime.v1 import api_pb2 as pb
 from agent.cri.validate import require_id
 from agent.errors import FailedPrecondition, InvalidArgument
 from agent.pods import PodService
-from agent.streaming.server import StreamingServer
-from agent.streaming.tokens import AttachRequest, ExecRequest, PortForwardRequest
+from agent.streaming import AttachRequest, ExecRequest, PortForwardRequest, StreamingServer
 
 __all__ = ["StreamingRpcs"]
 

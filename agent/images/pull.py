@@ -22,9 +22,9 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from agent._util.fs import disk_usage
+from agent._util import disk_usage
 from agent.config import ImageSection
 from agent.errors import AgentError, DeadlineExceeded, InvalidArgument, ResourceExhausted
 from agent.images.auth import Credentials
@@ -48,7 +48,6 @@ from agent.images.registry import RegistryClient, Repository
 from agent.images.snapshots import Snapshots, chain_ids
 from agent.images.store import ImageStore, SnapshotRecord
 from agent.images.unpack_pool import UnpackFailure, UnpackJob, run_unpack
-from agent.metrics.images import PullMetrics
 
 __all__ = ["PullProgress", "Puller"]
 
@@ -111,6 +110,18 @@ class _Resolved:
     config_descriptor: Descriptor
 
 
+class PullObserver(Protocol):
+    """Told about every pull as it happens (``metrics.images.PullMetrics`` counts them)."""
+
+    def pull_started(self, registry: str) -> None: ...
+
+    def bytes_received(self, registry: str, count: int) -> None: ...
+
+    def pull_finished(self, registry: str, result: str, seconds: float) -> None:
+        """``result``: success, error or stalled."""
+        ...
+
+
 class Puller:
     def __init__(
         self,
@@ -120,7 +131,7 @@ class Puller:
         snapshots: Snapshots,
         store: ImageStore,
         client: RegistryClient,
-        metrics: PullMetrics,
+        metrics: PullObserver,
         platform: Platform | None = None,
     ) -> None:
         self._settings = settings
@@ -167,7 +178,7 @@ class Puller:
     ) -> str:
         progress = PullProgress(str(ref))
         self.progress[key] = progress
-        self._metrics.in_flight.inc()
+        self._metrics.pull_started(ref.domain)
         started = time.monotonic()
         result = "error"
         work = asyncio.ensure_future(self._pull(ref, credentials, progress))
@@ -204,10 +215,7 @@ class Puller:
                 with contextlib.suppress(BaseException):
                     await work
             self.progress.pop(key, None)
-            self._metrics.in_flight.dec()
-            self._metrics.pulls.labels(result).inc()
-            if result == "success":
-                self._metrics.duration.observe(time.monotonic() - started)
+            self._metrics.pull_finished(ref.domain, result, time.monotonic() - started)
 
     async def _pull(
         self, ref: Reference, credentials: Credentials | None, progress: PullProgress
@@ -385,7 +393,7 @@ class Puller:
 
         def on_bytes(count: int) -> None:
             progress.add_bytes(count)
-            self._metrics.bytes_pulled.inc(count)
+            self._metrics.bytes_received(repo.ref.domain, count)
 
         async def fetch() -> None:
             with progress.network():

@@ -16,18 +16,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent._util.fs import disk_usage
+from agent._util import disk_usage
 from agent.config import Config
 from agent.db import MetadataDB
 from agent.errors import FailedPrecondition, InvalidArgument, NotFound
 from agent.images import reference
 from agent.images.auth import Credentials
 from agent.images.content import ContentStore
-from agent.images.pull import Puller
+from agent.images.pull import Puller, PullObserver
 from agent.images.registry import RegistryClient
 from agent.images.snapshots import Snapshots
 from agent.images.store import ImageRecord, ImageStore
-from agent.metrics.images import PullMetrics
 
 __all__ = ["FsUsage", "ImageManager"]
 
@@ -46,7 +45,7 @@ class FsUsage:
 
 
 class ImageManager:
-    def __init__(self, config: Config, db: MetadataDB, metrics: PullMetrics) -> None:
+    def __init__(self, config: Config, db: MetadataDB, metrics: PullObserver) -> None:
         settings = config.image
         root = config.agent.root_dir
         self.root_dir = root

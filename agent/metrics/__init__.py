@@ -3,3 +3,10 @@
 Everything lives in a registry the composition root creates (never the
 process-global one), so tests and several agents in one process stay apart.
 """
+
+from agent.metrics import cadvisor, names
+from agent.metrics.images import PullMetrics
+from agent.metrics.rpc import RpcMetrics
+from agent.metrics.server import MetricsServer
+
+__all__ = ["MetricsServer", "PullMetrics", "RpcMetrics", "cadvisor", "names"]

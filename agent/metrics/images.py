@@ -34,3 +34,17 @@ class PullMetrics:
             ["result"],
             registry=registry,
         )
+
+    # -- images.pull.PullObserver ------------------------------------------------------
+
+    def pull_started(self, registry: str) -> None:
+        self.in_flight.inc()
+
+    def bytes_received(self, registry: str, count: int) -> None:
+        self.bytes_pulled.inc(count)
+
+    def pull_finished(self, registry: str, result: str, seconds: float) -> None:
+        self.in_flight.dec()
+        self.pulls.labels(result).inc()
+        if result == "success":
+            self.duration.observe(seconds)

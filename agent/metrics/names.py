@@ -7,6 +7,17 @@ query (added by the packages that collect them).
 
 from __future__ import annotations
 
+__all__ = [
+    "BUILD_INFO",
+    "CRI_OPERATIONS_IN_FLIGHT",
+    "CRI_OPERATIONS_TOTAL",
+    "CRI_OPERATION_DURATION_SECONDS",
+    "IMAGE_PULLS_IN_FLIGHT",
+    "IMAGE_PULLS_TOTAL",
+    "IMAGE_PULL_BYTES_TOTAL",
+    "IMAGE_PULL_DURATION_SECONDS",
+]
+
 BUILD_INFO = "model_agent_build_info"
 CRI_OPERATIONS_TOTAL = "model_agent_cri_operations_total"
 CRI_OPERATION_DURATION_SECONDS = "model_agent_cri_operation_duration_seconds"

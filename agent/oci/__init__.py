@@ -7,7 +7,7 @@ files (``exits``) and binary probing (``probe``) are its parts.
 """
 
 from agent.oci.conmon import CreateFailed
-from agent.oci.console import ConsoleConnection, resize_terminal
+from agent.oci.console import STDERR, STDOUT, ConsoleConnection, resize_terminal
 from agent.oci.execs import ExecFailed, ExecSession
 from agent.oci.exits import ExitWatcher
 from agent.oci.probe import BinaryProbe, ProbeResult, resolve_binary
@@ -23,6 +23,8 @@ from agent.oci.runc import MAX_EXEC_OUTPUT, ConmonRuntime
 
 __all__ = [
     "MAX_EXEC_OUTPUT",
+    "STDERR",
+    "STDOUT",
     "BinaryProbe",
     "ConmonRuntime",
     "ConsoleConnection",

@@ -26,8 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from agent._util.fs import atomic_write_json
-from agent._util.locks import KeyedLock
+from agent._util import KeyedLock, atomic_write_json
 from agent.config import Config
 from agent.errors import (
     AgentError,
@@ -115,8 +114,10 @@ class ContainerManager:
         seccomp: SeccompProfiles,
         pod_dirs: PodDirs,
         on_change: Callable[[EventKind, str], None] = lambda kind, cid: None,
+        kill_wait: float = _KILL_WAIT,
     ) -> None:
         self._pod_dirs = pod_dirs
+        self._kill_wait = kill_wait
         self._config = config
         self._store = store
         self._images = images
@@ -264,7 +265,10 @@ class ContainerManager:
             infra_pid=sandbox.infra_pid,
             hostname=pod_hostname(sandbox.config),
             cgroups=spec.cgroups_path(
-                self._config.runtime.cgroup_driver, sandbox.config.cgroup_parent, cid
+                self._config.runtime.cgroup_driver,
+                sandbox.config.cgroup_parent,
+                cid,
+                default_parent=self._config.runtime.default_cgroup_parent,
             ),
             seccomp=seccomp,
             oom_score_adj=self._oom.clamp(config.resources.oom_score_adj),
@@ -343,7 +347,9 @@ class ContainerManager:
                 return
             log.info("container %s ignored signal %d for %gs; killing it", record.id, sig, timeout)
         await runtime.kill(record.id, signal.SIGKILL, all_processes=True)
-        if not await self.exits.wait(record, _KILL_WAIT):
+        # Without its monitor nobody writes the exit file: do not wait for one long.
+        wait = self._kill_wait if runtime.monitor_alive(record.id) is not False else 2.0
+        if not await self.exits.wait(record, wait):
             state = await runtime.state(record.id)
             if state is None or not state.status.has_process():
                 # conmon is gone (killed from outside): nobody will write the exit file.

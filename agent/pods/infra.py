@@ -12,7 +12,7 @@ import os
 import shutil
 
 from agent.errors import AgentError
-from agent.oci.probe import resolve_binary
+from agent.oci import resolve_binary
 
 __all__ = ["ensure_infra_rootfs"]
 

@@ -18,10 +18,12 @@ from dataclasses import dataclass
 
 from agent.config import Config
 from agent.errors import AgentError, FailedPrecondition
-from agent.network import cni, netns
-from agent.network.cni_config import NetworkConfig, find_network
-from agent.network.default_network import (
+from agent.network import (
+    NetworkConfig,
+    cni,
+    find_network,
     loopback_network,
+    netns,
     update_pod_cidr,
     write_default_conflist,
 )

@@ -24,8 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from agent._util.fs import atomic_write_json
-from agent._util.locks import KeyedLock
+from agent._util import KeyedLock, atomic_write_json
 from agent.config import Config
 from agent.errors import AgentError, FailedPrecondition, InvalidArgument, NotFound
 from agent.oci import CreateFailed, CreateOptions, Runtime
@@ -99,7 +98,10 @@ class SandboxManager:
             created_at=time.time_ns(),
             handler=handler,
             cgroup_path=spec.cgroups_path(
-                self._config.runtime.cgroup_driver, config.cgroup_parent, sandbox_id
+                self._config.runtime.cgroup_driver,
+                config.cgroup_parent,
+                sandbox_id,
+                default_parent=self._config.runtime.default_cgroup_parent,
             ),
         )
         self._store.add_sandbox(record)  # reserves the name, or ALREADY_EXISTS

@@ -1,5 +1,8 @@
 """Seccomp: the agent's RuntimeDefault profile, and docker-style profiles converted to OCI.
 
+(Longer than our ~500-line rule on purpose: the RuntimeDefault tables and the
+code that filters them per container are one policy, audited together.)
+
 Both functions return the OCI runtime-spec ``linux.seccomp`` object (``defaultAction``,
 ``defaultErrnoRet``, ``architectures``, ``syscalls[{names, action, errnoRet, args}]``),
 already filtered for one container: its capabilities, the host architecture and kernel.

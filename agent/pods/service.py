@@ -262,7 +262,10 @@ class PodService:
     def _container_cgroup(self, record: ContainerRecord) -> str:
         sandbox = self._store.get_sandbox(record.sandbox_id)
         parent = sandbox.config.cgroup_parent if sandbox is not None else ""
-        return cgroups_path(self._config.runtime.cgroup_driver, parent, record.id)
+        runtime = self._config.runtime
+        return cgroups_path(
+            runtime.cgroup_driver, parent, record.id, default_parent=runtime.default_cgroup_parent
+        )
 
     async def container_usage(self, container_id: str) -> ContainerUsage:
         record = self._containers.status(container_id)

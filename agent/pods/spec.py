@@ -12,20 +12,28 @@ the sandbox.
 from __future__ import annotations
 
 import os
-import stat
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from agent.errors import InvalidArgument
-from agent.images.manifest import ImageConfig
+from agent.images import ImageConfig
+from agent.pods.capabilities import (
+    DEFAULT_CAPABILITIES,
+    all_capabilities,
+    cap_name,
+    effective_capabilities,
+)
 from agent.pods.model import (
-    Capabilities,
     ContainerConfig,
-    Device,
-    Mount,
     NamespaceOptions,
     Resources,
+)
+from agent.pods.spec_mounts import (
+    cri_mounts,
+    default_mounts,
+    device_entries,
+    host_devices,
+    merge_mounts,
 )
 from agent.pods.users import User
 
@@ -43,67 +51,6 @@ __all__ = [
 
 OCI_VERSION = "1.0.2-dev"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-#: containerd's default set (pkg/oci/spec.go defaultUnixCaps).
-DEFAULT_CAPABILITIES = (
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-)
-_CAPABILITY_NAMES = (
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "SETGID",
-    "SETUID",
-    "SETPCAP",
-    "LINUX_IMMUTABLE",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_ADMIN",
-    "NET_RAW",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "SYS_MODULE",
-    "SYS_RAWIO",
-    "SYS_CHROOT",
-    "SYS_PTRACE",
-    "SYS_PACCT",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_NICE",
-    "SYS_RESOURCE",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "MKNOD",
-    "LEASE",
-    "AUDIT_WRITE",
-    "AUDIT_CONTROL",
-    "SETFCAP",
-    "MAC_OVERRIDE",
-    "MAC_ADMIN",
-    "SYSLOG",
-    "WAKE_ALARM",
-    "BLOCK_SUSPEND",
-    "AUDIT_READ",
-    "PERFMON",
-    "BPF",
-    "CHECKPOINT_RESTORE",
-)
-_PROPAGATION = {"PRIVATE": "rprivate", "HOST_TO_CONTAINER": "rslave", "BIDIRECTIONAL": "rshared"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,59 +64,15 @@ class PodFiles:
     netns: str = ""  # "" means the host network
 
 
-def all_capabilities() -> list[str]:
-    """Every capability the agent itself holds: what ``privileged`` and ``ALL`` grant.
-
-    Like containerd's ``WithAllCurrentCapabilities``: asking runc for one the
-    agent lacks (root without CAP_SYS_RESOURCE, say) would fail the container.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            mask = next(int(line.split()[1], 16) for line in f if line.startswith("CapBnd:"))
-    except (OSError, ValueError, StopIteration):
-        mask = (1 << len(_CAPABILITY_NAMES)) - 1
-    return [f"CAP_{name}" for bit, name in enumerate(_CAPABILITY_NAMES) if mask >> bit & 1]
-
-
-def _cap_name(name: str) -> str:
-    upper = name.upper()
-    return upper if upper.startswith("CAP_") else f"CAP_{upper}"
-
-
-def effective_capabilities(caps: Capabilities, *, privileged: bool) -> list[str]:
-    """Default set, plus ``add``, minus ``drop``; ``ALL`` works on either side (as containerd)."""
-    everything = all_capabilities()
-    if privileged:
-        return everything
-    adds = [_cap_name(c) for c in caps.add]
-    drops = [_cap_name(c) for c in caps.drop]
-    for name in (*adds, *drops):
-        if name != "CAP_ALL" and name not in everything and name not in _known():
-            raise InvalidArgument(f"unknown capability '{name}'")
-    result = list(DEFAULT_CAPABILITIES)
-    if "CAP_ALL" in adds:
-        result = list(everything)
-    for name in adds:
-        if name != "CAP_ALL" and name not in result:
-            result.append(name)
-    if "CAP_ALL" in drops:
-        # Drop everything except what was explicitly added (containerd's rule).
-        result = [c for c in result if c in adds and c != "CAP_ALL"]
-    result = [c for c in result if c not in drops]
-    return result
-
-
-def _known() -> set[str]:
-    return {f"CAP_{n}" for n in _CAPABILITY_NAMES}
-
-
-def cgroups_path(driver: str, parent: str, container_id: str) -> str:
+def cgroups_path(
+    driver: str, parent: str, container_id: str, *, default_parent: str = "/model-agent"
+) -> str:
     """runc's ``cgroupsPath`` for a container under the kubelet's ``cgroup_parent``."""
     if driver == "systemd":
         base = os.path.basename(parent.rstrip("/")) if parent else ""
         slice_name = base if base.endswith(".slice") else "system.slice"
         return f"{slice_name}:model-agent:{container_id}"
-    parent = parent or "/model-agent"
+    parent = parent or default_parent
     return os.path.join("/" + parent.strip("/"), container_id)
 
 
@@ -203,206 +106,6 @@ def resources_to_oci(resources: Resources, *, swap_supported: bool = False) -> d
     if resources.unified:
         out["unified"] = dict(resources.unified)
     return out
-
-
-def _default_mounts(
-    *, privileged: bool, shm: str, readonly_sys: bool = True
-) -> list[dict[str, Any]]:
-    sys_options = ["nosuid", "noexec", "nodev"] + (
-        ["ro"] if readonly_sys and not privileged else []
-    )
-    cgroup_options = ["nosuid", "noexec", "nodev", "relatime", "ro" if not privileged else "rw"]
-    mounts = [
-        {
-            "destination": "/proc",
-            "type": "proc",
-            "source": "proc",
-            "options": ["nosuid", "noexec", "nodev"],
-        },
-        {
-            "destination": "/dev",
-            "type": "tmpfs",
-            "source": "tmpfs",
-            "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
-        },
-        {
-            "destination": "/dev/pts",
-            "type": "devpts",
-            "source": "devpts",
-            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
-        },
-        {
-            "destination": "/dev/mqueue",
-            "type": "mqueue",
-            "source": "mqueue",
-            "options": ["nosuid", "noexec", "nodev"],
-        },
-        {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": sys_options},
-        {
-            "destination": "/sys/fs/cgroup",
-            "type": "cgroup",
-            "source": "cgroup",
-            "options": cgroup_options,
-        },
-    ]
-    if shm:
-        mounts.append(
-            {
-                "destination": "/dev/shm",
-                "type": "bind",
-                "source": shm,
-                "options": ["rbind", "nosuid", "nodev", "noexec"],
-            }
-        )
-    else:
-        mounts.append(
-            {
-                "destination": "/dev/shm",
-                "type": "tmpfs",
-                "source": "shm",
-                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-            }
-        )
-    return mounts
-
-
-def _depth(path: str) -> int:
-    return len([p for p in os.path.normpath(path).split("/") if p])
-
-
-def _merge_mounts(
-    defaults: list[dict[str, Any]], extra: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """Extra (CRI and pod) mounts win over defaults at the same path; /dev drops /dev/*."""
-    targets = {os.path.normpath(m["destination"]) for m in extra}
-    kept = []
-    for mount in defaults:
-        dest = os.path.normpath(mount["destination"])
-        if dest in targets:
-            continue
-        if "/dev" in targets and dest.startswith("/dev/"):
-            continue
-        kept.append(mount)
-    merged = kept + extra
-    # Parents before children, stable otherwise (containerd sorts by depth).
-    return sorted(merged, key=lambda m: _depth(m["destination"]))
-
-
-def _mountinfo_propagation(path: str) -> str:
-    """ "shared", "slave" or "private" for the mount containing ``path`` on the host."""
-    best = ("", "private")
-    real = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            mount_point = fields[4]
-            optional = fields[6 : fields.index("-")]
-            prefix = mount_point.rstrip("/") + "/"
-            if (real == mount_point or real.startswith(prefix) or mount_point == "/") and (
-                len(mount_point) >= len(best[0])
-            ):
-                kind = "private"
-                if any(o.startswith("shared:") for o in optional):
-                    kind = "shared"
-                elif any(o.startswith("master:") for o in optional):
-                    kind = "slave"
-                best = (mount_point, kind)
-    return best[1]
-
-
-def cri_mounts(mounts: Sequence[Mount]) -> tuple[list[dict[str, Any]], str]:
-    """OCI mounts for the kubelet's bind mounts, and the rootfs propagation they need."""
-    result = []
-    rootfs_propagation = ""
-    for mount in mounts:
-        if not os.path.exists(mount.host_path):
-            raise InvalidArgument(
-                f"mount host path '{mount.host_path}' (for {mount.container_path}) does not exist"
-            )
-        propagation = _PROPAGATION.get(mount.propagation)
-        if propagation is None:
-            raise InvalidArgument(
-                f"mount {mount.container_path}: unknown propagation '{mount.propagation}'"
-            )
-        if propagation != "rprivate":
-            host = _mountinfo_propagation(mount.host_path)
-            if propagation == "rshared" and host != "shared":
-                raise InvalidArgument(
-                    f"mount {mount.container_path}: Bidirectional propagation needs the host "
-                    f"path {mount.host_path} on a shared mount (it is {host})"
-                )
-            if propagation == "rslave" and host == "private":
-                raise InvalidArgument(
-                    f"mount {mount.container_path}: HostToContainer propagation needs the host "
-                    f"path {mount.host_path} on a shared or slave mount (it is private)"
-                )
-            if propagation == "rshared" or not rootfs_propagation:
-                rootfs_propagation = propagation
-        options = ["rbind", propagation, "ro" if mount.readonly else "rw"]
-        result.append(
-            {
-                "destination": mount.container_path,
-                "type": "bind",
-                "source": mount.host_path,
-                "options": options,
-            }
-        )
-    return result, rootfs_propagation
-
-
-def device_entries(devices: Iterable[Device]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """``linux.devices`` and the cgroup allow rules for the kubelet's devices."""
-    nodes, rules = [], []
-    for device in devices:
-        try:
-            st = os.stat(device.host_path)
-        except FileNotFoundError:
-            raise InvalidArgument(f"device {device.host_path} does not exist") from None
-        if stat.S_ISCHR(st.st_mode):
-            kind = "c"
-        elif stat.S_ISBLK(st.st_mode):
-            kind = "b"
-        else:
-            raise InvalidArgument(f"{device.host_path} is not a device node")
-        permissions = device.permissions or "rwm"
-        if not set(permissions) <= set("rwm"):
-            raise InvalidArgument(
-                f"device {device.host_path}: permissions '{permissions}' are not a subset of rwm"
-            )
-        major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
-        nodes.append(
-            {
-                "path": device.container_path,
-                "type": kind,
-                "major": major,
-                "minor": minor,
-                "fileMode": stat.S_IMODE(st.st_mode),
-                "uid": st.st_uid,
-                "gid": st.st_gid,
-            }
-        )
-        rules.append(
-            {"allow": True, "type": kind, "major": major, "minor": minor, "access": permissions}
-        )
-    return nodes, rules
-
-
-def host_devices() -> list[Device]:
-    """Every device node under the host's /dev (what a privileged container sees)."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk("/dev"):
-        dirnames[:] = [d for d in dirnames if d not in ("pts", "shm", "mqueue", "fd")]
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            try:
-                st = os.lstat(path)
-            except OSError:
-                continue
-            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                if path in ("/dev/console", "/dev/ptmx", "/dev/tty"):
-                    continue
-                found.append(Device(path, path, "rwm"))
-    return found
 
 
 def process_args(config: ContainerConfig, image: ImageConfig) -> list[str]:
@@ -490,7 +193,7 @@ def container_spec(
     }
     if security.capabilities.add_ambient:
         process["capabilities"]["ambient"] = [
-            _cap_name(c) for c in security.capabilities.add_ambient
+            cap_name(c) for c in security.capabilities.add_ambient
         ]
         process["capabilities"]["inheritable"] = process["capabilities"]["ambient"]
     host_network = not pod.netns
@@ -513,7 +216,7 @@ def container_spec(
                 {"destination": destination, "type": "bind", "source": source, "options": options}
             )
     shm = pod.shm if security.namespaces.ipc != "NODE" else "/dev/shm"
-    mounts = _merge_mounts(_default_mounts(privileged=privileged, shm=shm), extra_mounts)
+    mounts = merge_mounts(default_mounts(privileged=privileged, shm=shm), extra_mounts)
 
     devices = list(config.devices) + (host_devices() if privileged else [])
     nodes, allow_rules = device_entries(devices)
@@ -584,7 +287,7 @@ def infra_spec(
         ):
             raise InvalidArgument(f"sysctl {key} cannot be set for a pod in the host IPC namespace")
     shm = pod.shm if namespaces.ipc != "NODE" else ""
-    mounts = _default_mounts(privileged=privileged, shm=shm)
+    mounts = default_mounts(privileged=privileged, shm=shm)
     linux: dict[str, Any] = {
         "namespaces": ns,
         "cgroupsPath": cgroups,

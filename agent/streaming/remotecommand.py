@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agent.errors import AgentError
-from agent.oci.console import STDERR, ConsoleConnection, resize_terminal
-from agent.oci.execs import ExecSession
+from agent.oci import STDERR, ConsoleConnection, ExecSession, resize_terminal
 
 __all__ = [
     "Input",

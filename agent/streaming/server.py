@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from agent.errors import AgentError
-from agent.oci.console import ConsoleConnection
-from agent.oci.execs import ExecSession
+from agent.oci import ConsoleConnection, ExecSession
 from agent.streaming import portforward, remotecommand
 from agent.streaming.channels import WsChannels
 from agent.streaming.http import BadRequest, Request, read_request, write_response

@@ -446,11 +446,11 @@ class Critest:
         )
         return list(response.items)
 
-    async def stop_pod(self, sid: str) -> None:
-        await self.rc.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sid))
+    async def stop_pod(self, sid: str) -> pb.StopPodSandboxResponse:
+        return await self.rc.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sid))
 
-    async def remove_pod(self, sid: str) -> None:
-        await self.rc.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sid))
+    async def remove_pod(self, sid: str) -> pb.RemovePodSandboxResponse:
+        return await self.rc.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sid))
 
     async def cleanup_pod(self, sid: str) -> None:
         """The AfterEach of most specs: stop, then remove, both without error."""
@@ -540,10 +540,10 @@ class Critest:
         result: pb.ContainerStatus = await eventually(reached, timeout=timeout)
         return result
 
-    async def start_running(self, cid: str) -> None:
-        """testStartContainer: start, then RUNNING within a minute."""
+    async def start_running(self, cid: str) -> pb.ContainerStatus:
+        """testStartContainer: start, then RUNNING within a minute (its status)."""
         await self.start(cid)
-        await self.wait_state(cid, pb.CONTAINER_RUNNING)
+        return await self.wait_state(cid, pb.CONTAINER_RUNNING)
 
     async def stop(self, cid: str, timeout: int = DEFAULT_STOP_TIMEOUT) -> None:
         """stopContainer: the RPC must return within ``timeout`` seconds."""
@@ -552,13 +552,13 @@ class Critest:
             timeout,
         )
 
-    async def stop_exited(self, cid: str) -> None:
-        """testStopContainer: stop, then EXITED."""
+    async def stop_exited(self, cid: str) -> pb.ContainerStatus:
+        """testStopContainer: stop, then EXITED (its status)."""
         await self.stop(cid)
-        await self.wait_state(cid, pb.CONTAINER_EXITED)
+        return await self.wait_state(cid, pb.CONTAINER_EXITED)
 
-    async def remove(self, cid: str) -> None:
-        await self.rc.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
+    async def remove(self, cid: str) -> pb.RemoveContainerResponse:
+        return await self.rc.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
 
     async def list_containers(self, **filter_fields: Any) -> list[pb.Container]:
         response = await self.rc.ListContainers(
@@ -583,6 +583,13 @@ class Critest:
         assert response.exit_code != 0, (cmd, response)
         return response
 
+    async def exit_code(self, cid: str, cmd: list[str]) -> int:
+        """What critest's client sees of an exec: its exit code; -1 for an RPC error."""
+        try:
+            return int((await self.exec_sync(cid, cmd)).exit_code)
+        except grpc.aio.AioRpcError:
+            return -1
+
     async def exec_ok(self, cid: str, cmd: list[str]) -> str:
         """execSyncContainer: exit code 0, nothing on stderr; stdout."""
         response = await self.exec_sync(cid, cmd)
@@ -601,10 +608,14 @@ def log_path_of(config: pb.PodSandboxConfig, log_path: str) -> str:
     return os.path.join(config.log_directory, log_path)
 
 
+def logged(config: pb.PodSandboxConfig, log_path: str, stream: str) -> list[str]:
+    """The lines a container wrote on ``stream`` (``stdout``/``stderr``), from its CRI log."""
+    return [m.log for m in parse_log(log_path_of(config, log_path)) if m.stream == stream]
+
+
 def verify_log(config: pb.PodSandboxConfig, log_path: str, text: str, stream: str) -> None:
     """verifyLogContents: a whole line ``text`` on ``stream``."""
-    messages = parse_log(log_path_of(config, log_path))
-    assert any(m.log == text and m.stream == stream for m in messages), (text, stream, messages)
+    assert text in logged(config, log_path, stream), (text, stream)
 
 
 def verify_log_re(config: pb.PodSandboxConfig, log_path: str, pattern: str, stream: str) -> None:
@@ -897,14 +908,16 @@ async def test_runtime_should_support_creating_container(critest, pod):
 async def test_runtime_should_support_starting_container(critest, pod):
     """container.go: "runtime should support starting container [Conformance]"."""
     cid = await critest.create_default(pod[0], "container-for-start-test-")
-    await critest.start_running(cid)
+    status = await critest.start_running(cid)
+    assert status.state == pb.CONTAINER_RUNNING and status.started_at > 0
 
 
 async def test_runtime_should_support_stopping_container(critest, pod):
     """container.go: "runtime should support stopping container [Conformance]"."""
     cid = await critest.create_default(pod[0], "container-for-stop-test-")
     await critest.start(cid)
-    await critest.stop_exited(cid)
+    status = await critest.stop_exited(cid)
+    assert status.state == pb.CONTAINER_EXITED and status.finished_at > 0
 
 
 async def test_runtime_should_support_removing_created_container(critest, pod):
@@ -1071,9 +1084,10 @@ async def test_runtime_should_support_starting_container_with_log(critest, log_p
     )
     await critest.start(cid)
     await critest.wait_state(cid, pb.CONTAINER_EXITED)
-    verify_log(config, log_path, DEFAULT_LOG + "\n", "stdout")
+    assert DEFAULT_LOG + "\n" in logged(config, log_path, "stdout")
 
 
+@pytest.mark.slow
 async def test_runtime_should_support_reopening_container_log(critest, log_pod):
     """container.go: "runtime should support reopening container log [Conformance]"."""
     sid, config = log_pod
@@ -1148,10 +1162,11 @@ def propagation_host_path(
         shutil.rmtree(host_path, ignore_errors=True)
 
 
-async def check_mount_propagation(
+async def mount_propagation(
     critest: Critest, pod: tuple[str, Any], propagation: pb.MountPropagation.ValueType
-) -> None:
-    """testMountPropagation."""
+) -> tuple[bool, bool]:
+    """testMountPropagation: whether a host mount reaches the container, and whether a
+    container mount reaches the host."""
     sid, _ = pod
     with propagation_host_path(sid, propagation) as (mnt_source, source_dir, mount_point):
         config = critest.container_config(
@@ -1174,25 +1189,22 @@ async def check_mount_propagation(
         await critest.start_running(cid)
 
         host_mount("--rbind", source_dir, mount_point)  # createPropagationMountPoint
-        seen = await critest.exec_ok(cid, ["ls", "-A", mount_point])
-        if propagation == pb.PROPAGATION_PRIVATE:
-            assert seen == "", "a private mount must not see the host's new mount"
-        else:
-            assert seen != "", "the host's new mount must propagate into the container"
+        seen_in_container = await critest.exec_ok(cid, ["ls", "-A", mount_point]) != ""
 
         container_mount_point = os.path.join(mnt_source, "containerMntPoint")
         await critest.exec_ok(cid, ["sh", "-c", "mkdir -p " + container_mount_point])
         await critest.exec_ok(cid, ["sh", "-c", "mount --bind /etc " + container_mount_point])
-        on_host = os.listdir(container_mount_point)
-        if propagation == pb.PROPAGATION_BIDIRECTIONAL:
-            assert on_host != [], "the container's mount must propagate to the host"
-        else:
-            assert on_host == [], "the container's mount must not propagate to the host"
+        seen_on_host = os.listdir(container_mount_point) != []
+        return seen_in_container, seen_on_host
 
 
 async def test_mount_with_rprivate_should_not_support_propagation(critest, privileged_pod):
     """container_linux.go: "mount with 'rprivate' should not support propagation"."""
-    await check_mount_propagation(critest, privileged_pod, pb.PROPAGATION_PRIVATE)
+    # Neither way: the host's new mount stays out, the container's stays in.
+    assert await mount_propagation(critest, privileged_pod, pb.PROPAGATION_PRIVATE) == (
+        False,
+        False,
+    )
 
 
 async def test_mount_with_rshared_should_support_propagation_from_host_to_container_and_vice_versa(
@@ -1200,7 +1212,10 @@ async def test_mount_with_rshared_should_support_propagation_from_host_to_contai
 ):
     """container_linux.go: "mount with 'rshared' should support propagation from host to
     container and vice versa"."""
-    await check_mount_propagation(critest, privileged_pod, pb.PROPAGATION_BIDIRECTIONAL)
+    assert await mount_propagation(critest, privileged_pod, pb.PROPAGATION_BIDIRECTIONAL) == (
+        True,
+        True,
+    )
 
 
 async def test_mount_with_rslave_should_support_propagation_from_host_to_container(
@@ -1208,7 +1223,10 @@ async def test_mount_with_rslave_should_support_propagation_from_host_to_contain
 ):
     """container_linux.go: "mount with 'rslave' should support propagation from host to
     container"."""
-    await check_mount_propagation(critest, privileged_pod, pb.PROPAGATION_HOST_TO_CONTAINER)
+    assert await mount_propagation(critest, privileged_pod, pb.PROPAGATION_HOST_TO_CONTAINER) == (
+        True,
+        False,
+    )
 
 
 async def test_should_terminate_with_exit_code_137_and_reason_oom_killed(critest, privileged_pod):
@@ -1375,8 +1393,8 @@ async def test_runtime_should_support_host_pid(critest):
     await critest.cleanup_pod(sid)
 
 
-async def check_host_ipc(critest: Critest, mode: pb.NamespaceMode.ValueType) -> None:
-    """testHostIPC: a shared memory segment made on the host is (not) seen in the pod."""
+async def host_ipc_seen(critest: Critest, mode: pb.NamespaceMode.ValueType) -> bool:
+    """testHostIPC: is a shared memory segment made on the host seen in the pod?"""
     made = subprocess.run(["ipcmk", "-M", "1048576"], capture_output=True, text=True, check=True)
     segment = made.stdout.strip().removeprefix("Shared memory id: ")
     try:
@@ -1387,23 +1405,20 @@ async def check_host_ipc(critest: Critest, mode: pb.NamespaceMode.ValueType) -> 
         )
         await critest.start_running(cid)
         listed = await critest.exec_ok(cid, ["ipcs", "-m"])
-        if mode == pb.NODE:
-            assert segment in listed, "the host's shared memory segment should be seen"
-        else:
-            assert segment not in listed, "the host's shared memory segment should not be seen"
         await critest.cleanup_pod(sid)
+        return segment in listed
     finally:
         subprocess.run(["ipcrm", "-m", segment], capture_output=True, check=False)
 
 
 async def test_runtime_should_support_host_ipc_is_true(critest):
     """security_context_linux.go: "runtime should support HostIpc is true"."""
-    await check_host_ipc(critest, pb.NODE)
+    assert await host_ipc_seen(critest, pb.NODE), "the host's segment should be seen"
 
 
 async def test_runtime_should_support_host_ipc_is_false(critest):
     """security_context_linux.go: "runtime should support HostIpc is false"."""
-    await check_host_ipc(critest, pb.POD)
+    assert not await host_ipc_seen(critest, pb.POD), "the host's segment should not be seen"
 
 
 async def test_runtime_should_support_pod_pid(critest):
@@ -1427,15 +1442,16 @@ async def test_runtime_should_support_container_pid(critest):
         critest, sid, "nginx-container-pid-" + new_uuid(), "nginx", options, None
     )
     await critest.start_running(cid)
-    await critest.exec_ok(
+    pid1 = await critest.exec_ok(
         cid,
         ["sh", "-c", 'while ! cat /proc/1/cmdline | grep "master process"; do sleep 1; done'],
     )
+    assert "master process" in pid1  # nginx is pid 1 of its own namespace
     await critest.cleanup_pod(sid)
 
 
-async def check_host_network(critest: Critest, host_network: bool) -> None:
-    """createAndCheckHostNetwork: a port the host listens on is (not) in the pod's ``netstat``."""
+async def host_port_listed(critest: Critest, host_network: bool) -> bool:
+    """createAndCheckHostNetwork: is a port the host listens on in the pod's ``netstat``?"""
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as server:
         server.bind(("::", 0))
         server.listen()
@@ -1450,27 +1466,20 @@ async def check_host_network(critest: Critest, host_network: bool) -> None:
         )
         await critest.start(cid)
 
-        async def checked() -> bool:
-            if not os.path.exists(log_path_of(config, log_path)):
-                return False
-            listed = any(f":{port}" in m.log for m in parse_log(log_path_of(config, log_path)))
-            if host_network:
-                return listed
-            assert not listed, f"host port {port} should not be in the container's port list"
-            return (await critest.status(cid)).state == pb.CONTAINER_EXITED
-
-        await eventually(checked)
+        await critest.wait_state(cid, pb.CONTAINER_EXITED)  # netstat -ln has run
+        listed = any(f":{port}" in line for line in logged(config, log_path, "stdout"))
         await critest.cleanup_pod(sid)
+        return listed
 
 
 async def test_runtime_should_support_host_network_is_true(critest):
     """security_context_linux.go: "runtime should support HostNetwork is true"."""
-    await check_host_network(critest, True)
+    assert await host_port_listed(critest, True), "the host's port should be listed"
 
 
 async def test_runtime_should_support_host_network_is_false(critest):
     """security_context_linux.go: "runtime should support HostNetwork is false"."""
-    await check_host_network(critest, False)
+    assert not await host_port_listed(critest, False), "the host's port should not be listed"
 
 
 # -- security_context_linux.go: bucket -----------------------------------------------------------
@@ -1533,7 +1542,7 @@ async def test_runtime_should_support_run_as_group(critest, log_pod):
     cid = await critest.create(sid, config)
     await critest.start(cid)
     await critest.wait_state(cid, pb.CONTAINER_EXITED)
-    verify_log(pod_config, name + ".log", "1001:1002\n", "stdout")
+    assert logged(pod_config, name + ".log", "stdout") == ["1001:1002\n"]
 
 
 async def test_runtime_should_return_error_if_run_as_group_is_set_without_run_as_user(critest, pod):
@@ -1548,8 +1557,10 @@ async def test_runtime_should_return_error_if_run_as_group_is_set_without_run_as
         await critest.create_with_error(pod[0], config)
 
 
-async def check_readonly_rootfs(critest: Critest, log_pod: tuple[str, Any], readonly: bool) -> None:
-    """createReadOnlyRootfsContainer + checkRootfs."""
+async def rootfs_write(
+    critest: Critest, log_pod: tuple[str, Any], readonly: bool
+) -> tuple[list[str], list[str]]:
+    """createReadOnlyRootfsContainer: what ``touch`` in the rootfs logged (stdout, stderr)."""
     sid, pod_config = log_pod
     prefix = "container-with-ReadOnlyRootfs-%s-test-" % ("true" if readonly else "false")
     name = prefix + new_uuid()
@@ -1562,32 +1573,29 @@ async def check_readonly_rootfs(critest: Critest, log_pod: tuple[str, Any], read
     cid = await critest.create(sid, config)
     await critest.start(cid)
     await critest.wait_state(cid, pb.CONTAINER_EXITED)
-    if readonly:
-        verify_log(pod_config, name + ".log", "touch: test.go: Read-only file system\n", "stderr")
-    else:
-        verify_log(pod_config, name + ".log", "Found\n", "stdout")
+    path = name + ".log"
+    return logged(pod_config, path, "stdout"), logged(pod_config, path, "stderr")
 
 
 async def test_runtime_should_support_that_read_only_rootfs_is_false(critest, log_pod):
     """security_context_linux.go: "runtime should support that ReadOnlyRootfs is false"."""
-    await check_readonly_rootfs(critest, log_pod, False)
+    stdout, _ = await rootfs_write(critest, log_pod, False)
+    assert stdout == ["Found\n"]  # checkRootfs
 
 
 async def test_runtime_should_support_that_read_only_rootfs_is_true(critest, log_pod):
     """security_context_linux.go: "runtime should support that ReadOnlyRootfs is true"."""
-    await check_readonly_rootfs(critest, log_pod, True)
+    _, stderr = await rootfs_write(critest, log_pod, True)
+    assert stderr == ["touch: test.go: Read-only file system\n"]  # checkRootfs
 
 
-async def check_network_management(critest: Critest, cid: str, manageable: bool) -> None:
-    """checkNetworkManagement: ``brctl addbr foobar`` works only with CAP_NET_ADMIN."""
-    if manageable:
-        response = await critest.exec_sync(cid, ["brctl", "addbr", "foobar"])
-        assert response.exit_code == 0, response
-    else:
-        await critest.exec_fails(cid, ["brctl", "addbr", "foobar"])
+async def add_bridge(critest: Critest, cid: str) -> int:
+    """checkNetworkManagement: ``brctl addbr foobar`` (works only with CAP_NET_ADMIN)."""
+    return await critest.exit_code(cid, ["brctl", "addbr", "foobar"])
 
 
-async def check_privileged(critest: Critest, privileged: bool) -> None:
+async def privileged_add_bridge(critest: Critest, privileged: bool) -> int:
+    """A (non-)privileged container's ``brctl addbr`` exit code."""
     sid, _ = await critest.privileged_pod(privileged)
     prefix = (
         "container-with-isPrivileged-test-" if privileged else "container-with-notPrivileged-test-"
@@ -1597,18 +1605,19 @@ async def check_privileged(critest: Critest, privileged: bool) -> None:
     )
     cid = await critest.create(sid, config)
     await critest.start_running(cid)
-    await check_network_management(critest, cid, privileged)
+    code = await add_bridge(critest, cid)
     await critest.cleanup_pod(sid)
+    return code
 
 
 async def test_runtime_should_support_privileged_is_true(critest):
     """security_context_linux.go: "runtime should support Privileged is true"."""
-    await check_privileged(critest, True)
+    assert await privileged_add_bridge(critest, True) == 0
 
 
 async def test_runtime_should_support_privileged_is_false(critest):
     """security_context_linux.go: "runtime should support Privileged is false"."""
-    await check_privileged(critest, False)
+    assert await privileged_add_bridge(critest, False) != 0
 
 
 async def capability_container(
@@ -1630,10 +1639,10 @@ async def test_runtime_should_support_adding_capability(critest, pod):
     cid = await capability_container(
         critest, pod[0], "container-with-added-capability-test-", ["NET_ADMIN"], []
     )
-    await check_network_management(critest, cid, True)
+    assert await add_bridge(critest, cid) == 0
     plain = await critest.create_default(pod[0], "container-with-notCapability-test-")
     await critest.start_running(plain)
-    await check_network_management(critest, plain, False)
+    assert await add_bridge(critest, plain) != 0
 
 
 async def test_runtime_should_support_dropping_capability(critest, pod):
@@ -1774,24 +1783,17 @@ async def seccomp_test_container(
     return sid, cid
 
 
-async def verify_seccomp(
-    critest: Critest, cid: str, cmd: list[str], expect_error: bool, output: str
-) -> None:
-    if expect_error:
-        response = await critest.exec_fails(cid, cmd)
-        assert response is not None
-        assert output in response.stderr.decode()
-    else:
-        response = await critest.exec_sync(cid, cmd)
-        assert response.exit_code == 0, response
-        assert output in response.stdout.decode()
+async def seccomp_exec(critest: Critest, cid: str, cmd: list[str]) -> pb.ExecSyncResponse:
+    """verifySeccomp: run ``cmd`` in the seccomp test container; the whole answer."""
+    return await critest.exec_sync(cid, cmd)
 
 
 async def test_should_support_seccomp_unconfined_on_the_container(critest, profiles):
     """security_context_linux.go: "should support seccomp unconfined on the container"."""
     profile = pb.SecurityProfile(profile_type=pb.SecurityProfile.Unconfined)
     sid, cid = await seccomp_test_container(critest, profile)
-    await verify_seccomp(critest, cid, SECCOMP_STATUS, False, "0")
+    answer = await seccomp_exec(critest, cid, SECCOMP_STATUS)
+    assert (answer.exit_code, answer.stdout.decode().strip()) == (0, "Seccomp:\t0")  # no filter
     await critest.cleanup_pod(sid)
 
 
@@ -1802,21 +1804,25 @@ async def test_should_support_seccomp_localhost_profile_on_the_container(critest
         profile_type=pb.SecurityProfile.Localhost, localhost_ref=profiles.block_chmod
     )
     sid, cid = await seccomp_test_container(critest, profile)
-    await verify_seccomp(critest, cid, ["chmod", "400", "/"], True, "Operation not permitted")
+    answer = await seccomp_exec(critest, cid, ["chmod", "400", "/"])
+    assert answer.exit_code != 0
+    assert "Operation not permitted" in answer.stderr.decode()
     await critest.cleanup_pod(sid)
 
 
 async def test_should_support_seccomp_default_on_the_container(critest, profiles):
     """security_context_linux.go: "should support seccomp default on the container"."""
     sid, cid = await seccomp_test_container(critest, pb.SecurityProfile())
-    await verify_seccomp(critest, cid, SECCOMP_STATUS, False, "2")
+    answer = await seccomp_exec(critest, cid, SECCOMP_STATUS)
+    assert (answer.exit_code, answer.stdout.decode().strip()) == (0, "Seccomp:\t2")  # filter
     await critest.cleanup_pod(sid)
 
 
 async def test_should_support_nil_profile_which_is_unconfined(critest, profiles):
     """security_context_linux.go: "should support nil profile, which is unconfined"."""
     sid, cid = await seccomp_test_container(critest, None)
-    await verify_seccomp(critest, cid, SECCOMP_STATUS, False, "0")
+    answer = await seccomp_exec(critest, cid, SECCOMP_STATUS)
+    assert (answer.exit_code, answer.stdout.decode().strip()) == (0, "Seccomp:\t0")  # no filter
     await critest.cleanup_pod(sid)
 
 
@@ -1843,13 +1849,9 @@ async def seccomp_container(
     return cid
 
 
-async def check_set_hostname(critest: Critest, cid: str, settable: bool) -> None:
-    cmd = ["hostname", "ANewHostName"]
-    if settable:
-        response = await critest.exec_sync(cid, cmd)
-        assert response.exit_code == 0, response
-    else:
-        await critest.exec_fails(cid, cmd)
+async def set_hostname(critest: Critest, cid: str) -> int:
+    """checkSetHostname: ``hostname ANewHostName``'s exit code."""
+    return await critest.exit_code(cid, ["hostname", "ANewHostName"])
 
 
 async def test_runtime_should_not_block_setting_host_name_with_unconfined_seccomp_and_sys_admin(
@@ -1859,7 +1861,7 @@ async def test_runtime_should_not_block_setting_host_name_with_unconfined_seccom
     seccomp and SYS_ADMIN"."""
     profile = pb.SecurityProfile(profile_type=pb.SecurityProfile.Unconfined)
     cid = await seccomp_container(critest, pod[0], profile, ["SYS_ADMIN"], False)
-    await check_set_hostname(critest, cid, True)
+    assert await set_hostname(critest, cid) == 0
 
 
 async def test_runtime_should_support_a_seccomp_profile_that_blocks_setting_hostname_with_sys_admin(
@@ -1871,7 +1873,7 @@ async def test_runtime_should_support_a_seccomp_profile_that_blocks_setting_host
         profile_type=pb.SecurityProfile.Localhost, localhost_ref=profiles.block_hostname
     )
     cid = await seccomp_container(critest, pod[0], profile, ["SYS_ADMIN"], False)
-    await check_set_hostname(critest, cid, False)
+    assert await set_hostname(critest, cid) != 0
 
 
 async def test_runtime_should_ignore_a_seccomp_profile_that_blocks_setting_hostname_when_privileged(
@@ -1883,14 +1885,14 @@ async def test_runtime_should_ignore_a_seccomp_profile_that_blocks_setting_hostn
         profile_type=pb.SecurityProfile.Localhost, localhost_ref=profiles.block_hostname
     )
     cid = await seccomp_container(critest, privileged_pod[0], profile, [], True)
-    await check_set_hostname(critest, cid, True)
+    assert await set_hostname(critest, cid) == 0
 
 
 # -- security_context_linux.go: NoNewPrivs -------------------------------------------------------
 
 
-async def check_no_new_privs(critest: Critest, log_pod: tuple[str, Any], nnp: bool) -> None:
-    """createContainerWithNoNewPrivs (uid 1000, the setuid-root image), then its output."""
+async def effective_uid(critest: Critest, log_pod: tuple[str, Any], nnp: bool) -> list[str]:
+    """createContainerWithNoNewPrivs (uid 1000, the setuid-root image): what it printed."""
     if "nonewprivs" not in critest.images.refs:
         pytest.skip("no static C compiler here to build the setuid nonewprivs image")
     sid, pod_config = log_pod
@@ -1904,18 +1906,17 @@ async def check_no_new_privs(critest: Critest, log_pod: tuple[str, Any], nnp: bo
     cid = await critest.create(sid, config)
     await critest.start(cid)
     await critest.wait_state(cid, pb.CONTAINER_EXITED)
-    expected = "Effective uid: 1000\n" if nnp else "Effective uid: 0\n"
-    verify_log(pod_config, name + ".log", expected, "stdout")
+    return logged(pod_config, name + ".log", "stdout")
 
 
 async def test_should_not_allow_privilege_escalation_when_true(critest, log_pod):
     """security_context_linux.go: "should not allow privilege escalation when true"."""
-    await check_no_new_privs(critest, log_pod, True)
+    assert await effective_uid(critest, log_pod, True) == ["Effective uid: 1000\n"]
 
 
 async def test_should_allow_privilege_escalation_when_false(critest, log_pod):
     """security_context_linux.go: "should allow privilege escalation when false"."""
-    await check_no_new_privs(critest, log_pod, False)
+    assert await effective_uid(critest, log_pod, False) == ["Effective uid: 0\n"]
 
 
 # -- security_context_linux.go: UserNamespaces; apparmor_linux.go; selinux_linux.go ----------
@@ -1967,8 +1968,8 @@ def test_selinux_specs():
 # -- networking.go -----------------------------------------------------------------------------
 
 
-async def check_main_page(critest: Critest, sid: str, host_port: int, container_port: int) -> None:
-    """checkMainPage: GET / answers 200, on 127.0.0.1:<host port> or <pod IP>:<port>."""
+async def main_page(critest: Critest, sid: str, host_port: int, container_port: int) -> int:
+    """checkMainPage: the HTTP status of GET /, on 127.0.0.1:<host port> or <pod IP>:<port>."""
     if host_port:
         url = f"http://127.0.0.1:{host_port}/"
     else:
@@ -1986,8 +1987,8 @@ async def check_main_page(critest: Critest, sid: str, host_port: int, container_
         except OSError:
             return None
 
-    status = await eventually(answered, interval=1)
-    assert status == 200
+    status: int = await eventually(answered, interval=1)
+    return status
 
 
 async def port_mapping_pod(
@@ -2043,7 +2044,7 @@ async def test_runtime_should_support_port_mapping_with_only_container_port(crit
     sid, _ = await port_mapping_pod(critest, [pb.PortMapping(container_port=WEB_SERVER_PORT)])
     cid = await web_server_container(critest, sid, "container-for-container-port")
     await critest.start(cid)
-    await check_main_page(critest, sid, 0, WEB_SERVER_PORT)
+    assert await main_page(critest, sid, 0, WEB_SERVER_PORT) == 200
     await critest.cleanup_pod(sid)
 
 
@@ -2054,7 +2055,7 @@ async def test_runtime_should_support_port_mapping_with_host_port_and_container_
     sid, _ = await port_mapping_pod(critest, [mapping])
     cid = await web_server_container(critest, sid, "container-for-host-port")
     await critest.start(cid)
-    await check_main_page(critest, "", HOST_PORT_FOR_PORT_MAPPING, 0)
+    assert await main_page(critest, "", HOST_PORT_FOR_PORT_MAPPING, 0) == 200
     await critest.cleanup_pod(sid)
 
 
@@ -2069,15 +2070,13 @@ async def streaming_container(critest: Critest) -> tuple[str, str]:
     return sid, cid
 
 
-async def check_exec(critest: Critest, url: str, stdout: bytes, tty: bool) -> None:
+async def spdy_exec(url: str, tty: bool) -> tuple[bytes, bytes, int | None]:
     """checkExec: client-go's SPDY executor (POST); with a tty, a stdin pipe that sends
-    nothing and closes; stdout exactly as given, stderr empty."""
+    nothing and closes. (stdout, stderr, exit code)."""
     result = await rc.exec_spdy(
         url, stdin=b"" if tty else None, stderr=not tty, tty=tty, method="POST"
     )
-    assert result.stdout == stdout
-    assert result.stderr == b""
-    assert result.exit_code == 0
+    return result.stdout, result.stderr, result.exit_code
 
 
 async def test_runtime_should_support_exec_with_tty_false_and_stdin_false(critest):
@@ -2087,7 +2086,7 @@ async def test_runtime_should_support_exec_with_tty_false_and_stdin_false(crites
     request = pb.ExecRequest(container_id=cid, cmd=["echo", "hello"], stdout=True, stderr=True)
     url = (await critest.rc.Exec(request)).url
     assert urllib.parse.urlsplit(url).netloc, url  # parseURL: the host must not be empty
-    await check_exec(critest, url, b"hello\n", tty=False)
+    assert await spdy_exec(url, tty=False) == (b"hello\n", b"", 0)
     await critest.cleanup_pod(sid)
 
 
@@ -2099,7 +2098,7 @@ async def test_runtime_should_support_exec_with_tty_true_and_stdin_true(critest)
         container_id=cid, cmd=["echo", "hello"], stdout=True, tty=True, stdin=True
     )
     url = (await critest.rc.Exec(request)).url
-    await check_exec(critest, url, b"hello\r\n", tty=True)
+    assert await spdy_exec(url, tty=True) == (b"hello\r\n", b"", 0)
     await critest.cleanup_pod(sid)
 
 
@@ -2128,8 +2127,9 @@ async def test_runtime_should_support_attach(critest):
     await critest.cleanup_pod(sid)
 
 
-async def check_port_forward(url: str, port: int) -> None:
-    """checkPortForward: client-go's SPDY port-forward dialer, then GET / through it."""
+async def port_forward_status_line(url: str, port: int) -> bytes:
+    """checkPortForward: client-go's SPDY port-forward dialer, then GET / through it;
+    the answer's status line."""
     async with await rc_forward_spdy(url, port) as session:
 
         async def main_page() -> bytes | None:
@@ -2138,8 +2138,8 @@ async def check_port_forward(url: str, port: int) -> None:
             answer = await conn.read_all(timeout=30)
             return answer if answer.startswith(b"HTTP/1.") else None
 
-        answer = await eventually(main_page, interval=1)
-        assert b" 200 " in answer.split(b"\r\n", 1)[0]
+        answer: bytes = await eventually(main_page, interval=1)
+        return answer.split(b"\r\n", 1)[0]
 
 
 async def test_runtime_should_support_portforward(critest):
@@ -2148,7 +2148,7 @@ async def test_runtime_should_support_portforward(critest):
     cid = await web_server_container(critest, sid, "container-for-portforward-test-")
     await critest.start(cid)
     url = (await critest.rc.PortForward(pb.PortForwardRequest(pod_sandbox_id=sid))).url
-    await check_port_forward(url, WEB_SERVER_PORT)
+    assert b" 200 " in await port_forward_status_line(url, WEB_SERVER_PORT)
     await critest.cleanup_pod(sid)
 
 
@@ -2171,9 +2171,9 @@ async def test_runtime_should_support_portforward_in_host_network(critest):
     server.linux.SetInParent()
     cid = await critest.create(sid, server)
     await critest.start(cid)
-    await check_main_page(critest, "", HOST_NET_WEB_SERVER_PORT, 0)
+    assert await main_page(critest, "", HOST_NET_WEB_SERVER_PORT, 0) == 200
     url = (await critest.rc.PortForward(pb.PortForwardRequest(pod_sandbox_id=sid))).url
-    await check_port_forward(url, HOST_NET_WEB_SERVER_PORT)
+    assert b" 200 " in await port_forward_status_line(url, HOST_NET_WEB_SERVER_PORT)
     await critest.cleanup_pod(sid)
 
 
@@ -2187,7 +2187,7 @@ def port_in_use(port: int) -> bool:
 
 async def test_stop_pod_sandbox_should_not_return_an_error_if_not_found(critest):
     """idempotence.go: StopPodSandbox "should not return an error if not found"."""
-    await critest.stop_pod(new_uuid())
+    assert await critest.stop_pod(new_uuid()) == pb.StopPodSandboxResponse()
 
 
 async def test_stop_pod_sandbox_should_not_return_an_error_if_already_stopped(critest):
@@ -2201,12 +2201,13 @@ async def test_stop_pod_sandbox_should_not_return_an_error_if_already_stopped(cr
 
 async def test_remove_pod_sandbox_should_not_return_an_error_if_not_found(critest):
     """idempotence.go: RemovePodSandbox "should not return an error if not found"."""
-    await critest.remove_pod(new_uuid())
+    assert await critest.remove_pod(new_uuid()) == pb.RemovePodSandboxResponse()
 
 
 async def test_stop_container_should_not_return_an_error_if_not_found(critest):
     """idempotence.go: StopContainer "should not return an error if not found"."""
-    await critest.rc.StopContainer(pb.StopContainerRequest(container_id=new_uuid(), timeout=0))
+    request = pb.StopContainerRequest(container_id=new_uuid(), timeout=0)
+    assert await critest.rc.StopContainer(request) == pb.StopContainerResponse()
 
 
 async def test_stop_container_should_not_return_an_error_if_already_stopped(critest):
@@ -2215,22 +2216,25 @@ async def test_stop_container_should_not_return_an_error_if_already_stopped(crit
     sid, _ = await critest.pod_for_container()
     cid = await critest.create_pause(sid, "idempotence-container-")
     await critest.start(cid)
-    await critest.stop_exited(cid)
-    await critest.remove(cid)
-    await critest.remove(cid)
+    assert (await critest.stop_exited(cid)).state == pb.CONTAINER_EXITED
+    request = pb.StopContainerRequest(container_id=cid, timeout=0)
+    assert await critest.rc.StopContainer(request) == pb.StopContainerResponse()  # again
+    assert await critest.remove(cid) == pb.RemoveContainerResponse()
+    assert await critest.remove(cid) == pb.RemoveContainerResponse()
     await critest.cleanup_pod(sid)
 
 
 async def test_remove_container_should_not_return_an_error_if_not_found(critest):
     """idempotence.go: RemoveContainer "should not return an error if not found"."""
-    await critest.remove(new_uuid())
+    assert await critest.remove(new_uuid()) == pb.RemoveContainerResponse()
 
 
 async def test_remove_image_should_not_return_an_error_if_not_found(critest):
     """idempotence.go: RemoveImage "should not return an error if not found"."""
     fake = "0" * 64
     for _ in range(2):
-        await critest.ic.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=fake)))
+        request = pb.RemoveImageRequest(image=pb.ImageSpec(image=fake))
+        assert await critest.ic.RemoveImage(request) == pb.RemoveImageResponse()
 
 
 # -- image.go ------------------------------------------------------------------------------------
@@ -2394,7 +2398,7 @@ async def multi_container_pod(critest) -> AsyncIterator[MultiContainerPod]:
 async def test_multiple_containers_should_support_network(critest, multi_container_pod):
     """multi_container_linux.go: "should support network" (Multiple Containers
     [Conformance])."""
-    await check_main_page(critest, multi_container_pod.sid, 0, 80)
+    assert await main_page(critest, multi_container_pod.sid, 0, 80) == 200
 
 
 async def test_multiple_containers_should_support_container_log(critest, multi_container_pod):
@@ -2406,11 +2410,11 @@ async def test_multiple_containers_should_support_container_log(critest, multi_c
     ):
         path = (await critest.status(cid)).log_path
 
-        async def logged(path: str = path, expected: str = expected) -> bool:
+        async def written(path: str = path, expected: str = expected) -> bool:
             with open(path) as f:
                 return expected in f.read()
 
-        await eventually(logged, interval=0.1)
+        assert await eventually(written, interval=0.1)
 
 
 async def test_multiple_containers_should_support_container_exec(critest, multi_container_pod):

@@ -21,6 +21,7 @@ from agent.ctl.client import CriClient
 from agent.errors import FailedPrecondition
 from agent.health import NodeHealth
 from tests.conftest import make_config
+from tests.support import run
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +81,7 @@ def write_bridge_conflist(directory: str) -> None:
         "cniVersion": "1.0.0",
         "name": "test-net",
         "plugins": [
-            {"type": "bridge", "bridge": "ma-test0", "ipam": {"type": "host-local"}},
+            {"type": "bridge", "bridge": run.bridge("ma-c"), "ipam": {"type": "host-local"}},
             {"type": "portmap", "capabilities": {"portMappings": True}},
         ],
     }

@@ -22,6 +22,7 @@ import pytest
 from agent.api.cri.runtime.v1 import api_pb2 as pb
 from agent.ctl.client import CriClient
 from tests.integration.test_pods import MASKED, cgroup_dirs, delete_link, images  # noqa: F401
+from tests.support import run
 from tests.support.agent import AgentProcess
 from tests.support.images import build_image
 from tests.support.layers import File, layer
@@ -29,8 +30,6 @@ from tests.support.network import HostNetworkState
 from tests.support.push import RegistryClient
 
 pytestmark = pytest.mark.integration
-
-_subnet = iter(range(1, 250))
 
 
 def wrapper(path: str, real: str, *, on: str, marker: str, sleep: float, only_if: str = "") -> str:
@@ -149,8 +148,8 @@ class Node:
 
 @pytest.fixture
 async def node(short_dir, images) -> AsyncIterator[Node]:  # noqa: F811
-    tag = uuid.uuid4().hex[:6]
-    node = Node(short_dir, f"ma-f{tag}", f"10.254.{next(_subnet)}.0/24", f"/ma-test-{tag}", images)
+    subnet = run.subnet("10.254.0.0/16")
+    node = Node(short_dir, run.bridge("ma-f"), str(subnet), run.cgroup_parent(), images)
     host = HostNetworkState.capture()
     try:
         yield node
@@ -211,6 +210,7 @@ async def test_kill_9_during_run_pod_sandbox(node):
     node.assert_clean()
 
 
+@pytest.mark.slow
 async def test_kill_9_during_create_container(node):
     marker = f"{node.base}/in-create"
     runtime = wrapper(
@@ -262,6 +262,7 @@ async def test_kill_9_during_create_container(node):
     node.assert_clean()
 
 
+@pytest.mark.slow
 async def test_kill_9_during_start_container_that_then_starts(node):
     marker = f"{node.base}/in-start"
     runtime = wrapper(
@@ -329,6 +330,7 @@ async def test_kill_9_during_stop_container_then_stop_again(node):
     node.assert_clean()
 
 
+@pytest.mark.slow
 async def test_containers_survive_an_agent_restart_and_exits_while_down_are_seen(node):
     agent = node.agent().start()
     async with CriClient(agent.socket, timeout=60) as cri:
@@ -366,6 +368,7 @@ async def test_containers_survive_an_agent_restart_and_exits_while_down_are_seen
 # -- other faults --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_kill_9_of_conmon_then_stop_and_remove(node):
     with node.agent() as agent:
         async with CriClient(agent.socket, timeout=60) as cri:
@@ -407,6 +410,7 @@ async def test_container_process_killed_from_outside(node):
     node.assert_clean()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["fails", "hangs"])
 async def test_a_bad_cni_plugin_fails_run_pod_sandbox_cleanly(node, mode):
     bins = f"{node.base}/cni-bin"

@@ -65,6 +65,7 @@ def children_of(pid: int) -> list[int]:
     return result
 
 
+@pytest.mark.slow
 async def test_kill_9_mid_pull_then_resume(short_dir, registry):
     name = f"resume-{os.getpid()}"
     weights = layer([File("weights", os.urandom(12 * PART))], "gzip")

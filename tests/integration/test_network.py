@@ -23,7 +23,13 @@ from typing import Any
 
 import pytest
 
-from agent.errors import AlreadyExists, DeadlineExceeded, InvalidArgument, NotFound
+from agent.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from agent.network import cni, default_network, netns
 from agent.network.cni import CniError, CniResult, PortMapping
 from agent.network.cni_config import NetworkConfig
@@ -347,11 +353,16 @@ async def test_delete_is_idempotent_even_without_the_netns(net_env: NetEnv):
 
 
 async def test_status_of_the_real_plugins(net_env: NetEnv):
+    # STATUS raises when a plugin cannot take pods; ready plugins answer nothing.
     await cni.status(net_env.network, bin_dirs=net_env.bin_dirs, timeout=TIMEOUT)
     conflist = {**net_env.network.conflist, "cniVersion": "1.1.0"}
     newer = NetworkConfig("", net_env.network.name, "1.1.0", conflist)
     # Debian's plugins (1.1.1) predate STATUS: they are not asked, so they count as ready.
     await cni.status(newer, bin_dirs=net_env.bin_dirs, timeout=TIMEOUT)
+    missing = {**conflist, "plugins": [*conflist["plugins"], {"type": "no-such-plugin"}]}
+    broken = NetworkConfig("", net_env.network.name, "1.1.0", missing)
+    with pytest.raises(FailedPrecondition, match="no-such-plugin"):
+        await cni.status(broken, bin_dirs=net_env.bin_dirs, timeout=TIMEOUT)
 
 
 # ---------------------------------------------------------------------------
@@ -386,6 +397,7 @@ async def test_failing_plugin_after_the_real_ones(net_env: NetEnv):
     net_env.assert_nothing_left(cid)
 
 
+@pytest.mark.slow
 async def test_hanging_plugin_is_killed_at_the_timeout(net_env: NetEnv):
     cid = net_env.new_id()
     pin = await netns.create(net_env.pin_dir, cid)

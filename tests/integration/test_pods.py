@@ -22,6 +22,7 @@ from agent.api.cri.runtime.v1 import api_pb2 as pb
 from agent.app import Agent
 from agent.ctl.client import CriClient
 from tests.conftest import make_config
+from tests.support import run
 from tests.support.images import build_image, busybox_image, busybox_layer
 from tests.support.layers import File, layer
 from tests.support.network import HostNetworkState
@@ -66,9 +67,6 @@ def images(registry) -> dict[str, str]:
         name: f"{registry.host}/pods/{name}:latest"
         for name in ("busybox", "busybox-user", "entrypoint", "model")
     }
-
-
-_subnet = iter(range(1, 250))
 
 
 @dataclass
@@ -195,12 +193,11 @@ async def environment(
     short_dir: str, images: dict[str, str], **overrides: Any
 ) -> AsyncIterator[Env]:
     """An agent with its own bridge, subnet and cgroup parent; all removed afterwards."""
-    tag = uuid.uuid4().hex[:6]
-    bridge = f"ma-t{tag}"
-    cgroup_parent = f"/ma-test-{tag}"
+    bridge = run.bridge("ma-t")
+    cgroup_parent = run.cgroup_parent()
     values = {
         "network.bridge": bridge,
-        "network.pod_cidr": f"10.252.{next(_subnet)}.0/24",
+        "network.pod_cidr": str(run.subnet("10.252.0.0/16")),
         **overrides,
     }
     host = HostNetworkState.capture()
@@ -599,6 +596,7 @@ async def test_list_filters_and_streams(env):
     assert [c.id for c in status.containers_statuses] == [ca]
 
 
+@pytest.mark.slow
 async def test_twenty_pods_in_parallel(env):
     configs = [env.sandbox_config(f"par-{i}") for i in range(20)]
     ids = await asyncio.gather(*(env.run_pod(c) for c in configs))

@@ -13,13 +13,13 @@ import json
 import os
 import shutil
 import subprocess
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from agent.pods.seccomp import default_profile, from_docker_json
+from tests.support import run as run_ids
 
 pytestmark = pytest.mark.integration
 
@@ -115,7 +115,7 @@ def run_container(short_dir: str) -> Iterator[RunContainer]:
     def run(
         script: str, seccomp: dict[str, Any] | None, no_new_privs: bool = False
     ) -> subprocess.CompletedProcess[str]:
-        cid = f"ma-test-seccomp-{uuid.uuid4().hex[:12]}"
+        cid = f"ma-test-seccomp-{run_ids.tag()}"
         started.append(cid)
         bundle = os.path.join(short_dir, cid)
         os.makedirs(os.path.join(bundle, "rootfs", "bin"))

@@ -201,6 +201,7 @@ async def test_a_client_that_disappears_mid_stream_takes_its_process_along(app):
     connection, _ = await _started_exec(env, cid, marker)
     await connection.close(goaway=False)
     await _eventually_none(marker)
+    assert _processes_with(marker) == []
 
 
 async def test_a_tty_exec_dies_with_its_client(app):

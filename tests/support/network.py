@@ -12,15 +12,14 @@ import asyncio
 import contextlib
 import hashlib
 import ipaddress
-import json
 import os
-import random
-import secrets
 import shlex
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
+
+from tests.support import run
 
 CNI_BIN_DIRS = ["/usr/lib/cni"]
 #: Test pods get a /24 out of this; nothing else on a test machine uses it.
@@ -37,36 +36,13 @@ def sh(*argv: str, check: bool = True) -> str:
 
 
 def unique_bridge() -> str:
-    """A bridge name no other test uses: ``mt-`` + 8 hex digits (11 of 15 chars)."""
-    return f"mt-{secrets.token_hex(4)}"
-
-
-def used_networks() -> list[ipaddress.IPv4Network]:
-    """Every IPv4 subnet on a host interface or in the main routing table."""
-    nets: list[ipaddress.IPv4Network] = []
-    for entry in json.loads(sh("ip", "-j", "-4", "addr") or "[]"):
-        nets.extend(
-            ipaddress.IPv4Network(f"{a['local']}/{a['prefixlen']}", strict=False)
-            for a in entry.get("addr_info", ())
-        )
-    routes = json.loads(sh("ip", "-j", "-4", "route") or "[]")
-    nets.extend(
-        ipaddress.IPv4Network(r["dst"], strict=False)
-        for r in routes
-        if r.get("dst", "default") != "default"
-    )
-    return nets
+    """A bridge name no other test uses: ``mt-`` + the run id + 4 hex digits."""
+    return run.bridge("mt-")
 
 
 def free_subnet() -> ipaddress.IPv4Network:
     """A /24 of 10.250.0.0/16 that overlaps nothing on the host (random, so reruns differ)."""
-    used = used_networks()
-    candidates = list(TEST_SUPERNET.subnets(new_prefix=24))
-    random.shuffle(candidates)
-    for net in candidates:
-        if not any(net.overlaps(u) for u in used):
-            return net
-    raise AssertionError("no free /24 left in 10.250.0.0/16")
+    return run.subnet(str(TEST_SUPERNET))
 
 
 def host_veths() -> set[str]:

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from agent.api.cri.runtime.v1 import api_pb2 as pb
 from agent.cri.convert.containers import container_metadata_to_pb
 from agent.cri.convert.sandboxes import sandbox_metadata_to_pb
-from agent.metrics.cadvisor import Descriptor, MetricSample, pod_samples
+from agent.metrics import cadvisor
 from agent.pods import ContainerUsage, PodUsage
 
 __all__ = ["container_stats_to_pb", "descriptors_to_pb", "pod_metrics_to_pb", "pod_stats_to_pb"]
@@ -116,14 +116,14 @@ def pod_stats_to_pb(usage: PodUsage) -> pb.PodSandboxStats:
     )
 
 
-def descriptors_to_pb(descriptors: Iterable[Descriptor]) -> list[pb.MetricDescriptor]:
+def descriptors_to_pb(descriptors: Iterable[cadvisor.Descriptor]) -> list[pb.MetricDescriptor]:
     return [
         pb.MetricDescriptor(name=d.name, help=d.help, label_keys=list(d.labels))
         for d in descriptors
     ]
 
 
-def _metric(sample: MetricSample) -> pb.Metric:
+def _metric(sample: cadvisor.MetricSample) -> pb.Metric:
     return pb.Metric(
         name=sample.name,
         timestamp=sample.timestamp,
@@ -134,7 +134,7 @@ def _metric(sample: MetricSample) -> pb.Metric:
 
 
 def pod_metrics_to_pb(usage: PodUsage) -> pb.PodSandboxMetrics:
-    pod_level, per_container = pod_samples(usage)
+    pod_level, per_container = cadvisor.pod_samples(usage)
     return pb.PodSandboxMetrics(
         pod_sandbox_id=usage.record.id,
         metrics=[_metric(s) for s in pod_level],

@@ -1,0 +1,185 @@
+"""The package layout DESIGN.md promises, checked: explicit exports and layering.
+
+Like httpx's exported-members test: every module says what it exports
+(``__all__``), a package's ``__init__`` is its API, and a name one package
+takes from another must be in that package's ``__all__`` and imported from the
+package itself (``from agent.oci import Runtime``, not
+``from agent.oci.runc import …``). The import contract keeps the layers of
+DESIGN.md: nothing below ``cri`` touches CRI protobuf types, and the
+low-level packages never reach up.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pathlib
+import re
+from dataclasses import dataclass
+
+import pytest
+
+AGENT = pathlib.Path(__file__).resolve().parents[2] / "agent"
+
+#: Which top-level parts of ``agent`` each may import (besides itself). Modules
+#: that every layer may use are in ``ANYWHERE``.
+ANYWHERE = {"errors", "config", "log", "_util", "__init__"}
+ALLOWED = {
+    "__main__": {"cli"},
+    "cli": {"app", "ctl", "db"},
+    "app": {"cri", "pods", "images", "streaming", "metrics", "health", "db", "gpu"},
+    "cri": {"api", "pods", "images", "streaming", "metrics", "health", "gpu"},
+    "ctl": {"api", "images", "streaming"},
+    "pods": {"images", "oci", "network", "gpu", "db"},
+    "metrics": {"pods", "gpu", "db"},
+    "streaming": {"oci", "network"},
+    "images": {"db"},
+    "health": {"oci", "network"},
+    "gpu": {"db"},
+    "oci": set(),
+    "network": set(),
+    "db": set(),
+    "_util": set(),
+    "errors": set(),
+    "config": set(),
+    "log": set(),
+}
+#: Only these may import the CRI protobuf modules (``agent.api.cri``).
+CRI_PROTOBUF_USERS = {"cri", "ctl"}
+
+
+@dataclass(frozen=True)
+class Import:
+    module: str  # the importing module, dotted
+    line: int
+    target: str  # the module imported from
+    names: tuple[str, ...]
+
+
+def _modules() -> list[tuple[str, pathlib.Path]]:
+    found = []
+    for path in sorted(AGENT.rglob("*.py")):
+        rel = path.relative_to(AGENT.parent).with_suffix("")
+        if rel.parts[:2] == ("agent", "api"):
+            continue
+        name = ".".join(rel.parts).removesuffix(".__init__")
+        found.append((name, path))
+    return found
+
+
+def _top(dotted: str) -> str:
+    parts = dotted.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _imports() -> list[Import]:
+    result = []
+    for module, path in _modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                if node.module == "agent" or node.module.startswith("agent."):
+                    names = tuple(a.name for a in node.names)
+                    result.append(Import(module, node.lineno, node.module, names))
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("agent."):
+                        result.append(Import(module, node.lineno, alias.name, ()))
+    return result
+
+
+def _package_of(target: str) -> str:
+    """``agent.oci.runc`` -> ``agent.oci`` (a package); ``agent.config`` stays."""
+    parts = target.split(".")
+    if len(parts) >= 2 and (AGENT / parts[1]).is_dir():
+        return ".".join(parts[:2])
+    return target
+
+
+@pytest.mark.parametrize(("module", "path"), _modules(), ids=lambda v: str(v))
+def test_every_module_declares_its_exports(module, path):
+    tree = ast.parse(path.read_text())
+    declared = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)
+    ]
+    if module == "agent.__main__":
+        return  # an entry point, nothing to export
+    assert declared, f"{module} has no __all__"
+    exported = importlib.import_module(module)
+    for name in exported.__all__:
+        assert hasattr(exported, name), f"{module}.__all__ lists {name!r}, which it lacks"
+
+
+def export_problems(imports: list[Import]) -> list[str]:
+    problems = []
+    for imp in imports:
+        if _top(imp.module) == _top(imp.target) or _top(imp.target) == "api":
+            continue
+        package = _package_of(imp.target)
+        if package != imp.target:
+            problems.append(
+                f"{imp.module}:{imp.line} imports {imp.target}; use `from {package} import …`"
+            )
+            continue
+        exported = set(getattr(importlib.import_module(package), "__all__", ()))
+        for name in imp.names:
+            if name not in exported:
+                problems.append(f"{imp.module}:{imp.line}: {package} does not export {name!r}")
+    return problems
+
+
+def layer_problems(imports: list[Import]) -> list[str]:
+    problems = []
+    for imp in imports:
+        source, target = _top(imp.module), _top(imp.target)
+        if source == target or target in ANYWHERE:
+            continue
+        if imp.target.startswith("agent.api.cri") and source not in CRI_PROTOBUF_USERS:
+            problems.append(f"{imp.module}:{imp.line} uses CRI protobuf types below cri/")
+        elif target not in ALLOWED.get(source, set()):
+            problems.append(f"{imp.module}:{imp.line}: {source} may not import {target}")
+    return problems
+
+
+def test_names_used_across_packages_are_exported_by_the_package():
+    problems = export_problems(_imports())
+    assert problems == [], "\n".join(problems)
+
+
+def test_the_layers_of_design_md():
+    problems = layer_problems(_imports())
+    assert problems == [], "\n".join(problems)
+
+
+def test_the_checks_catch_violations():
+    """The checks above are only worth something if bad imports fail them."""
+    bad = [
+        Import("agent.oci.runc", 1, "agent.pods", ("PodService",)),  # reaches up
+        Import("agent.pods.spec", 2, "agent.api.cri.runtime.v1", ("api_pb2",)),  # protobuf
+        Import("agent.cri.rpc", 3, "agent.pods.containers", ("ContainerManager",)),  # internal
+        Import("agent.cri.rpc", 4, "agent.pods", ("ContainerManager",)),  # not exported
+    ]
+    assert len(layer_problems(bad[:2])) == 2
+    assert len(export_problems(bad[2:])) == 2
+    assert layer_problems([Import("agent.cri.rpc", 5, "agent.pods", ("PodService",))]) == []
+
+
+#: Calls that start a process; only ``agent/_util/proc.py`` may make them.
+_PROCESS_STARTERS = re.compile(
+    r"\b(create_subprocess_exec|create_subprocess_shell|subprocess\.|os\.fork|os\.system|"
+    r"os\.exec[lv]p?e?|os\.spawn|os\.posix_spawn|multiprocessing|Popen)\b"
+)
+
+
+def test_only_util_proc_starts_processes():
+    offenders = []
+    for module, path in _modules():
+        if module == "agent._util.proc":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if _PROCESS_STARTERS.search(code) or re.match(r"\s*import subprocess", code):
+                offenders.append(f"{module}:{number}: {line.strip()}")
+    assert offenders == [], "\n".join(offenders)
