@@ -5,8 +5,8 @@ plugins, over real gRPC on unix sockets, written from the upstream protos and ku
 (Kubernetes 1.36):
 
 - ``<root>/plugins_registry/``: the plugin watcher and DRA plugin manager
-  (tests/support/kubelet_plugins.py): registration handshake, DRA v1/v1beta1 calls,
-  the health stream;
+  (tests/support/kubelet_plugins.py: the registration handshake) and the DRA client
+  (tests/support/kubelet_dra.py: v1/v1beta1 calls, the health stream);
 - ``<root>/device-plugins/kubelet.sock``: the device manager
   (tests/support/kubelet_devices.py);
 - ``<root>/plugins/``: where DRA drivers put their service sockets
@@ -31,19 +31,16 @@ from tests.support.kubelet_devices import (
     Registration,
     is_extended_resource_name,
 )
-from tests.support.kubelet_plugins import (
-    DRA_PLUGIN_TYPE,
-    DRA_SERVICES,
+from tests.support.kubelet_dra import (
     ClaimRef,
     DeviceHealthReport,
     DRAPlugin,
-    Handshake,
     HealthWatch,
     KubeletRejected,
-    PluginWatcher,
     PreparedClaim,
     PreparedDevice,
 )
+from tests.support.kubelet_plugins import DRA_PLUGIN_TYPE, DRA_SERVICES, Handshake, PluginWatcher
 
 __all__ = [
     "CHECKPOINT_FILE",
