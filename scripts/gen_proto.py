@@ -25,6 +25,11 @@ PACKAGE = "agent.api"
 PROTOS = [
     "cri/runtime/v1/api.proto",
     "kubelet/deviceplugin/v1beta1/api.proto",
+    "kubelet/dra/v1/api.proto",
+    "kubelet/dra/v1beta1/api.proto",
+    "kubelet/dra_health/v1alpha1/api.proto",
+    "kubelet/dra_health/v1beta1/api.proto",
+    "kubelet/pluginregistration/v1/api.proto",
     "kubelet/podresources/v1/api.proto",
 ]
 INIT_DOC = '"""Generated from proto/ by scripts/gen_proto.py; do not edit."""\n'
