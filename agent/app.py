@@ -58,7 +58,7 @@ class Agent:
         self.metrics = RpcMetrics(self.registry, __version__)
         self.pull_metrics = PullMetrics(self.registry)
         self.health = health or NodeHealth(
-            config, extra_conf_dirs=[os.path.join(config.agent.root_dir, "cni", "net.d")]
+            config, own_conf_dir=os.path.join(config.agent.root_dir, "cni", "net.d")
         )
         self.socket_path = config.socket_path
         self.db: MetadataDB | None = None
