@@ -8,7 +8,8 @@ Start order matters and is the contract with the kubelet:
    other RPC answers ``UNAVAILABLE`` ("recovering");
 4. start the metrics endpoint;
 5. run the recovery steps (reconcile pods, containers, images with disk and
-   with conmon's exit files), then mark the agent ready.
+   with conmon's exit files), then mark the agent ready and tell systemd
+   (``READY=1`` via sd_notify, when ``$NOTIFY_SOCKET`` is set).
 
 Stopping reverses it. Containers are never stopped by stopping the agent:
 conmon keeps them running and the next start re-adopts them.
@@ -26,6 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from agent import __version__
 from agent._util.fs import ensure_dir
+from agent._util.sdnotify import Notifier
 from agent.config import Config
 from agent.cri.image_service import ImageService
 from agent.cri.rpc import RpcInterceptor
@@ -70,6 +72,7 @@ class Agent:
         #: Run in order before the agent reports ready, after the agent's own steps.
         self.recovery_steps: list[tuple[str, RecoveryStep]] = []
         self._lock_fd: int | None = None
+        self.notifier = Notifier()  # sd_notify to $NOTIFY_SOCKET; a no-op without it
 
     def _build(self, db: MetadataDB) -> CriServer:
         """Create the subsystems over the open database, and the server over them."""
@@ -125,6 +128,7 @@ class Agent:
             await self.stop(grace=0)
             raise
         log.info("model-agent %s ready on unix://%s", __version__, self.socket_path)
+        self.notifier.ready(f"serving CRI on unix://{self.socket_path}")
 
     async def recover(self) -> None:
         """Reconcile persisted state with the host, then open for business.
@@ -143,6 +147,7 @@ class Agent:
         """Stop serving; in-flight RPCs get ``grace`` seconds. Containers keep running."""
         if grace is None:
             grace = self.config.agent.shutdown_timeout_seconds
+        self.notifier.stopping("stopping; containers keep running")
         self.ready.clear()
         if self.cri is not None:
             await self.cri.stop(grace)

@@ -31,6 +31,7 @@ _FLAG_KEYS = {
     "root_dir": "agent.root_dir",
     "state_dir": "agent.state_dir",
     "log_level": "agent.log_level",
+    "log_format": "agent.log_format",
     "metrics_address": "metrics.address",
 }
 
@@ -46,6 +47,11 @@ def _config_flags(p: argparse.ArgumentParser, *, full: bool = True) -> None:
         p.add_argument("--root-dir", help="persistent state dir (env MODEL_AGENT_ROOT_DIR)")
         p.add_argument("--state-dir", help="volatile state dir (env MODEL_AGENT_STATE_DIR)")
         p.add_argument("--log-level", help="debug, info, warning, error")
+        p.add_argument(
+            "--log-format",
+            help="text or json (env MODEL_AGENT_LOG_FORMAT)",
+            choices=("text", "json"),
+        )
         p.add_argument("--metrics-address", help="host:port for /metrics; '' disables it")
 
 
@@ -73,7 +79,7 @@ def _load(args: argparse.Namespace) -> Config:
 def _serve(config: Config) -> int:
     from agent.app import Agent
 
-    configure(config.agent.log_level)
+    configure(config.agent.log_level, config.agent.log_format)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -49,6 +49,7 @@ ENV_OVERRIDES: Mapping[str, str] = {
     "MODEL_AGENT_ROOT_DIR": "agent.root_dir",
     "MODEL_AGENT_STATE_DIR": "agent.state_dir",
     "MODEL_AGENT_LOG_LEVEL": "agent.log_level",
+    "MODEL_AGENT_LOG_FORMAT": "agent.log_format",
     "MODEL_AGENT_METRICS_ADDRESS": "metrics.address",
 }
 
@@ -74,6 +75,14 @@ class AgentSection:
     log_level: str = field(
         default="info",
         metadata=_doc("Log level.", choices=("debug", "info", "warning", "error")),
+    )
+    log_format: str = field(
+        default="text",
+        metadata=_doc(
+            "Log lines as text, or as one JSON object each for log shippers (UTC timestamps "
+            "either way).",
+            choices=("text", "json"),
+        ),
     )
     shutdown_timeout_seconds: float = field(
         default=10.0,
