@@ -1,4 +1,4 @@
-"""Command line: ``model-agent serve | config | version | ctl``.
+"""Command line: ``model-agent serve | config | version | ctl | install | uninstall``.
 
 Only argument parsing and process concerns live here (signals, exit codes);
 ``app.Agent`` does the work.
@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     _config_flags(sub.add_parser("serve", help="run the agent in the foreground"))
     _config_flags(sub.add_parser("config", help="print the effective config as TOML"))
     sub.add_parser("version", help="print the version")
+    # parsed by agent.install.main (see main()); listed here for --help
+    sub.add_parser("install", help="install or upgrade on this node from a wheelhouse")
+    sub.add_parser("uninstall", help="remove the node install (--purge: and its state)")
     ctl.add_parser(sub)
     ctl_parser = sub.choices["ctl"]
     ctl_parser.add_argument("--config", help=argparse.SUPPRESS)
@@ -112,6 +115,11 @@ def _serve(config: Config) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("install", "uninstall"):
+        from agent.install.main import main as install_main
+
+        return install_main(argv)
     args = _parser().parse_args(argv)
     if args.command == "version":
         print(f"model-agent {__version__}")
