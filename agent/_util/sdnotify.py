@@ -9,6 +9,11 @@ an abstract name when it starts with ``@``). Without ``$NOTIFY_SOCKET`` (run by
 hand, or by another supervisor) every call does nothing. A failed send is
 logged and never stops the agent: readiness is also visible through ``Status``.
 
+The variable is removed from the agent's own environment once read (what
+``sd_notify(unset_environment=1)`` does): runc, conmon and CNI plugins inherit
+the agent's environment, and runc given ``NOTIFY_SOCKET`` would forward the
+*containers'* notify messages to the agent's unit.
+
 Imports nothing from the agent.
 """
 
@@ -25,11 +30,16 @@ log = logging.getLogger(__name__)
 
 
 class Notifier:
-    """Sends ``sd_notify`` messages to ``$NOTIFY_SOCKET`` (read once, at construction)."""
+    """Sends ``sd_notify`` messages to ``$NOTIFY_SOCKET`` (read once, at construction).
+
+    Without ``environ``, the process environment is read and the variable removed from it.
+    """
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        env = os.environ if environ is None else environ
-        name = env.get("NOTIFY_SOCKET", "")
+        if environ is None:
+            name = os.environ.pop("NOTIFY_SOCKET", "")
+        else:
+            name = environ.get("NOTIFY_SOCKET", "")
         self._address: str | bytes | None
         if not name:
             self._address = None

@@ -100,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     install.add_argument("--node-name", default=os.uname().nodename, help="for the labels")
     install.add_argument("--python", default=sys.executable, help="builds the virtualenv")
     install.add_argument("--staged", help=argparse.SUPPRESS)  # phase 2, run by phase 1
+    install.add_argument("--staged-fresh", action="store_true", help=argparse.SUPPRESS)
     uninstall.add_argument(
         "--purge", action="store_true", help="also delete the config and all agent state"
     )
@@ -164,13 +165,17 @@ def _offline_pip_env() -> dict[str, str]:
 
 
 def _stage(layout: Layout, args: argparse.Namespace, argv: list[str]) -> int:
+    # install.sh runs this from the wheel through PYTHONPATH; the new virtualenv's programs
+    # must import their own installed copy, not that wheel.
+    os.environ.pop("PYTHONPATH", None)
     wheelhouse = os.path.abspath(args.wheelhouse)
     version, wheel = _find_wheel(wheelhouse)
     with open(wheel, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()[:12]
     venv = os.path.join(layout.versions_dir, f"{version}-{digest}")
     python = os.path.join(venv, "bin", "python")
-    if _built(venv, version):
+    fresh = not _built(venv, version)
+    if not fresh:
         _say(f"model-agent {version} already built in {venv}")
     else:
         _say(f"building model-agent {version} in {venv} from {wheelhouse} (offline)")
@@ -184,7 +189,10 @@ def _stage(layout: Layout, args: argparse.Namespace, argv: list[str]) -> int:
         except BaseException:
             shutil.rmtree(venv, ignore_errors=True)
             raise
-    return _run_env([python, "-m", "agent.install", *argv, "--staged", venv], check=False)
+    phase2 = [python, "-m", "agent.install", *argv, "--staged", venv]
+    if fresh:
+        phase2.append("--staged-fresh")  # phase 2 removes it again if it refuses
+    return _run_env(phase2, check=False)
 
 
 def _built(venv: str, version: str) -> bool:
@@ -221,7 +229,7 @@ def _finish(layout: Layout, args: argparse.Namespace) -> None:
         manifest = Manifest.load(layout.manifest_file) or Manifest()
         config = _write_config(layout, args)
     except BaseException:
-        if os.path.realpath(venv) != previous:
+        if args.staged_fresh and os.path.realpath(venv) != previous:
             shutil.rmtree(venv, ignore_errors=True)  # nothing switched: leave no new version
         raise
     for problem in missing_prerequisites(config.network.cni_bin_dirs):

@@ -102,6 +102,18 @@ def test_notify_to_an_abstract_socket():
         assert sock.recv(4096) == b"STATUS=recovering"
 
 
+def test_notify_socket_is_taken_out_of_the_environment(tmp_path, monkeypatch):
+    """Children (runc, conmon, CNI plugins) must not inherit it: runc would forward the
+    containers' notify messages to the agent's unit."""
+    path = str(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    with datagram_socket(path) as sock:
+        notifier = Notifier()
+        assert "NOTIFY_SOCKET" not in os.environ
+        assert notifier.status("up")
+        assert sock.recv(4096) == b"STATUS=up"
+
+
 def test_notify_without_socket_does_nothing_and_bad_values_are_refused(tmp_path):
     assert not Notifier({}).enabled
     assert Notifier({}).ready("x") is False
