@@ -174,3 +174,38 @@ def test_manifest_round_trip(tmp_path):
         ["/a"],
         ["/b"],
     )
+
+
+def _config_args(*sets: str):
+    import argparse
+
+    return argparse.Namespace(set=list(sets), cgroup_driver="auto")
+
+
+def test_config_written_for_a_new_node_kept_on_upgrade_and_rerendered_with_set(tmp_path):
+    from agent.config import load
+    from agent.install.host import InstallError
+    from agent.install.main import _write_config
+
+    layout = Layout(root=str(tmp_path))
+    config = _write_config(layout, _config_args("agent.log_format=json"))
+    path = tmp_path / "etc/model-agent/config.toml"
+    first = path.read_text()
+    assert config.network.default_network == "never"
+    assert config.runtime.cgroup_driver == "cgroupfs"  # no systemd as PID 1 under a --root
+    assert config.agent.log_format == "json"
+    assert load(str(path), environ={}).agent.root_dir == f"{tmp_path}/var/lib/model-agent"
+
+    path.write_text(first + "\n# a comment the operator added\n")
+    _write_config(layout, _config_args())  # an upgrade without --set keeps the file as it is
+    assert path.read_text().endswith("# a comment the operator added\n")
+
+    config = _write_config(layout, _config_args("metrics.address=0.0.0.0:9464"))
+    assert config.metrics.address == "0.0.0.0:9464" and config.agent.log_format == "json"
+    assert (tmp_path / "etc/model-agent/config.toml.previous").read_text().endswith("added\n")
+
+    before = path.read_text()
+    with pytest.raises(InstallError, match=r"unknown key 'metrics\.bearer_token_fil'"):
+        _write_config(layout, _config_args("metrics.bearer_token_fil=/x"))
+    assert path.read_text() == before  # nothing half-written
+    assert not (tmp_path / "etc/model-agent/config.toml.draft").exists()
