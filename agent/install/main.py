@@ -44,6 +44,7 @@ from agent.install.host import (
     systemd_is_init,
 )
 from agent.install.layout import UNIT_NAME, Layout, Manifest
+from agent.install.uninstall import uninstall
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -124,7 +125,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         layout = _layout(args)
         if args.command == "uninstall":
-            _uninstall(layout, purge=args.purge)
+            uninstall(layout, purge=args.purge, say=_say)
         elif args.staged:
             _finish(layout, args)
         else:
@@ -456,70 +457,3 @@ def _gpu_labels(args: argparse.Namespace) -> None:
     if args.kubeconfig:
         run(["kubectl", "--kubeconfig", args.kubeconfig, *command[1:]], timeout=60)
         _say(f"labelled node {args.node_name}")
-
-
-# -- uninstall --------------------------------------------------------------------------------
-
-
-def _mounts_under(paths: Sequence[str]) -> list[str]:
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f]
-    return [p for p in points if any(p == d or p.startswith(d.rstrip("/") + "/") for d in paths)]
-
-
-def _uninstall(layout: Layout, *, purge: bool) -> None:
-    manifest = Manifest.load(layout.manifest_file)
-    if manifest is None and not purge:
-        raise InstallError(f"nothing installed at {layout.manifest_file}")
-    if layout.on_host and systemd_is_init() and os.path.exists(layout.unit_file):
-        # stops the agent only (KillMode=process): containers keep running
-        run(["systemctl", "disable", "--now", UNIT_NAME], timeout=120)
-    pid = agent_pid(layout.state_dir)
-    if pid is not None:
-        raise InstallError(f"model-agent (pid {pid}) is running: stop it first")
-    if purge:
-        mounts = _mounts_under([layout.state_dir, layout.root_dir])
-        if mounts:
-            raise InstallError(
-                f"pods still exist ({len(mounts)} mounts, e.g. {mounts[0]}): remove them "
-                "first (model-agent ctl stopp/rmp, with the agent running), then --purge"
-            )
-    for path in [*(manifest.links if manifest else []), *(manifest.files if manifest else [])]:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-    shutil.rmtree(layout.versions_dir, ignore_errors=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(layout.manifest_file)
-    if layout.on_host and systemd_is_init():
-        run(["systemctl", "daemon-reload"], timeout=60)
-    kept = []
-    if purge:
-        for directory in (layout.root_dir, layout.state_dir, layout.at(layout.config_dir)):
-            shutil.rmtree(directory, ignore_errors=True)
-    else:
-        kept = [p for p in (layout.config_file, layout.root_dir) if os.path.exists(p)]
-    _remove_empty_parents(layout)
-    _say("removed" + (f"; kept {', '.join(kept)} (--purge deletes them)" if kept else ""))
-
-
-def _remove_empty_parents(layout: Layout) -> None:
-    """Drop the directories the install made that are now empty (never the root's own)."""
-    candidates = [
-        layout.at(layout.prefix),
-        layout.at(layout.config_dir),
-        os.path.dirname(layout.unit_file),
-        os.path.dirname(layout.bin_link),
-        os.path.dirname(layout.at(layout.modules_load_file)),
-        os.path.dirname(layout.at(layout.sysctl_file)),
-    ]
-    if layout.on_host:
-        candidates = candidates[:2]  # system directories stay, empty or not
-    else:
-        candidates += [os.path.dirname(layout.root_dir), os.path.dirname(layout.state_dir)]
-    for path in candidates:
-        while path != layout.root and path.startswith(layout.root):
-            try:
-                os.rmdir(path)
-            except OSError:
-                break
-            path = os.path.dirname(path)
