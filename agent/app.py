@@ -8,7 +8,8 @@ Start order matters and is the contract with the kubelet:
    other RPC answers ``UNAVAILABLE`` ("recovering");
 4. start the metrics endpoint;
 5. run the recovery steps (reconcile pods, containers, images with disk and
-   with conmon's exit files), then mark the agent ready.
+   with conmon's exit files), then mark the agent ready and tell systemd
+   (``READY=1`` via sd_notify, when ``$NOTIFY_SOCKET`` is set).
 
 Stopping reverses it. Containers are never stopped by stopping the agent:
 conmon keeps them running and the next start re-adopts them.
@@ -25,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import CollectorRegistry
 
 from agent import __version__
-from agent._util import ensure_dir
+from agent._util import Notifier, ensure_dir
 from agent.config import Config
 from agent.cri import CriServer, ImageService, RpcInterceptor, RuntimeService
 from agent.db import MetadataDB
@@ -53,7 +54,7 @@ class Agent:
         self.metrics = RpcMetrics(self.registry, __version__)
         self.pull_metrics = PullMetrics(self.registry)
         self.health = health or NodeHealth(
-            config, extra_conf_dirs=[os.path.join(config.agent.root_dir, "cni", "net.d")]
+            config, own_conf_dir=os.path.join(config.agent.root_dir, "cni", "net.d")
         )
         self.socket_path = config.socket_path
         self.db: MetadataDB | None = None
@@ -65,6 +66,7 @@ class Agent:
         #: Run in order before the agent reports ready, after the agent's own steps.
         self.recovery_steps: list[tuple[str, RecoveryStep]] = []
         self._lock_fd: int | None = None
+        self.notifier = Notifier()  # sd_notify to $NOTIFY_SOCKET; a no-op without it
 
     def _build(self, db: MetadataDB) -> CriServer:
         """Create the subsystems over the open database, and the server over them."""
@@ -120,6 +122,7 @@ class Agent:
             await self.stop(grace=0)
             raise
         log.info("model-agent %s ready on unix://%s", __version__, self.socket_path)
+        self.notifier.ready(f"serving CRI on unix://{self.socket_path}")
 
     async def recover(self) -> None:
         """Reconcile persisted state with the host, then open for business.
@@ -138,6 +141,7 @@ class Agent:
         """Stop serving; in-flight RPCs get ``grace`` seconds. Containers keep running."""
         if grace is None:
             grace = self.config.agent.shutdown_timeout_seconds
+        self.notifier.stopping("stopping; containers keep running")
         self.ready.clear()
         if self.cri is not None:
             await self.cri.stop(grace)

@@ -1,4 +1,4 @@
-"""Command line: ``model-agent serve | config | version | ctl``.
+"""Command line: ``model-agent serve | config | version | ctl | install | uninstall``.
 
 Only argument parsing and process concerns live here (signals, exit codes);
 ``app.Agent`` does the work.
@@ -31,6 +31,7 @@ _FLAG_KEYS = {
     "root_dir": "agent.root_dir",
     "state_dir": "agent.state_dir",
     "log_level": "agent.log_level",
+    "log_format": "agent.log_format",
     "metrics_address": "metrics.address",
 }
 
@@ -46,6 +47,11 @@ def _config_flags(p: argparse.ArgumentParser, *, full: bool = True) -> None:
         p.add_argument("--root-dir", help="persistent state dir (env MODEL_AGENT_ROOT_DIR)")
         p.add_argument("--state-dir", help="volatile state dir (env MODEL_AGENT_STATE_DIR)")
         p.add_argument("--log-level", help="debug, info, warning, error")
+        p.add_argument(
+            "--log-format",
+            help="text or json (env MODEL_AGENT_LOG_FORMAT)",
+            choices=("text", "json"),
+        )
         p.add_argument("--metrics-address", help="host:port for /metrics; '' disables it")
 
 
@@ -58,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     _config_flags(sub.add_parser("serve", help="run the agent in the foreground"))
     _config_flags(sub.add_parser("config", help="print the effective config as TOML"))
     sub.add_parser("version", help="print the version")
+    # parsed by agent.install.main (see main()); listed here for --help
+    sub.add_parser("install", help="install or upgrade on this node from a wheelhouse")
+    sub.add_parser("uninstall", help="remove the node install (--purge: and its state)")
     ctl.add_parser(sub)
     ctl_parser = sub.choices["ctl"]
     ctl_parser.add_argument("--config", help=argparse.SUPPRESS)
@@ -73,7 +82,7 @@ def _load(args: argparse.Namespace) -> Config:
 def _serve(config: Config) -> int:
     from agent.app import Agent
 
-    configure(config.agent.log_level)
+    configure(config.agent.log_level, config.agent.log_format)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -106,6 +115,11 @@ def _serve(config: Config) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("install", "uninstall"):
+        from agent.install import main as install_main
+
+        return install_main(argv)
     args = _parser().parse_args(argv)
     if args.command == "version":
         print(f"model-agent {__version__}")

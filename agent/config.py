@@ -53,6 +53,7 @@ ENV_OVERRIDES: Mapping[str, str] = {
     "MODEL_AGENT_ROOT_DIR": "agent.root_dir",
     "MODEL_AGENT_STATE_DIR": "agent.state_dir",
     "MODEL_AGENT_LOG_LEVEL": "agent.log_level",
+    "MODEL_AGENT_LOG_FORMAT": "agent.log_format",
     "MODEL_AGENT_METRICS_ADDRESS": "metrics.address",
 }
 
@@ -78,6 +79,14 @@ class AgentSection:
     log_level: str = field(
         default="info",
         metadata=_doc("Log level.", choices=("debug", "info", "warning", "error")),
+    )
+    log_format: str = field(
+        default="text",
+        metadata=_doc(
+            "Log lines as text, or as one JSON object each for log shippers (UTC timestamps "
+            "either way).",
+            choices=("text", "json"),
+        ),
     )
     shutdown_timeout_seconds: float = field(
         default=10.0,
@@ -157,11 +166,21 @@ class NetworkSection:
         default_factory=lambda: ["/opt/cni/bin", "/usr/lib/cni"],
         metadata=_doc("Where CNI plugin binaries are looked up, in order."),
     )
-    pod_cidr: str = field(
-        default="10.88.0.0/16",
+    default_network: str = field(
+        default="auto",
         metadata=_doc(
-            "Subnet of the agent's own bridge network when the cluster has no CNI config "
-            "(dual-stack: 'IPv4-CIDR,IPv6-CIDR')."
+            "When pods get the agent's own bridge network: auto = when cni_conf_dir has no "
+            "usable config; never = never (NetworkReady stays false until the cluster's CNI "
+            "writes its config, as with containerd and CRI-O; for kubelet nodes); always = "
+            "always, ignoring cni_conf_dir.",
+            choices=("auto", "always", "never"),
+        ),
+    )
+    pod_cidr: str = field(
+        default="10.217.0.0/16",
+        metadata=_doc(
+            "Subnet of the agent's own bridge network (dual-stack: 'IPv4-CIDR,IPv6-CIDR'); "
+            "chosen away from podman's and containerd's 10.88.0.0/16."
         ),
     )
     bridge: str = field(

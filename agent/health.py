@@ -4,8 +4,8 @@ Two conditions, as the kubelet reads them every few seconds:
 
 * runtime ready: conmon and the default handler's OCI runtime are found and
   answer ``--version`` (the CRI layer adds "still recovering");
-* network ready: a usable CNI network config exists (the cluster's, else the
-  agent's own default network).
+* network ready: a usable CNI network config exists (the cluster's, and/or the
+  agent's own default network as ``network.default_network`` says).
 
 Each is checked against the host on every call (cheaply; see ``oci.probe``),
 so removing runc or the CNI config shows up at the next poll.
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from agent.config import Config
 from agent.errors import AgentError
-from agent.network import find_network, find_plugin, plugin_version
+from agent.network import find_network, find_plugin, network_conf_dirs, plugin_version
 from agent.oci import BinaryProbe, resolve_binary
 
 __all__ = ["Condition", "HealthReport", "NodeHealth"]
@@ -43,10 +43,13 @@ class HealthReport:
 
 
 class NodeHealth:
-    def __init__(self, config: Config, extra_conf_dirs: list[str]) -> None:
+    def __init__(self, config: Config, own_conf_dir: str) -> None:
+        """``own_conf_dir`` holds the agent's default network's conflist."""
         self._config = config
-        # The cluster's CNI config dir first: its network wins over our default.
-        self._conf_dirs = [config.network.cni_conf_dir, *extra_conf_dirs]
+        # The cluster's CNI config dir first (auto): its network wins over our default.
+        self._conf_dirs = network_conf_dirs(
+            config.network.default_network, config.network.cni_conf_dir, own_conf_dir
+        )
         default = config.runtime.handlers[config.runtime.default_handler]
         self._probe = BinaryProbe(
             {config.runtime.default_handler: default.path, "conmon": config.runtime.conmon_path}
@@ -64,7 +67,10 @@ class NodeHealth:
         lookup = find_network(self._conf_dirs, bin_dirs)
         versions = dict(probe.versions)
         if lookup.network is None:
-            network = Condition(False, "NetworkPluginNotReady", lookup.explain(self._conf_dirs))
+            message = lookup.explain(self._conf_dirs)
+            if self._config.network.default_network == "never":
+                message += " (network.default_network = never: waiting for the cluster's CNI)"
+            network = Condition(False, "NetworkPluginNotReady", message)
             return HealthReport(runtime, network, handlers, versions)
         if verbose:
             for plugin_type in lookup.network.plugin_types:

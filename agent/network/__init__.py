@@ -5,6 +5,7 @@ from agent.network.cni import plugin_version
 from agent.network.cni_config import NetworkConfig, find_network, find_plugin
 from agent.network.default_network import (
     loopback_network,
+    network_conf_dirs,
     update_pod_cidr,
     write_default_conflist,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "find_plugin",
     "loopback_network",
     "netns",
+    "network_conf_dirs",
     "parse_proc_net_dev",
     "plugin_version",
     "update_pod_cidr",

@@ -6,6 +6,15 @@ from ``network.pod_cidr`` (one IPv4 and/or one IPv6 range, comma-separated
 as the kubelet sends them) recorded under the agent's own directory rather
 than ``/var/lib/cni``, and ``portmap`` for hostPorts. It is written as an
 ordinary conflist, so ``cni_config`` finds it the same way as a cluster's.
+Whether it is used at all is ``network.default_network``
+(:func:`network_conf_dirs`): ``auto`` (only when the cluster's directory has
+no usable config), ``always`` or ``never``.
+
+The default subnet, 10.217.0.0/16, stays clear of the ranges other runtimes
+and network add-ons use out of the box (podman and containerd 10.88/16, CRI-O
+10.85/16, Docker 172.17/16 and up, flannel 10.244/16, Calico 192.168/16, k3s
+10.42/16 and 10.43/16, kubespray 10.233/16, OpenShift 10.128/14, the usual
+Service range 10.96/12), so the fallback network never shadows them.
 
 ``lo`` is not part of it: like containerd, the caller runs the standalone
 ``loopback`` plugin (``loopback_network()``) on every pod first.
@@ -29,6 +38,7 @@ __all__ = [
     "NETWORK_NAME",
     "default_conflist",
     "loopback_network",
+    "network_conf_dirs",
     "parse_pod_cidrs",
     "reconcile_bridge",
     "update_pod_cidr",
@@ -48,8 +58,24 @@ _IP_TIMEOUT = 10.0
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def network_conf_dirs(mode: str, cluster_conf_dir: str, own_conf_dir: str) -> list[str]:
+    """The CNI config directories searched, in order, for ``network.default_network``.
+
+    ``auto``: the cluster's first, then the agent's own (the first usable
+    config wins, so a cluster's network takes over as soon as it is written);
+    ``never``: only the cluster's; ``always``: only the agent's own.
+    """
+    if mode == "never":
+        return [cluster_conf_dir]
+    if mode == "always":
+        return [own_conf_dir]
+    if mode == "auto":
+        return [cluster_conf_dir, own_conf_dir]
+    raise InvalidArgument(f"network.default_network: unknown mode {mode!r}")
+
+
 def parse_pod_cidrs(pod_cidr: str) -> list[Network]:
-    """``"10.88.0.0/16"`` or ``"10.88.0.0/16,fd00:88::/64"``: at most one of each family."""
+    """``"10.217.0.0/16"`` or ``"10.217.0.0/16,fd00:217::/64"``: at most one of each family."""
     networks: list[Network] = []
     for part in (p.strip() for p in pod_cidr.split(",")):
         try:

@@ -1,8 +1,8 @@
 """A pod's network: its pinned namespace, attached to the CNI network of the node.
 
 The network is the cluster's (first valid config in ``network.cni_conf_dir``)
-or, failing that, the agent's own default bridge network (written at start
-under the root dir). What ADD used — the conflist and its result — is kept
+or the agent's own default bridge network (written at start under the root
+dir), as ``network.default_network`` chooses. What ADD used — the conflist and its result — is kept
 with the sandbox, so DEL later runs against exactly that, even if the node's
 config changed meanwhile (libcni does the same with its cache).
 """
@@ -24,6 +24,7 @@ from agent.network import (
     find_network,
     loopback_network,
     netns,
+    network_conf_dirs,
     update_pod_cidr,
     write_default_conflist,
 )
@@ -49,7 +50,9 @@ class PodNetwork:
         self.pin_dir = os.path.join(config.agent.state_dir, "netns")
         self.own_conf_dir = os.path.join(config.agent.root_dir, "cni", "net.d")
         self.ipam_dir = os.path.join(config.agent.root_dir, "cni", "ipam")
-        self.conf_dirs = [network.cni_conf_dir, self.own_conf_dir]
+        self.conf_dirs = network_conf_dirs(
+            network.default_network, network.cni_conf_dir, self.own_conf_dir
+        )
         self.bin_dirs = list(network.cni_bin_dirs)
         self.timeout = network.cni_timeout_seconds
 

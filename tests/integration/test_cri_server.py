@@ -279,7 +279,7 @@ class BrokenHealth(NodeHealth):
 
 
 async def test_internal_error_is_answered_without_traceback_and_server_survives(config, caplog):
-    agent = Agent(config, health=BrokenHealth(config, []))
+    agent = Agent(config, health=BrokenHealth(config, own_conf_dir="/nonexistent"))
     await agent.start()
     try:
         async with CriClient(agent.socket_path, timeout=10) as cri:
@@ -416,7 +416,8 @@ class SlowHealth(NodeHealth):
 
 
 async def test_stop_lets_in_flight_calls_finish(config):
-    agent = Agent(config, health=SlowHealth(config, []))
+    own = f"{config.agent.root_dir}/cni/net.d"
+    agent = Agent(config, health=SlowHealth(config, own_conf_dir=own))
     await agent.start()
     async with CriClient(agent.socket_path, timeout=10) as cri:
         call = asyncio.ensure_future(cri.runtime.Status(pb.StatusRequest()))
