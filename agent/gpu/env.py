@@ -291,7 +291,6 @@ def visible_devices_policy(
     plugin or DRA driver allocated to this container. Bad ids in the CRI
     request's variable are an ``InvalidArgument``; the image's is never parsed.
     """
-    denied: list[str] = []
     image_value = image_env.get(VISIBLE_DEVICES)
     ignored = ""
     if image_value is not None and image_value.strip() not in ("", "void"):
@@ -303,16 +302,15 @@ def visible_devices_policy(
         return EnvGrant(image_value_ignored=ignored)
     visible = parse_visible_devices(cri_env[VISIBLE_DEVICES], inventory)
     if visible.empty:
-        return EnvGrant(denied=tuple(denied))
+        return EnvGrant(image_value_ignored=ignored)
     if accept_env:
-        return EnvGrant(
-            visible.devices, visible.requests, visible.driver_only, tuple(denied), "cri"
-        )
+        return EnvGrant(visible.devices, visible.requests, visible.driver_only, (), "cri", ignored)
     allowed = set(allocated)
+    denied: list[str] = []
     devices: list[Device] = []
     requests: list[str] = []
     for device, request in zip(visible.devices, visible.requests, strict=True):
-        if device.uuid in allowed or (not device.is_mig and device.gpu.uuid in allowed):
+        if device.uuid in allowed:  # a MIG device is allocated by its own UUID
             devices.append(device)
             requests.append(request)
         else:

@@ -30,6 +30,9 @@ __all__ = ["NvmlEvents"]
 
 log = logging.getLogger(__name__)
 
+#: At most this many queued events are returned by one wait.
+_DRAIN_MAX = 64
+
 
 class NvmlEvents:
     """An NVML event set over every GPU; waited on by one thread in short slices."""
@@ -91,8 +94,12 @@ class NvmlEvents:
                 event = self._wait_one(max(0, min(left_ms, self._SLICE_MS)))
                 if event is not None:
                     events = [event]
-                    while (more := self._wait_one(0)) is not None:
-                        events.append(more)
+                    # Drain what is queued, but never loop on a failing wait.
+                    while event.kind not in ("error", "gpu_lost") and len(events) < _DRAIN_MAX:
+                        event = self._wait_one(0)
+                        if event is None:
+                            break
+                        events.append(event)
                     return events
                 if self._closed or left_ms <= self._SLICE_MS:
                     return []

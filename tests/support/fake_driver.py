@@ -53,7 +53,9 @@ def make_shared_object(path: str, soname: str) -> None:
     dyn_entries[2] = (_DT_STRTAB, str_off)
     total = str_off + len(strtab)
     header = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
-    header += struct.pack("<HHIQQQIHHHHHH", 3, machine, 1, 0, ehsize, 0, 0, ehsize, phsize, 2, 64, 0, 0)
+    header += struct.pack(
+        "<HHIQQQIHHHHHH", 3, machine, 1, 0, ehsize, 0, 0, ehsize, phsize, 2, 64, 0, 0
+    )
     load = struct.pack("<IIQQQQQQ", 1, 4, 0, 0, 0, total, total, 0x1000)
     dynamic = struct.pack("<IIQQQQQQ", 2, 4, dyn_off, dyn_off, dyn_off, dyn_size, dyn_size, 8)
     body = b"".join(struct.pack("<qQ", tag, value) for tag, value in dyn_entries)
@@ -87,8 +89,12 @@ class FakeDriver:
 
 
 def install_driver(
-    root: str, *, lib_subdir: str = "usr/lib/x86_64-linux-gnu", bin_subdir: str = "usr/bin",
-    version: str = DRIVER_VERSION, cache: bool = True,
+    root: str,
+    *,
+    lib_subdir: str = "usr/lib/x86_64-linux-gnu",
+    bin_subdir: str = "usr/bin",
+    version: str = DRIVER_VERSION,
+    cache: bool = True,
 ) -> FakeDriver:
     """A driver root with versioned libraries, soname links, binaries and (optionally) a cache."""
     lib_dir = os.path.join(root, lib_subdir)
@@ -114,13 +120,19 @@ def install_driver(
             f.write(f"/{lib_subdir}\n")
         subprocess.run(
             ["ldconfig", "-r", root, "-C", "/etc/ld.so.cache", "-f", "/etc/ld.so.conf"],
-            check=True, capture_output=True, timeout=30,
+            check=True,
+            capture_output=True,
+            timeout=30,
         )
     return FakeDriver(root, lib_dir, bin_dir, ld_cache, version)
 
 
 def make_device_nodes(
-    dev_root: str, minors: list[int], *, caps: list[int] = (), uvm_major: int = UVM_MAJOR,
+    dev_root: str,
+    minors: list[int],
+    *,
+    caps: tuple[int, ...] | list[int] = (),
+    uvm_major: int = UVM_MAJOR,
     caps_major: int = CAPS_MAJOR,
 ) -> dict[str, tuple[int, int]]:
     """mknod /dev/nvidia<minor>, nvidiactl (255), nvidia-modeset (254), nvidia-uvm(-tools), caps."""

@@ -18,20 +18,22 @@ in the container's mount namespace after the mounts are made and before
 Paths inside the root are resolved within it, so a symlink in the image cannot
 point a write outside the container. A failure exits non-zero with the reason
 on stderr, which the runtime reports as the container's creation error.
+
+This is a short-lived program of its own, not part of the asyncio agent: it runs
+ldconfig with ``subprocess`` (explicit argv and timeout, stderr in the error) and
+imports almost nothing, because every container given a GPU waits for it.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 
-from agent._util.proc import run
 from agent._util.securejoin import resolve_in_root
-from agent.errors import AgentError
 
 __all__ = ["container_root", "main", "update_ldcache"]
 
@@ -110,9 +112,12 @@ def update_ldcache(
     if folders and not _write_conf(root, folders):
         argv += list(dict.fromkeys(folders))
     try:
-        asyncio.run(run(argv, timeout=LDCONFIG_TIMEOUT))
-    except AgentError as exc:
-        raise HookError(str(exc)) from None
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=LDCONFIG_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise HookError(f"ldconfig did not finish within {LDCONFIG_TIMEOUT:g}s") from None
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip()[-2000:]
+        raise HookError(f"ldconfig exited with {done.returncode}: {detail}")
 
 
 def _parser() -> argparse.ArgumentParser:
