@@ -113,6 +113,7 @@ class GpuNode:
 
 
 def make_gpu_node(base: str, *, mig: bool = False) -> GpuNode:
+    os.makedirs(base, exist_ok=True)
     sim = os.path.join(base, "sim.toml")
     with open(sim, "w") as f:
         f.write(simulation_toml(mig=mig))
