@@ -19,9 +19,11 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -65,6 +67,15 @@ def find_busybox() -> str:
 def service(tmp_path, nvml: GpuBackend) -> GpuService:
     root = driver_root()
     cdi = tmp_path / "cdi"
+    # runc gives a hook only the environment the spec names; where the agent is not
+    # installed but on PYTHONPATH (run.sh), a wrapper carries the path along.
+    hook = tmp_path / "cdi-hook"
+    hook.write_text(
+        "#!/bin/sh\n"
+        f"PYTHONPATH={shlex.quote(os.environ.get('PYTHONPATH', ''))} "
+        f'exec {shlex.quote(sys.executable)} -m agent.gpu.cdi.hook "$@"\n'
+    )
+    hook.chmod(0o755)
     section = GpuSection(
         backend="nvml",
         driver_root=root,
@@ -72,6 +83,7 @@ def service(tmp_path, nvml: GpuBackend) -> GpuService:
         cdi_spec_dirs=[str(tmp_path / "etc-cdi"), str(cdi)],
         node_spec_dir=str(cdi),
         ldconfig_path=shutil.which("ldconfig") or "/sbin/ldconfig",
+        hook_command=[str(hook)],
     )
     gpu = GpuService(section, backend=nvml)
     gpu.start()  # the backend is the session's: closed by its own fixture

@@ -235,3 +235,18 @@ def test_invalidate_forces_a_recheck(dirs, monkeypatch):
     assert registry.snapshot() is first
     registry.invalidate()
     assert registry.snapshot().generation == first.generation + 1
+
+
+def test_a_writer_that_died_half_way_leaves_a_malformed_file(dirs, monkeypatch):
+    """No further change: once the file has settled it is skipped like any malformed one."""
+    low, _ = dirs
+    path = low / "a.json"
+    write(path, spec(devices={"a": "V=1"}))
+    registry = CdiRegistry([str(low)])
+    registry.snapshot()
+    write(path, '{"cdiVersion": "0.6.0", "kin', atomic=False)
+    assert env_of(registry, "vendor.com/dev=a") == "V=1"
+    monkeypatch.setattr(registry_module, "SETTLE_SECONDS", 0.0)  # time passes
+    snap = registry.snapshot()
+    assert snap.devices == {} and "not valid JSON" in snap.problems[str(path)]
+    assert "previous version" not in snap.problems[str(path)]

@@ -111,6 +111,8 @@ class _FileState:
     stamp: _Stamp
     spec: Spec | None
     error: str = ""
+    #: the previous version stands in while the file may still be being written
+    provisional: bool = False
 
 
 class CdiRegistry:
@@ -172,35 +174,45 @@ class CdiRegistry:
     def _read(self, path: str, stamp: _Stamp) -> _FileState:
         previous = self._files.get(path)
         if previous is not None and previous.stamp == stamp:
-            return previous
+            if not previous.provisional or _fresh(stamp):
+                return previous
+            # It stopped changing and still does not parse: a malformed file after all.
+            return _FileState(stamp, None, previous.error.split(" (just changed")[0])
         try:
             with open(path, "rb") as f:
+                before = os.fstat(f.fileno())
                 data = f.read()
                 after = os.fstat(f.fileno())
         except OSError as exc:
             return _FileState(stamp, None, f"cannot read: {exc.strerror}")
-        if (after.st_size, after.st_mtime_ns) != (stamp[2], stamp[3]):
-            # Written to while we read it: use what we had and look again next time.
+        if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+            # Written to in place while we read it: use what we had and look again next time.
             self._pending = True
             if previous is not None:
                 return _FileState(stamp, previous.spec, "changed while being read")
             return _FileState(stamp, None, "changed while being read")
+        # What was read is one consistent version (an atomic replace may have swapped the
+        # file since the listing: then this is the newer one, and is recorded as such).
+        stamp = (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns)
         try:
             return _FileState(stamp, parse_spec(data, path))
         except (SpecError, UnicodeDecodeError) as exc:
             reason = str(exc)
-        fresh = time.time() - stamp[3] / 1e9 < SETTLE_SECONDS
-        if fresh:
+        if _fresh(stamp):
             self._pending = True
             if previous is not None and previous.spec is not None:
                 return _FileState(
-                    stamp, previous.spec, f"{reason} (just changed; using its previous version)"
+                    stamp,
+                    previous.spec,
+                    f"{reason} (just changed; using its previous version)",
+                    provisional=True,
                 )
         return _FileState(stamp, None, reason)
 
     def _rebuild(self, listing: dict[str, _Stamp], problems: dict[str, str]) -> None:
         self._pending = False
         files = {path: self._read(path, stamp) for path, stamp in listing.items()}
+        self._pending = self._pending or any(f.provisional for f in files.values())
         for path, state in files.items():
             old = self._files.get(path)
             if state.error and (old is None or old.error != state.error):
@@ -217,6 +229,10 @@ class CdiRegistry:
         self._snapshot = _index(self._dirs, loaded, problems, self._snapshot.generation + 1)
         for name, paths in self._snapshot.conflicts.items():
             log.warning("CDI device %s is defined by %s: unresolvable", name, " and ".join(paths))
+
+
+def _fresh(stamp: _Stamp) -> bool:
+    return time.time() - stamp[3] / 1e9 < SETTLE_SECONDS
 
 
 def _index(
