@@ -102,6 +102,8 @@ class GpuInfo:
     mig_mode: str = "unsupported"  # "enabled", "disabled" or "unsupported"
     mig_pending: str = ""  # the mode after the next reset, when it differs
     mig_devices: tuple[MigInfo, ...] = ()
+    #: UUIDs of the GPUs this one reaches over an active NVLink (for topology-aware packing)
+    nvlink_peers: tuple[str, ...] = ()
     gpm_supported: bool = False
     state: str = STATE_OK
     error: str = ""  # why state is not ok, or which fields could not be read

@@ -20,6 +20,7 @@ buffers are guarded by a lock. Tests pass a fake module as ``nvml_module``.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import importlib
 import logging
 import threading
@@ -178,6 +179,13 @@ class NvmlBackend:
         if nvml is None:
             return []
         out = [read_gpu(nvml, index, self._proc_root) for index in range(self._count())]
+        by_bus = {g.pci_bus_id.lower(): g.uuid for g in out if g.pci_bus_id}
+        out = [
+            dataclasses.replace(
+                g, nvlink_peers=tuple(by_bus[b] for b in g.nvlink_peers if b in by_bus)
+            )
+            for g in out
+        ]
         self._mig_by_instance = {
             (g.uuid, m.gpu_instance_id, m.compute_instance_id): m.uuid
             for g in out

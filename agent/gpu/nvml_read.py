@@ -61,6 +61,9 @@ TIMEOUT = 10
 LIBRARY_NOT_FOUND = 12
 _FUNCTION_NOT_FOUND = 13
 GPU_IS_LOST = 15
+INVALID_ARGUMENT = 2
+#: NVML_NVLINK_MAX_LINKS (Blackwell has 18)
+NVLINK_MAX_LINKS = 18
 DRIVER_NOT_LOADED = 9
 
 _ARCHITECTURES = {
@@ -221,6 +224,7 @@ def read_gpu(nvml: Any, index: int, proc_root: str) -> GpuInfo:
         minor = f.get("minor", "nvmlDeviceGetMinorNumber", handle)
         mig_mode, mig_pending, migs = _read_migs(nvml, proc_root, f, handle, minor, memory)
         gpm = f.get("gpm", "nvmlGpmQueryDeviceSupport", handle)
+        peers = _nvlink_remote_bus_ids(nvml, handle)
         info = GpuInfo(
             index=index,
             uuid=text(uuid),
@@ -237,6 +241,7 @@ def read_gpu(nvml: Any, index: int, proc_root: str) -> GpuInfo:
             mig_mode=mig_mode,
             mig_pending=mig_pending,
             mig_devices=migs,
+            nvlink_peers=peers,  # PCI bus ids here; NvmlBackend.gpus() maps them to UUIDs
             gpm_supported=bool(getattr(gpm, "isSupportedDevice", 0)) if gpm else False,
         )
     except Lost as exc:
@@ -247,6 +252,31 @@ def read_gpu(nvml: Any, index: int, proc_root: str) -> GpuInfo:
         state = STATE_ERROR if info.minor is None else STATE_OK
         info = dataclasses.replace(info, error=detail, state=state)
     return info
+
+
+def _nvlink_remote_bus_ids(nvml: Any, handle: Any) -> tuple[str, ...]:
+    """PCI bus ids at the far end of each active NVLink (GPUs or NVSwitches)."""
+    peers: list[str] = []
+    for link in range(NVLINK_MAX_LINKS):
+        try:
+            if int(nvml.nvmlDeviceGetNvLinkState(handle, link)) != 1:
+                continue
+            remote = nvml.nvmlDeviceGetNvLinkRemotePciInfo(handle, link)
+        except AttributeError:
+            return ()  # a binding without NVLink calls
+        except Exception as exc:
+            code = nvml_error_code(exc)
+            if code is None:
+                raise
+            if code == GPU_IS_LOST:
+                raise Lost(str(exc)) from None
+            if code in (_NOT_SUPPORTED, INVALID_ARGUMENT):
+                break  # no NVLink, or no more links
+            continue
+        bus = text(getattr(remote, "busId", "")).lower()
+        if bus and bus not in peers:
+            peers.append(bus)
+    return tuple(peers)
 
 
 def _read_migs(

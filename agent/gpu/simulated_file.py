@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from agent.errors import ConfigError
@@ -253,6 +253,7 @@ def _parse_gpu(table: Table, position: int) -> SimGpu:
         mig_mode=mig_mode,
         mig_pending=table.get("mig_pending", str, ""),
         mig_devices=tuple(m.info for m in migs),
+        nvlink_peers=tuple(str(p) for p in table.get("nvlink_peers", list, [])),
         gpm_supported=table.get("gpm_supported", bool, False),
         state=state,
         error=table.get("error", str, ""),
@@ -262,6 +263,17 @@ def _parse_gpu(table: Table, position: int) -> SimGpu:
     gpm = _series_table(table.table("gpm"), _GPM_KEYS)
     table.done()
     return SimGpu(info, series, gpm, migs, energy)
+
+
+def _link_peers(gpu: SimGpu, gpus: tuple[SimGpu, ...]) -> SimGpu:
+    """``nvlink_peers`` as written (indices or UUIDs) → the peers' UUIDs."""
+    peers = []
+    for ref in gpu.info.nvlink_peers:
+        key: str | int = int(ref) if ref.isdigit() else ref
+        peers.append(
+            _find_gpu(gpus, key, f"simulation.gpus[{gpu.info.index}].nvlink_peers").info.uuid
+        )
+    return replace(gpu, info=replace(gpu.info, nvlink_peers=tuple(peers)))
 
 
 def _find_gpu(gpus: tuple[SimGpu, ...], ref: Any, where: str) -> SimGpu:
@@ -352,6 +364,7 @@ def parse_simulation(data: Mapping[str, Any], source: str = "") -> Simulation:
             if ident in seen:
                 raise ValueError(f"simulation.gpus: {ident} appears twice")
             seen.add(ident)
+    gpus = tuple(_link_peers(gpu, gpus) for gpu in gpus)
     processes = tuple(parse_process(t, gpus) for t in top.tables("processes"))
     events = tuple(_parse_event(t, gpus) for t in top.tables("events"))
     top.done()

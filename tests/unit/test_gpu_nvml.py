@@ -215,6 +215,16 @@ class FakeNvml:
                 metric.nvmlReturn = NOT_SUPPORTED
         return request
 
+    # NVLink
+    def nvmlDeviceGetNvLinkState(self, h: Any, link: int) -> int:
+        links = h.get("nvlinks", [])
+        if link >= len(links):
+            raise NVMLError(2)  # NVML_ERROR_INVALID_ARGUMENT: no such link
+        return 1 if links[link] else 0
+
+    def nvmlDeviceGetNvLinkRemotePciInfo(self, h: Any, link: int) -> Any:
+        return SimpleNamespace(busId=h["nvlinks"][link])
+
     # events
     def nvmlEventSetCreate(self) -> Any:
         return "event-set"
@@ -476,3 +486,16 @@ def test_init_failures_have_reasons(code):
         "the NVIDIA kernel driver is not loaded",
         "NVML failed to initialise",
     )
+
+
+def test_nvlink_peers_are_the_gpus_at_the_far_end_of_active_links():
+    fake = FakeNvml(
+        [
+            gpu(0, nvlinks=["00000000:19:00.0", None, "00000000:AA:00.0"]),  # GPU 1, off, NVSwitch
+            gpu(1, nvlinks=["00000000:18:00.0"]),
+            gpu(2),  # no NVLink at all (INVALID_ARGUMENT on link 0)
+        ]
+    )
+    g0, g1, g2 = opened(fake).gpus()
+    assert g0.nvlink_peers == ("GPU-111",)  # the NVSwitch is no GPU
+    assert g1.nvlink_peers == ("GPU-000",) and g2.nvlink_peers == ()

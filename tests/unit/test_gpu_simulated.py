@@ -242,3 +242,16 @@ def test_bad_files_name_the_problem(tmp_path, text, message):
 def test_a_missing_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="No such file"):
         SimulatedBackend(str(tmp_path / "none.toml")).open()
+
+
+def test_nvlink_peers_by_index_or_uuid(tmp_path):
+    text = (
+        simulation_toml()
+        .replace("numa_node = 0\n", "numa_node = 0\nnvlink_peers = [1]\n")
+        .replace("numa_node = 1\n", f'numa_node = 1\nnvlink_peers = ["{GPU0}"]\n')
+    )
+    g0, g1 = backend(tmp_path, text).gpus()
+    assert (g0.nvlink_peers, g1.nvlink_peers) == ((GPU1,), (GPU0,))
+    bad = simulation_toml().replace("numa_node = 0\n", "numa_node = 0\nnvlink_peers = [5]\n")
+    with pytest.raises(ConfigError, match="nvlink_peers"):
+        backend(tmp_path, bad, "bad.toml")
