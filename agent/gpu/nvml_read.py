@@ -124,8 +124,13 @@ class Lost(Exception):
 
 
 def nvml_error_code(exc: BaseException) -> int | None:
+    """NVML's return code of an NVML error; None for any other exception (a bug)."""
     value = getattr(exc, "value", None)
-    return value if isinstance(value, int) else None
+    if isinstance(value, int):
+        return value
+    if type(exc).__name__ == "NVMLLibraryMismatchError":  # pynvml: a versioned call is missing
+        return _FUNCTION_NOT_FOUND
+    return None
 
 
 def text(value: Any) -> str:
@@ -193,6 +198,17 @@ class _Fields:
             else:
                 self.errors[name] = str(exc)
             return None
+
+    def first(self, name: str, *calls: tuple[str, tuple[Any, ...]]) -> Any:
+        """The first of several spellings of a call the driver has (newest first)."""
+        for fn, args in calls:
+            before = len(self.unsupported)
+            value = self.get(name, fn, *args)
+            if value is not None or len(self.unsupported) == before:
+                return value
+            del self.unsupported[before:]
+        self.unsupported.append(name)
+        return None
 
 
 def read_gpu(nvml: Any, index: int, proc_root: str) -> GpuInfo:
@@ -349,13 +365,20 @@ def read_samples(nvml: Any, index: int) -> list[GpuSample]:
             f.unsupported.append("mem_copy_util")
         enc = f.get("enc_util", "nvmlDeviceGetEncoderUtilization", handle)
         dec = f.get("dec_util", "nvmlDeviceGetDecoderUtilization", handle)
+        # v2 adds "reserved"; an older driver lacks it (FUNCTION_NOT_FOUND or a version error).
         mem = f.get("memory", "nvmlDeviceGetMemoryInfo", handle, _MEMORY_V2)
-        if mem is None and "memory" in f.errors:  # an older driver without the v2 call
-            f.errors.pop("memory")
+        if mem is None:
+            f.errors.pop("memory", None)
+            if "memory" in f.unsupported:
+                f.unsupported.remove("memory")
             mem = f.get("memory", "nvmlDeviceGetMemoryInfo", handle)
         power = f.get("power_watts", "nvmlDeviceGetPowerUsage", handle)
         energy = f.get("energy_joules", "nvmlDeviceGetTotalEnergyConsumption", handle)
-        temp = f.get("gpu_temp_c", "nvmlDeviceGetTemperature", handle, _TEMP_GPU)
+        temp = f.first(  # the unversioned call goes away with CUDA 14
+            "gpu_temp_c",
+            ("nvmlDeviceGetTemperatureV", (handle, _TEMP_GPU)),
+            ("nvmlDeviceGetTemperature", (handle, _TEMP_GPU)),
+        )
         mem_temp = _field_value(f, handle, "memory_temp_c", _FI_MEMORY_TEMP)
         sm_clock = f.get("sm_clock_mhz", "nvmlDeviceGetClockInfo", handle, _CLOCK_SM)
         mem_clock = f.get("mem_clock_mhz", "nvmlDeviceGetClockInfo", handle, _CLOCK_MEM)
@@ -494,9 +517,9 @@ def read_processes(
             ("compute", "nvmlDeviceGetComputeRunningProcesses"),
             ("graphics", "nvmlDeviceGetGraphicsRunningProcesses"),
         ):
-            out.extend(
-                _process(mig_by_instance, uuid, kind, p) for p in f.get(kind, fn, handle) or []
-            )
+            # The unversioned call needs the newest struct; older drivers have only _v2.
+            found = f.first(kind, (fn, (handle,)), (f"{fn}_v2", (handle,))) or []
+            out.extend(_process(mig_by_instance, uuid, kind, p) for p in found)
     except Lost:
         return []
     except Exception as exc:

@@ -499,3 +499,31 @@ def test_nvlink_peers_are_the_gpus_at_the_far_end_of_active_links():
     g0, g1, g2 = opened(fake).gpus()
     assert g0.nvlink_peers == ("GPU-111",)  # the NVSwitch is no GPU
     assert g1.nvlink_peers == ("GPU-000",) and g2.nvlink_peers == ()
+
+
+class NVMLLibraryMismatchError(Exception):
+    """What pynvml raises when the driver lacks the versioned call it wraps."""
+
+
+class OldDriver(FakeNvml):
+    """A driver without the newer calls: no memory v2, no _v3 processes, no TemperatureV."""
+
+    def nvmlDeviceGetMemoryInfo(self, h: Any, version: Any = None) -> Any:
+        if version is not None:
+            raise NVMLError(13)  # NVML_ERROR_FUNCTION_NOT_FOUND
+        return super().nvmlDeviceGetMemoryInfo(h)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h: Any) -> list[Any]:
+        raise NVMLLibraryMismatchError("use a versioned function")
+
+    def nvmlDeviceGetComputeRunningProcesses_v2(self, h: Any) -> list[Any]:
+        return h.get("procs", [])
+
+
+def test_an_older_driver_falls_back_to_the_older_calls():
+    procs = [SimpleNamespace(pid=7, usedGpuMemory=GIB)]
+    backend = opened(OldDriver([gpu(0, procs=procs)]))
+    (sample,) = backend.samples()
+    assert sample.memory_total == 80 * GIB and sample.gpu_temp_c == 40.0
+    assert "memory" not in sample.unsupported and "gpu_temp_c" not in sample.unsupported
+    assert [p.pid for p in backend.processes()] == [7]
