@@ -26,7 +26,8 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import CollectorRegistry
 
 from agent import __version__
-from agent._util import Notifier, ensure_dir
+from agent._util.fs import ensure_dir
+from agent._util.sdnotify import Notifier
 from agent.config import Config
 from agent.cri import CriServer, ImageService, RpcInterceptor, RuntimeService
 from agent.db import MetadataDB

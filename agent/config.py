@@ -34,6 +34,7 @@ __all__ = [
     "ENV_OVERRIDES",
     "AgentSection",
     "Config",
+    "GpuSection",
     "ImageSection",
     "MetricsSection",
     "NetworkSection",
@@ -270,6 +271,121 @@ class StreamingSection:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class GpuSection:
+    """NVIDIA GPUs: the NVML backend, CDI spec dirs, the node's own spec, env policy.
+
+    Checked here (``__post_init__``) so a bad value names its key like the others.
+    """
+
+    backend: str = field(
+        default="nvml",
+        metadata=_doc(
+            "Where GPU facts come from: nvml (falls back to none, with a log line, when "
+            "there is no NVML library or no GPU), simulated (simulated_file; tests and demos "
+            "only) or none.",
+            choices=("nvml", "simulated", "none"),
+        ),
+    )
+    simulated_file: str = field(
+        default="",
+        metadata=_doc("TOML or JSON file describing simulated GPUs (backend = simulated)."),
+    )
+    cdi_spec_dirs: list[str] = field(
+        default_factory=lambda: ["/etc/cdi", "/var/run/cdi"],
+        metadata=_doc("CDI spec directories, lowest priority first (a later dir wins a name)."),
+    )
+    node_spec_dir: str = field(
+        default="/var/run/cdi",
+        metadata=_doc("Where the agent writes the node's GPU CDI spec; one of cdi_spec_dirs."),
+    )
+    write_node_spec: bool = field(
+        default=True,
+        metadata=_doc("Write (and keep current) the node's own CDI spec for its GPUs."),
+    )
+    cdi_kind: str = field(
+        default="nvidia.com/gpu",
+        metadata=_doc("vendor/class of the node's CDI devices (<kind>=<index>|<uuid>|all)."),
+    )
+    driver_root: str = field(
+        default="/",
+        metadata=_doc("Host directory the NVIDIA driver's libraries and binaries live under."),
+    )
+    container_driver_root: str = field(
+        default="/",
+        metadata=_doc(
+            "Where driver_root's files appear in containers: <driver_root>/X is mounted at "
+            "<container_driver_root>/X."
+        ),
+    )
+    dev_root: str = field(
+        default="/",
+        metadata=_doc("Host root under which /dev/nvidia* device nodes are found."),
+    )
+    ld_cache: str = field(
+        default="",
+        metadata=_doc(
+            "The ld.so.cache listing driver libraries; empty: <driver_root>/etc/ld.so.cache, "
+            "else the host's /etc/ld.so.cache."
+        ),
+    )
+    library_dirs: list[str] = field(
+        default_factory=list,
+        metadata=_doc(
+            "Directories searched for driver libraries the ld cache lacks; empty: lib64, lib, "
+            "and the usual lib dirs under driver_root."
+        ),
+    )
+    ldconfig_path: str = field(
+        default="/sbin/ldconfig",
+        metadata=_doc("Host ldconfig the container hook runs on the container's root filesystem."),
+    )
+    hook_command: list[str] = field(
+        default_factory=list,
+        metadata=_doc(
+            "argv prefix of the agent's CDI hook program; empty: this Python with "
+            "-m agent.gpu.cdi.hook."
+        ),
+    )
+    proc_root: str = field(
+        default="/proc",
+        metadata=_doc("Where /proc/devices and /proc/driver/nvidia are read (tests move it)."),
+    )
+    accept_env: bool = field(
+        default=False,
+        metadata=_doc(
+            "Honour NVIDIA_VISIBLE_DEVICES from the CRI request for any GPU (false: only for "
+            "GPUs the agent itself allocated to the container). The image's value never grants."
+        ),
+    )
+    inventory_refresh_seconds: float = field(
+        default=30.0,
+        metadata=_doc("How often the GPU inventory is re-read (the node spec follows changes)."),
+    )
+
+    def __post_init__(self) -> None:
+        for key in ("driver_root", "container_driver_root", "dev_root", "proc_root"):
+            if not os.path.isabs(getattr(self, key)):
+                raise ConfigError(f"gpu.{key}: '{getattr(self, key)}' is not an absolute path")
+        for i, directory in enumerate(self.cdi_spec_dirs):
+            if not os.path.isabs(directory):
+                raise ConfigError(f"gpu.cdi_spec_dirs[{i}]: '{directory}' is not an absolute path")
+        if self.write_node_spec and os.path.normpath(self.node_spec_dir) not in {
+            os.path.normpath(d) for d in self.cdi_spec_dirs
+        }:
+            raise ConfigError(
+                f"gpu.node_spec_dir: '{self.node_spec_dir}' is not one of gpu.cdi_spec_dirs, "
+                "so the agent would not see its own spec"
+            )
+        vendor, sep, cls = self.cdi_kind.partition("/")
+        if not sep or not vendor or not cls or "/" in cls or "=" in self.cdi_kind:
+            raise ConfigError(f"gpu.cdi_kind: '{self.cdi_kind}' is not vendor/class")
+        if self.backend == "simulated" and not self.simulated_file:
+            raise ConfigError("gpu.simulated_file: required when gpu.backend = simulated")
+        if self.inventory_refresh_seconds <= 0:
+            raise ConfigError("gpu.inventory_refresh_seconds: must be positive")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     agent: AgentSection = field(default_factory=AgentSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
@@ -277,6 +393,7 @@ class Config:
     network: NetworkSection = field(default_factory=NetworkSection)
     image: ImageSection = field(default_factory=ImageSection)
     streaming: StreamingSection = field(default_factory=StreamingSection)
+    gpu: GpuSection = field(default_factory=GpuSection)
 
     @property
     def socket_path(self) -> str:

@@ -20,7 +20,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 
-from agent._util import atomic_write, atomic_write_json, fsync_dir
+from agent._util.fs import atomic_write, atomic_write_json, fsync_dir
 from agent.errors import AgentError
 from agent.images.reference import parse_digest
 

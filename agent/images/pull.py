@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agent._util import disk_usage
+from agent._util.fs import disk_usage
 from agent.config import ImageSection
 from agent.errors import AgentError, DeadlineExceeded, InvalidArgument, ResourceExhausted
 from agent.images.auth import Credentials

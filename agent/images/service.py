@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent._util import disk_usage
+from agent._util.fs import disk_usage
 from agent.config import Config
 from agent.db import MetadataDB
 from agent.errors import FailedPrecondition, InvalidArgument, NotFound

@@ -12,7 +12,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 
-from agent._util import spawn, stderr_tail
+from agent._util.proc import spawn, stderr_tail
 from agent.images.download import Watermark
 from agent.images.unpack_process import UnpackFailure
 

@@ -1,4 +1,4 @@
-"""The unpack worker: ``python -m agent.images.unpack_process``, one process per layer.
+"""One layer unpacked in its own process: ``python -m agent.images.unpack_process``.
 
 Decompressing and extracting a multi-GB layer is CPU work that would stall
 the event loop and, in threads of the agent, fight over its GIL; a process

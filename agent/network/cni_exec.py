@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent._util import run
+from agent._util.proc import run
 from agent.errors import AgentError, DeadlineExceeded, FailedPrecondition, InvalidArgument
 from agent.network.cni_config import NetworkConfig, find_plugin
 

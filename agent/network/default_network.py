@@ -28,7 +28,8 @@ import logging
 import os
 from typing import Any
 
-from agent._util import atomic_write, run
+from agent._util.fs import atomic_write
+from agent._util.proc import run
 from agent.errors import AgentError, InvalidArgument
 from agent.network.cni_config import NetworkConfig
 

@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from agent._util import Completed, run
+from agent._util.proc import Completed, run
 from agent.errors import AgentError, AlreadyExists, InvalidArgument, NotFound
 
 __all__ = [

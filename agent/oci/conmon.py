@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from agent._util import spawn, stderr_tail
+from agent._util.proc import spawn, stderr_tail
 from agent.errors import AgentError, DeadlineExceeded
 
 __all__ = [

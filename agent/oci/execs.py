@@ -27,7 +27,7 @@ import os
 import shutil
 import signal
 
-from agent._util import Child, spawn
+from agent._util.proc import Child, spawn
 from agent.errors import AgentError, DeadlineExceeded
 from agent.oci.conmon import (
     CONMON_PIDFILE,

@@ -12,7 +12,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
-from agent._util import run
+from agent._util.proc import run
 from agent.errors import AgentError
 
 __all__ = ["BinaryProbe", "ProbeResult", "resolve_binary"]

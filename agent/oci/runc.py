@@ -29,7 +29,7 @@ import tempfile
 import time
 from typing import Any
 
-from agent._util import CommandFailed, run, spawn
+from agent._util.proc import CommandFailed, run, spawn
 from agent.errors import AgentError, DeadlineExceeded, FailedPrecondition, NotFound
 from agent.oci import conmon, console, execs
 from agent.oci.conmon import CONMON_PIDFILE, CONTROL_FIFO, PROCESS_PIDFILE, ConmonCommand

@@ -26,7 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from agent._util import KeyedLock, atomic_write_json
+from agent._util.fs import atomic_write_json
+from agent._util.locks import KeyedLock
 from agent.config import Config
 from agent.errors import (
     AgentError,

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from agent._util import KeyedLock
+from agent._util.locks import KeyedLock
 from agent.errors import FailedPrecondition
 from agent.oci import Runtime
 from agent.pods.events import EventKind

@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from typing import Protocol
 
-from agent._util import CommandFailed, run
+from agent._util.proc import CommandFailed, run
 from agent.errors import AgentError
 
 __all__ = [

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from agent._util import atomic_write
+from agent._util.fs import atomic_write
 from agent.pods.model import SandboxConfig
 from agent.pods.spec import PodFiles
 from agent.pods.state import SandboxRecord

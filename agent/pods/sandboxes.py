@@ -24,7 +24,8 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from agent._util import KeyedLock, atomic_write_json
+from agent._util.fs import atomic_write_json
+from agent._util.locks import KeyedLock
 from agent.config import Config
 from agent.errors import AgentError, FailedPrecondition, InvalidArgument, NotFound
 from agent.oci import CreateFailed, CreateOptions, Runtime

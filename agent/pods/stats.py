@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from agent._util import disk_usage
+from agent._util.fs import disk_usage
 from agent.network import InterfaceCounters, parse_proc_net_dev
 from agent.pods import cgroups
 from agent.pods.state import ContainerRecord, ContainerState, SandboxRecord

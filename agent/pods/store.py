@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TypeVar
 
-from agent._util import from_dict, to_dict
+from agent._util.serde import from_dict, to_dict
 from agent.db import MetadataDB
 from agent.errors import AlreadyExists, InvalidArgument, NotFound
 from agent.pods.state import ContainerRecord, SandboxRecord, SandboxState

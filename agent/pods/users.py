@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent._util import resolve_in_root
+from agent._util.securejoin import resolve_in_root
 from agent.errors import InvalidArgument
 
 __all__ = ["User", "resolve_user"]

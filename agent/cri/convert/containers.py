@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from agent._util import to_dict
+from agent._util.serde import to_dict
 from agent.api.cri.runtime.v1 import api_pb2 as pb
 from agent.cri.convert.resources import resources_from_pb, resources_to_pb
 from agent.cri.convert.security import apparmor_from_pb, namespaces_from_pb, seccomp_from_pb

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 
-from agent._util import to_dict
+from agent._util.serde import to_dict
 from agent.api.cri.runtime.v1 import api_pb2 as pb
 from agent.cri.convert.resources import resources_from_pb
 from agent.cri.convert.security import namespace_option_to_pb, namespaces_from_pb, seccomp_from_pb

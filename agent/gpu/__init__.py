@@ -1,0 +1,55 @@
+"""NVIDIA GPUs for containers: backends, inventory, CDI, the NVIDIA variables, the facade.
+
+* ``backend`` — the ``GpuBackend`` interface and its value types; ``nvml`` (the
+  only ``pynvml`` import, with ``nvml_read``/``nvml_events``), ``simulated``
+  (+ ``simulated_file``) and ``NoGpuBackend``; ``factory`` picks one.
+* ``inventory`` — a frozen snapshot of the node's GPUs with lookups.
+* ``cdi/`` — spec model and parsing, the spec directories, applying edits to an
+  OCI spec, driver file discovery, the node's own spec, the ldconfig hook.
+* ``env`` — NVIDIA_VISIBLE_DEVICES / _DRIVER_CAPABILITIES / _REQUIRE_* and the
+  secure-default policy; ``assignment`` — what a container holds.
+* ``service.GpuService`` — the facade ``pods/`` and ``cri/`` call.
+
+Nothing here imports ``pods``, ``cri`` or protobuf types.
+"""
+
+# Exports are resolved lazily (PEP 562): ``agent.gpu.cdi.hook`` is a program runc starts
+# for every GPU container, and importing it must not pull in the service's imports.
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.gpu.assignment import Assignment, GpuGrant
+    from agent.gpu.backend import GpuBackend, GpuInfo, GpuSample
+    from agent.gpu.inventory import Device, Inventory
+    from agent.gpu.service import GpuService, env_from_list
+
+_EXPORTS = {
+    "Assignment": "agent.gpu.assignment",
+    "Device": "agent.gpu.inventory",
+    "GpuBackend": "agent.gpu.backend",
+    "GpuGrant": "agent.gpu.assignment",
+    "GpuInfo": "agent.gpu.backend",
+    "GpuSample": "agent.gpu.backend",
+    "GpuService": "agent.gpu.service",
+    "Inventory": "agent.gpu.inventory",
+    "env_from_list": "agent.gpu.service",
+}
+__all__ = [
+    "Assignment",
+    "Device",
+    "GpuBackend",
+    "GpuGrant",
+    "GpuInfo",
+    "GpuSample",
+    "GpuService",
+    "Inventory",
+    "env_from_list",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'agent.gpu' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
