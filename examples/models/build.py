@@ -22,10 +22,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from modelbuild.examples import EXAMPLES, build_example  # noqa: E402
-from modelbuild.push import RegistryPusher, parse_reference, skopeo_copy  # noqa: E402
-from modelbuild.oci import Layout  # noqa: E402
-from modelbuild.rootfs import DEFAULT_CACHE  # noqa: E402
+from modelbuild.examples import EXAMPLES, build_example
+from modelbuild.oci import Layout
+from modelbuild.push import RegistryPusher, parse_reference, skopeo_copy
+from modelbuild.rootfs import DEFAULT_CACHE
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,10 +7,11 @@ Settings come from flags or the environment (flags win); the image configs set
 | --- | --- | --- |
 | ``MODEL_KIND`` | ``--model`` | (required) ``iris`` or ``minilm`` |
 | ``MODEL_NAME`` | ``--name`` | ``sklearn-iris`` / ``minilm-embedding`` |
-| ``MODEL_DIR`` | | ``/models/<name>``; if it lacks the model's files, ``MODEL_FALLBACK_DIR`` (``/opt/model/<name>``) |
+| ``MODEL_DIR`` | | ``/models/<name>``; without the model's files: ``MODEL_FALLBACK_DIR`` |
+| ``MODEL_FALLBACK_DIR`` | | ``/opt/model/<name>`` (weights baked into the image) |
 | | ``--model-dir`` | exactly this directory, no fallback |
 | ``HTTP_HOST`` / ``HTTP_PORT`` | ``--host`` / ``--port`` | ``0.0.0.0`` / ``8080`` |
-| ``METRICS_PORT`` | ``--metrics-port`` | ``8082`` (``/metrics`` is on the HTTP port too; 0 turns this one off) |
+| ``METRICS_PORT`` | ``--metrics-port`` | ``8082``; 0: none (``/metrics`` is on the HTTP port too) |
 | ``MAX_BATCH_SIZE`` | ``--max-batch-size`` | 32 rows |
 | ``MAX_BATCH_WAIT_MS`` | ``--max-batch-wait-ms`` | 5 |
 | ``MAX_QUEUE`` | ``--max-queue`` | 1024 requests, then 503 |
@@ -75,9 +76,7 @@ def _parse(argv: list[str] | None, env: Mapping[str, str]) -> argparse.Namespace
     parser.add_argument("--host", default=env.get("HTTP_HOST", "0.0.0.0"))
     parser.add_argument("--port", type=int, default=int(env.get("HTTP_PORT", "8080")))
     parser.add_argument("--metrics-port", type=int, default=int(env.get("METRICS_PORT", "8082")))
-    parser.add_argument(
-        "--max-batch-size", type=int, default=int(env.get("MAX_BATCH_SIZE", "32"))
-    )
+    parser.add_argument("--max-batch-size", type=int, default=int(env.get("MAX_BATCH_SIZE", "32")))
     parser.add_argument(
         "--max-batch-wait-ms", type=float, default=float(env.get("MAX_BATCH_WAIT_MS", "5"))
     )
@@ -93,7 +92,7 @@ def _parse(argv: list[str] | None, env: Mapping[str, str]) -> argparse.Namespace
 async def _metrics_only(server: ModelServer, scope: Any, receive: Any, send: Any) -> None:
     """The metrics port's app: ``/metrics`` only, whatever the path (plus lifespan no-ops)."""
     if scope["type"] == "lifespan":
-        while (message := await receive())["type"] != "lifespan.shutdown":
+        while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
         await send({"type": "lifespan.shutdown.complete"})
         return
@@ -113,9 +112,7 @@ async def serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
     )
     servers = [
-        _Server(
-            uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
-        )
+        _Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
     ]
     if args.metrics_port:
 

@@ -87,8 +87,9 @@ class BertEncoder:
     """``encoder(input_ids, attention_mask, token_type_ids)`` → last hidden state [B, L, H].
 
     ``tensors`` are the safetensors entries by their Hugging Face names (with or without a
-    ``bert.`` prefix). Q, K and V are fused into one matrix per layer, and every weight
-    is stored transposed, so each projection is one contiguous matmul.
+    ``bert.`` prefix). Q, K and V are fused into one matrix per layer, so attention's input
+    projection is one matmul; weights stay as stored ([out, in]) and are multiplied as
+    ``x @ W.T`` (a transposed GEMM, no copy: a multi-GB model is held once).
     """
 
     def __init__(self, tensors: Mapping[str, np.ndarray], config: BertConfig, xp: Any = np):
@@ -108,7 +109,7 @@ class BertEncoder:
         self.emb_norm = (get("embeddings.LayerNorm.weight"), get("embeddings.LayerNorm.bias"))
         if self.word.shape[1] != config.hidden_size:
             raise ValueError(f"word embeddings are {self.word.shape}, hidden size {config}")
-        self.layers = []
+        self.layers: list[dict[str, Any]] = []
         for i in range(config.num_hidden_layers):
             p = f"encoder.layer.{i}."
             qkv_w = xp.concatenate(
@@ -119,17 +120,17 @@ class BertEncoder:
             )
             self.layers.append(
                 {
-                    "qkv_w": xp.ascontiguousarray(qkv_w.T),
+                    "qkv_w": qkv_w,
                     "qkv_b": qkv_b,
-                    "out_w": xp.ascontiguousarray(get(p + "attention.output.dense.weight").T),
+                    "out_w": get(p + "attention.output.dense.weight"),
                     "out_b": get(p + "attention.output.dense.bias"),
                     "norm1": (
                         get(p + "attention.output.LayerNorm.weight"),
                         get(p + "attention.output.LayerNorm.bias"),
                     ),
-                    "in_w": xp.ascontiguousarray(get(p + "intermediate.dense.weight").T),
+                    "in_w": get(p + "intermediate.dense.weight"),
                     "in_b": get(p + "intermediate.dense.bias"),
-                    "ff_w": xp.ascontiguousarray(get(p + "output.dense.weight").T),
+                    "ff_w": get(p + "output.dense.weight"),
                     "ff_b": get(p + "output.dense.bias"),
                     "norm2": (get(p + "output.LayerNorm.weight"), get(p + "output.LayerNorm.bias")),
                 }
@@ -151,17 +152,19 @@ class BertEncoder:
         head_size = config.hidden_size // heads
         scale = 1.0 / math.sqrt(head_size)
         for layer in self.layers:
-            qkv = x @ layer["qkv_w"] + layer["qkv_b"]  # [B, L, 3H]
+            qkv = x @ layer["qkv_w"].T + layer["qkv_b"]  # [B, L, 3H]
             qkv = qkv.reshape(batch, length, 3, heads, head_size).transpose(2, 0, 3, 1, 4)
             q, k, v = qkv[0], qkv[1], qkv[2]  # [B, heads, L, d]
             scores = (q @ k.transpose(0, 1, 3, 2)) * scale + additive
             context = _softmax(xp, scores) @ v  # [B, heads, L, d]
             context = context.transpose(0, 2, 1, 3).reshape(batch, length, config.hidden_size)
-            attended = context @ layer["out_w"] + layer["out_b"]
-            x = _layer_norm(xp, attended + x, *layer["norm1"], config.layer_norm_eps)
-            hidden = _gelu(xp, x @ layer["in_w"] + layer["in_b"])
-            out = hidden @ layer["ff_w"] + layer["ff_b"]
-            x = _layer_norm(xp, out + x, *layer["norm2"], config.layer_norm_eps)
+            attended = context @ layer["out_w"].T + layer["out_b"]
+            weight, bias = layer["norm1"]
+            x = _layer_norm(xp, attended + x, weight, bias, config.layer_norm_eps)
+            hidden = _gelu(xp, x @ layer["in_w"].T + layer["in_b"])
+            out = hidden @ layer["ff_w"].T + layer["ff_b"]
+            weight, bias = layer["norm2"]
+            x = _layer_norm(xp, out + x, weight, bias, config.layer_norm_eps)
         return x
 
 

@@ -36,7 +36,9 @@ class Model(Protocol):
     #: Set by ``load``: the version from the model card, and "cpu" or "cuda:N".
     version: str | None
     device: str
-    output_names: Sequence[str]
+
+    @property
+    def output_names(self) -> Sequence[str]: ...
 
     def load(self, directory: str) -> None: ...
 
@@ -75,7 +77,7 @@ def resolve_model_dir(
         env.get("MODEL_DIR") or f"/models/{name}",
         env.get("MODEL_FALLBACK_DIR") or f"/opt/model/{name}",
     ]
-    problems = []
+    problems: list[str] = []
     for directory in candidates:
         missing = [f for f in required if not os.path.isfile(os.path.join(directory, f))]
         if not missing:

@@ -129,7 +129,7 @@ def _tensor(value: Any, index: int) -> Tensor:
         raise ProtocolError(f"inputs[{index}]: 'name' must be a non-empty string")
     where = f"input '{name}'"
     datatype = value.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise ProtocolError(f"{where}: unknown datatype {datatype!r}")
     shape = _shape(value.get("shape"), where)
     if "data" not in value:

@@ -147,12 +147,17 @@ def _minilm_weights(rootfs: Rootfs, version: str, out_dir: str, cache_dir: str) 
     if version == "2":  # the same model stored in half precision: new weights, half the bytes
         produced = run_in_rootfs(
             rootfs,
-            ["python3", "$WORK/to_fp16.py", "$WORK/model.safetensors", "$WORK/out/model.safetensors"],
+            [
+                "python3",
+                "$WORK/to_fp16.py",
+                "$WORK/model.safetensors",
+                "$WORK/out/model.safetensors",
+            ],
             {
                 "to_fp16.py": os.path.join(HERE, "minilm-embedding", "to_fp16.py"),
                 "model.safetensors": os.path.join(out_dir, "model.safetensors"),
             },
-        )  # fmt: skip
+        )
         try:
             shutil.move(
                 os.path.join(produced, "model.safetensors"),
@@ -178,7 +183,12 @@ def _minilm_weights(rootfs: Rootfs, version: str, out_dir: str, cache_dir: str) 
         f.write("\n")
 
 
-_BASE_DEBIAN = ("python3-numpy", "libopenblas0-pthread", "python3-uvicorn", "python3-prometheus-client")
+_BASE_DEBIAN = (
+    "python3-numpy",
+    "libopenblas0-pthread",
+    "python3-uvicorn",
+    "python3-prometheus-client",
+)
 
 EXAMPLES: Mapping[str, Example] = {
     "sklearn-iris": Example(
@@ -213,10 +223,10 @@ EXAMPLES: Mapping[str, Example] = {
         default_weights="none",
         versions=("1", "2"),
         make_weights=_minilm_weights,
-        file_types={
-            name: oci.WEIGHT_CONFIG_RAW
-            for name in ("config.json", "sentence_bert_config.json", "tokenizer.json", "model.json")
-        },
+        file_types=dict.fromkeys(
+            ("config.json", "sentence_bert_config.json", "tokenizer.json", "model.json"),
+            oci.WEIGHT_CONFIG_RAW,
+        ),
         model_config={"architecture": "transformer", "format": "safetensors", "paramSize": "22.7m"},
     ),
 }
@@ -227,7 +237,7 @@ EXAMPLES: Mapping[str, Example] = {
 
 def _staged_tar(stage: str, out: str) -> None:
     """A layer tar of everything under ``stage``, modes normalised (644 files, 755 dirs)."""
-    for directory, dirnames, filenames in os.walk(stage):
+    for directory, _, filenames in os.walk(stage):
         os.chmod(directory, 0o755)
         for name in filenames:
             os.chmod(os.path.join(directory, name), 0o644)
@@ -263,14 +273,16 @@ def _extra_wheels_layer(example: Example, lock: str, cache_dir: str, work: str) 
     return out
 
 
-def _labels(example: Example, image_version: str, weights: WeightsMode, version: str) -> dict[str, str]:
+def _labels(
+    example: Example, image_version: str, weights: WeightsMode, version: str
+) -> dict[str, str]:
     prefix = "io.model-agent.model."
     return {
         "org.opencontainers.image.title": example.name,
         "org.opencontainers.image.description": example.description,
         "org.opencontainers.image.version": image_version,
         "org.opencontainers.image.created": oci.iso8601(EPOCH),
-        "org.opencontainers.image.base.name": f"debian:{example.rootfs.suite} (mmdebstrap essential)",
+        "org.opencontainers.image.base.name": f"debian:{example.rootfs.suite}",
         prefix + "name": example.name,
         prefix + "version": version if weights == "layer" else "",
         prefix + "framework": example.framework,
@@ -387,25 +399,38 @@ def build_example(
     with tempfile.TemporaryDirectory(prefix="modelbuild-") as work:
         t0 = time.monotonic()
         weight_dirs: dict[str, str] = {}
-        for version in sorted({*artifact_versions, *([weights_version] if weights == "layer" else [])}):
+        for version in sorted(
+            {*artifact_versions, *([weights_version] if weights == "layer" else [])}
+        ):
             weight_dirs[version] = os.path.join(work, f"weights-v{version}")
             example.make_weights(rootfs, version, weight_dirs[version], cache_dir)
         seconds["weights"] = time.monotonic() - t0
         t0 = time.monotonic()
         parts: list[tuple[str, str, bool, str]] = [  # (name, tar, gzip?, created_by)
-            ("base", rootfs.base_tar, True,
-             f"mmdebstrap --variant=essential {example.rootfs.suite} + {' '.join(example.rootfs.base_packages)}"),
-            ("deps", rootfs.deps_tar, True,
-             f"Debian: {' '.join(example.rootfs.packages)}; PyPI wheels: "
-             f"{os.path.basename(example.rootfs.wheels_lock or '-')}"),
-        ]  # fmt: skip
+            (
+                "base",
+                rootfs.base_tar,
+                True,
+                f"mmdebstrap --variant=essential {example.rootfs.suite} "
+                f"+ {' '.join(example.rootfs.base_packages)}",
+            ),
+            (
+                "deps",
+                rootfs.deps_tar,
+                True,
+                f"Debian: {' '.join(example.rootfs.packages)}; PyPI wheels: "
+                f"{os.path.basename(example.rootfs.wheels_lock or '-')}",
+            ),
+        ]
         if extra_wheels_lock:
             tar = _extra_wheels_layer(example, extra_wheels_lock, cache_dir, work)
             parts.append(("extra", tar, True, f"PyPI wheels: {extra_wheels_lock}"))
         parts.append(("code", _code_layer(work), True, f"model_server -> /{CODE_DIR}"))
         if weights == "layer":
             tar = _weights_layer(example, weight_dirs[weights_version], work)
-            parts.append(("weights", tar, False, f"weights v{weights_version} -> {example.baked_path}"))
+            parts.append(
+                ("weights", tar, False, f"weights v{weights_version} -> {example.baked_path}")
+            )
         layers, infos = [], []
         for part, tar, compress, created_by in parts:
             if compress:
@@ -414,9 +439,14 @@ def build_example(
                 layer = oci.tar_layer(image_layout, tar, created_by)
             layers.append(layer)
             infos.append(
-                LayerInfo(part, layer.descriptor.digest, layer.diff_id, layer.descriptor.size,
-                          os.path.getsize(tar))
-            )  # fmt: skip
+                LayerInfo(
+                    part,
+                    layer.descriptor.digest,
+                    layer.diff_id,
+                    layer.descriptor.size,
+                    os.path.getsize(tar),
+                )
+            )
         labels = _labels(example, image_tag, weights, weights_version)
         manifest = oci.write_image(
             image_layout,

@@ -168,9 +168,11 @@ class Layout:
         for entry in self.read_index()["manifests"]:
             if entry.get("annotations", {}).get(REF_NAME) == ref_name:
                 return Descriptor(
-                    entry["mediaType"], entry["digest"], entry["size"],
+                    entry["mediaType"],
+                    entry["digest"],
+                    entry["size"],
                     artifact_type=entry.get("artifactType"),
-                )  # fmt: skip
+                )
         raise KeyError(f"{self.path} has no tag {ref_name!r}")
 
     def read_json(self, digest: str) -> Any:
@@ -196,13 +198,14 @@ def gzip_layer(
     if cached is None or not os.path.exists(cached):
         out_dir = os.path.dirname(cached) if cached else layout.path
         os.makedirs(out_dir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_dir, delete=False) as raw:
-            with (
-                open(tar_path, "rb") as source,
-                gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL, mtime=0)
-                as compressed,
-            ):  # fmt: skip
-                shutil.copyfileobj(source, compressed, 1 << 20)
+        with (
+            tempfile.NamedTemporaryFile(dir=out_dir, delete=False) as raw,
+            open(tar_path, "rb") as source,
+            gzip.GzipFile(
+                filename="", mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL, mtime=0
+            ) as compressed,
+        ):
+            shutil.copyfileobj(source, compressed, 1 << 20)
         if cached is None:
             descriptor = layout.add_file(raw.name, LAYER_GZIP)
             os.unlink(raw.name)
@@ -305,6 +308,8 @@ def write_artifact(
     }
     descriptor = layout.add_bytes(_json(manifest), OCI_MANIFEST)
     return Descriptor(
-        descriptor.media_type, descriptor.digest, descriptor.size,
+        descriptor.media_type,
+        descriptor.digest,
+        descriptor.size,
         artifact_type=MODELPACK_ARTIFACT,
-    )  # fmt: skip
+    )

@@ -132,7 +132,7 @@ class RegistryPusher:
         if response.status != 200:
             raise PushError(f"token server answered {response.status}: {data[:200]!r}")
         token = json.loads(data)
-        return "Bearer " + (token.get("token") or token["access_token"])
+        return "Bearer " + str(token.get("token") or token["access_token"])
 
     def _blob_exists(self, repository: str, digest: str) -> bool:
         status, _, _ = self._request("HEAD", f"/v2/{repository}/blobs/{digest}")
@@ -187,9 +187,13 @@ class RegistryPusher:
 def skopeo_copy(layout: Layout, ref_name: str, destination: str, tls_verify: bool = True) -> None:
     """``skopeo copy oci:<layout>:<ref> docker://<destination>``, digests preserved."""
     argv = [
-        "skopeo", "copy", "--preserve-digests", f"--dest-tls-verify={str(tls_verify).lower()}",
-        f"oci:{layout.path}:{ref_name}", f"docker://{destination}",
-    ]  # fmt: skip
+        "skopeo",
+        "copy",
+        "--preserve-digests",
+        f"--dest-tls-verify={str(tls_verify).lower()}",
+        f"oci:{layout.path}:{ref_name}",
+        f"docker://{destination}",
+    ]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
     if result.returncode != 0:
         raise PushError(f"skopeo copy failed: {result.stderr.strip()[-2000:]}")

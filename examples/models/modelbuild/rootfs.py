@@ -149,7 +149,6 @@ def _build_tree(
     return final, True
 
 
-
 def build_rootfs(spec: RootfsSpec, cache_dir: str = DEFAULT_CACHE, epoch: int = 0) -> Rootfs:
     """The base and full trees of ``spec`` and their layer tars, from the cache or built."""
     started = time.monotonic()

@@ -170,8 +170,9 @@ def write_tar(
         ):
             wanted.add(directory)
     links: dict[tuple[int, int], str] = {}
-    names = sorted(wanted | {f"{os.path.dirname(p)}/.wh.{os.path.basename(p)}".lstrip("/")
-                             for p in whiteouts})  # fmt: skip
+    names = sorted(
+        wanted | {f"{os.path.dirname(p)}/.wh.{os.path.basename(p)}".lstrip("/") for p in whiteouts}
+    )
     whiteout_names = {n for n in names if os.path.basename(n).startswith(".wh.")}
     tmp = out + ".tmp"
     with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:

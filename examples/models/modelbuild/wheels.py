@@ -76,10 +76,23 @@ def fetch(lock: str, cache_dir: str, python_version: str = "3.11") -> list[str]:
     pins = read_lock(lock)
     if any(_cached(pin, cache_dir) is None for pin in pins):
         argv = [
-            sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-            "--no-deps", "--only-binary=:all:", "--require-hashes", *PLATFORM,
-            "--python-version", python_version, "-d", cache_dir, "-r", lock,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--require-hashes",
+            *PLATFORM,
+            "--python-version",
+            python_version,
+            "-d",
+            cache_dir,
+            "-r",
+            lock,
+        ]
         result = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT)
         if result.returncode != 0:
             raise RuntimeError(f"pip download -r {lock} failed:\n{result.stderr[-4000:]}")
@@ -98,9 +111,19 @@ def install(wheels: Sequence[str], target: str) -> None:
         return
     os.makedirs(target, exist_ok=True)
     argv = [
-        sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-        "--no-deps", "--no-index", "--no-compile", "--target", target, *wheels,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-deps",
+        "--no-index",
+        "--no-compile",
+        "--target",
+        target,
+        *wheels,
+    ]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT)
     if result.returncode != 0:
         raise RuntimeError(f"pip install --target {target} failed:\n{result.stderr[-4000:]}")
