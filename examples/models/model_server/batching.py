@@ -140,6 +140,13 @@ class DynamicBatcher(Generic[Item, Result]):
         self._on_queue_length(self.queue_length)
         return [p for p in batch if not p.future.done()]  # a cancelled caller is skipped
 
+    @staticmethod
+    def _fail(batch: list[_Pending[Item, Result]], exc: Exception) -> None:
+        log.error("a batch of %d items failed: %r", len(batch), exc, exc_info=exc)
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(exc)
+
     async def _work(self) -> None:
         while True:
             batch = await self._collect()
@@ -148,15 +155,17 @@ class DynamicBatcher(Generic[Item, Result]):
             self._on_batch(sum(p.rows for p in batch))
             try:
                 results = await asyncio.to_thread(self._run_batch, [p.item for p in batch])
-                if len(results) != len(batch):
-                    raise RuntimeError(
-                        f"the model returned {len(results)} results for {len(batch)} items"
-                    )
-            except Exception as exc:
-                log.exception("batch of %d items failed", len(batch))
+            except asyncio.CancelledError:  # stop() while the model runs this batch
                 for pending in batch:
                     if not pending.future.done():
-                        pending.future.set_exception(exc)
+                        pending.future.set_exception(BatcherStopped("the server is stopping"))
+                raise
+            except Exception as exc:
+                self._fail(batch, exc)
+                continue
+            if len(results) != len(batch):
+                message = f"the model returned {len(results)} results for {len(batch)} items"
+                self._fail(batch, RuntimeError(message))
                 continue
             for pending, result in zip(batch, results, strict=True):
                 if not pending.future.done():

