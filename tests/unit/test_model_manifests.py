@@ -54,7 +54,7 @@ def test_every_example_has_its_manifests() -> None:
 
 
 @pytest.mark.parametrize(("name", "document"), CORE, ids=[name for name, _ in CORE])
-def test_core_objects_validate_against_kubernetes_1_36(name: str, document: dict) -> None:
+def test_core_objects_validate_against_kubernetes_1_36(name: str, document: dict[str, Any]) -> None:
     kubernetes_validate.validate(document, KUBERNETES, strict=True)
 
 

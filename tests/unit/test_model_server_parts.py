@@ -8,6 +8,7 @@ import math
 import os
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from model_server.model import WeightsNotFound, resolve_model_dir
 from model_server.protocol import ProtocolError, parse_request, response_body
 
 
-def _body(*inputs: dict, **extra: object) -> bytes:
+def _body(*inputs: dict[str, Any], **extra: object) -> bytes:
     return json.dumps({"inputs": list(inputs), **extra}).encode()
 
 
