@@ -488,3 +488,35 @@ def test_minilm_matches_a_live_sentence_transformers_run(minilm_weights: dict[st
     model = MiniLMModel(device="cpu")
     model.load(minilm_weights["1"])
     np.testing.assert_allclose(model.embed(texts), expected, atol=1e-5)
+
+
+@pytest.mark.slow
+async def test_the_bench_artifact_of_random_weights_is_served(
+    minilm_weights: dict[str, str], tmp_path
+) -> None:
+    """write_random_bert_artifact at 40 MB: a real model the minilm server loads and runs."""
+    from modelbuild.synthetic import write_random_bert_artifact
+    from tests.support.models import place_artifact
+
+    made = write_random_bert_artifact(
+        str(tmp_path / "layout"), f"{minilm_weights['1']}/tokenizer.json",
+        total_bytes=40_000_000, hidden_size=256, version="7", seed=3,
+    )  # fmt: skip
+    assert 0.9 * 40e6 < made.weights_bytes < 1.1 * 40e6
+    assert made.config["hidden_size"] == 256 and made.config["num_hidden_layers"] >= 2
+    volume = str(tmp_path / "volume")
+    assert sorted(place_artifact(made.layout, made.tag, volume)) == [
+        "config.json", "model.json", "model.safetensors", "sentence_bert_config.json",
+        "tokenizer.json",
+    ]  # fmt: skip
+    async with serving(MiniLMModel(device="cpu"), volume) as s:
+        status, answer = await s.infer(_texts_request(["random weights", "still a forward pass"]))
+    assert status == 200 and answer["model_version"] == "7"
+    embeddings = _embedding(answer)
+    assert embeddings.shape == (2, 256)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    again = write_random_bert_artifact(
+        str(tmp_path / "layout2"), f"{minilm_weights['1']}/tokenizer.json",
+        total_bytes=40_000_000, hidden_size=256, version="7", seed=3,
+    )  # fmt: skip
+    assert again.digest == made.digest  # same seed, same artifact

@@ -66,6 +66,8 @@ class Example:
     versions: tuple[str, ...]
     #: make_weights(rootfs, version, out_dir, cache_dir) writes one version's files.
     make_weights: Callable[[Rootfs, str, str, str], None]
+    #: Modules the server imports: the build imports them in the rootfs before anything else.
+    imports: tuple[str, ...] = ("numpy", "uvicorn", "prometheus_client")
     #: ModelPack layer media type by file name (weights by default).
     file_types: Mapping[str, str] = field(default_factory=dict)
     model_config: Mapping[str, str] = field(default_factory=dict)
@@ -193,11 +195,13 @@ def _minilm_weights(rootfs: Rootfs, version: str, out_dir: str, cache_dir: str) 
         _minilm_card(out_dir, "2", "fp16")
 
 
+#: libstdc++6: the scipy and tokenizers wheels link it (Debian's own packages would pull it).
 _BASE_DEBIAN = (
     "python3-numpy",
     "libopenblas0-pthread",
     "python3-uvicorn",
     "python3-prometheus-client",
+    "libstdc++6",
 )
 
 EXAMPLES: Mapping[str, Example] = {
@@ -209,13 +213,13 @@ EXAMPLES: Mapping[str, Example] = {
         weights_format="joblib",
         gpu="none",
         rootfs=RootfsSpec(
-            # libstdc++6: the scipy wheel links it (Debian's scipy would have pulled it in).
-            packages=(*_BASE_DEBIAN, "python3-joblib", "python3-threadpoolctl", "libstdc++6"),
+            packages=(*_BASE_DEBIAN, "python3-joblib", "python3-threadpoolctl"),
             wheels_lock=os.path.join(HERE, "sklearn-iris", "requirements.lock"),
         ),
         default_weights="layer",
         versions=("1", "2"),
         make_weights=_iris_weights,
+        imports=("numpy", "uvicorn", "prometheus_client", "joblib", "scipy.sparse", "sklearn"),
         file_types={"model.json": oci.WEIGHT_CONFIG_RAW},
         model_config={"architecture": "logistic-regression", "format": "joblib"},
     ),
@@ -233,6 +237,7 @@ EXAMPLES: Mapping[str, Example] = {
         default_weights="none",
         versions=("1", "2"),
         make_weights=_minilm_weights,
+        imports=("numpy", "uvicorn", "prometheus_client", "tokenizers", "safetensors.numpy"),
         file_types=dict.fromkeys(
             ("config.json", "sentence_bert_config.json", "tokenizer.json", "model.json"),
             oci.WEIGHT_CONFIG_RAW,
@@ -404,6 +409,10 @@ def build_example(
     rootfs = build_rootfs(example.rootfs, cache_dir, EPOCH)
     seconds["rootfs"] = rootfs.seconds
     seconds.update({f"rootfs_{k}": v for k, v in rootfs.timings.items()})
+    t0 = time.monotonic()
+    statement = "; ".join(f"import {module}" for module in example.imports)
+    shutil.rmtree(run_in_rootfs(rootfs, ["python3", "-c", statement], {}))
+    seconds["import_check"] = time.monotonic() - t0
     image_layout = oci.Layout(os.path.join(out_dir, name))
     artifact_layout = oci.Layout(os.path.join(out_dir, f"{name}-model"))
     with tempfile.TemporaryDirectory(prefix="modelbuild-") as work:
