@@ -148,6 +148,7 @@ def test_iris_image_serves_its_baked_weights_then_an_artifact(
         labels = next(o for o in answer["outputs"] if o["name"] == "label")["data"]
         assert labels == ["setosa", "virginica"]
         assert "using the weights baked into the image" in server.log()
+    assert server.process.returncode == 0, server.log()  # SIGTERM: a clean exit (uvicorn 0.17)
     volume = os.path.join(rootfs, "models", "sklearn-iris")
     placed = place_artifact(iris.build.artifact_layout, "v2", volume)
     assert sorted(placed) == ["model.joblib", "model.json"]

@@ -70,7 +70,7 @@ class MiniLMModel:
         self._tokenizer: Any = None
 
     def load(self, directory: str) -> None:
-        from safetensors.numpy import load_file
+        from safetensors import safe_open
         from tokenizers import Tokenizer
 
         card = read_card(directory)
@@ -86,7 +86,10 @@ class MiniLMModel:
         tokenizer.enable_truncation(max_length)
         tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # to the batch's longest
         xp, device = select_array_module(self.requested_device)
-        tensors = load_file(os.path.join(directory, "model.safetensors"))
+        # safe_open maps the file and copies one tensor at a time: a multi-GB model peaks
+        # at about its own size in memory, not twice that (load_file reads it all first).
+        with safe_open(os.path.join(directory, "model.safetensors"), framework="np") as f:
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
         self._encoder = BertEncoder(tensors, config, xp)
         self._tokenizer = tokenizer
         self._xp = xp
