@@ -88,7 +88,7 @@ async def _pods(cri: CriClient, args: argparse.Namespace) -> int:
 
 
 async def _runp(cri: CriClient, args: argparse.Namespace) -> int:
-    config = load_pod_config(args.config)
+    config = load_pod_config(args.pod_config)
     resp = await cri.runtime.RunPodSandbox(
         pb.RunPodSandboxRequest(config=config, runtime_handler=args.runtime or ""),
         timeout=args.cancel_timeout or cri.timeout,
@@ -207,7 +207,7 @@ def register(verbs: Verbs) -> None:
     p.add_argument(
         "-T", "--cancel-timeout", type=duration_seconds, help="deadline for RunPodSandbox"
     )
-    p.add_argument("config", metavar="pod-config.[json|yaml]")
+    p.add_argument("pod_config", metavar="pod-config.[json|yaml]")
 
     p = verbs.add("inspectp", _inspectp, "pod sandbox status (JSON unless -o)")
     p.add_argument("-q", "--quiet", action="store_true", help="without the verbose info")

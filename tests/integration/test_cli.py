@@ -165,7 +165,7 @@ def test_ctl_image_verbs(short_dir, registry, pusher):
         assert image.config_digest[7:20] in listed.stdout
         inspected = ctl(short_dir, "inspecti", ref)
         doc = json.loads(inspected.stdout)
-        assert doc["image"]["id"] == image.config_digest
+        assert doc["status"]["id"] == image.config_digest  # crictl: {"status": Image, "info"…}
         assert ctl(short_dir, "rmi", ref).returncode == 0
         missing = ctl(short_dir, "inspecti", ref)
         assert missing.returncode == 1
