@@ -2,7 +2,7 @@
 
 The image service may sit on its own socket (crictl's ``--image-endpoint``);
 with ``debug`` every request and response is logged to a stream, as
-``crictl --debug`` does.
+``crictl --debug`` does. Imports only grpc, protobuf and the generated stubs.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ they are wired into one parser. Global flags are crictl's where they fit
 ``-D/--debug``) plus this ctl's ``--socket``, ``--ctl-config`` and ``-o``.
 Which socket: ``-r`` or ``--socket``, else ``runtime-endpoint`` of the ctl
 config file, else the agent's configured socket. Exit codes: the verb's, 1 for
-a failed call, 2 for bad input, 130 when interrupted.
+a failed call, 2 for bad input, 130 when interrupted. The only ctl module
+``cli.py`` imports (through ``agent.ctl``).
 """
 
 from __future__ import annotations

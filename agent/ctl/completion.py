@@ -4,7 +4,8 @@ crictl's scripts complete its verbs and global flags; these complete
 ``model-agent``'s commands, ctl's verbs and global flags, each verb's own flags
 after the verb, and file names elsewhere (the config files ``runp``/``run``
 take). Install with ``source <(model-agent ctl completion bash)``, the same for
-zsh, or ``model-agent ctl completion fish | source``.
+zsh, or ``model-agent ctl completion fish | source``. Reads only argparse
+parsers and ``config_file.KEYS``; no CRI.
 """
 
 from __future__ import annotations

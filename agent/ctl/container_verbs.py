@@ -6,6 +6,7 @@ first only with ``--with-pull`` or ``pull-image-on-create``, ``run`` pulls unles
 unless ``-f`` and removes its log files unless ``-k``. Unlike crictl, ``run``
 reads both files before any call and removes the pod it made when the
 container cannot be created or started, so a failed ``run`` leaves nothing.
+Of the other families it imports only ``image_verbs`` (the pull and its flags).
 """
 
 from __future__ import annotations

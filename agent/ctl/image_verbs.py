@@ -4,7 +4,8 @@ As crictl's ``image.go``: ``rmi --prune`` (``-q``) removes every image no
 container uses and that is not pinned, ``rmi -a`` every image; removals print
 ``Deleted: <tag>`` per tag. ``pull`` on a terminal draws a progress bar from
 the agent's in-flight pulls (verbose ``Status``, key ``pulls``), which the CRI
-has no channel for.
+has no channel for. ``agent.images`` (for reference parsing) is imported only
+there, so other verbs do not pay for the whole images package at start.
 """
 
 from __future__ import annotations

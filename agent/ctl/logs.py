@@ -8,7 +8,8 @@ kubelet reformats it), ``--tail N`` keeps the last N lines of the file.
 ``<attempt>.log`` in the container's log directory, so it is the file named
 ``<attempt - 1>`` with the same extension next to the current one. ``-f`` keeps
 reading, follows a rotation (the path now names a new file), and ends when the
-container is no longer running, as ``kubectl logs -f`` does.
+container is no longer running, as ``kubectl logs -f`` does. Imports ``timefmt``,
+``verb`` and the CRI types; no other family of verbs.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ lowerCamelCase (``logDirectory``), the files crictl's ``runp``, ``create`` and
 ``run`` take. Checks are crictl's: ``metadata`` is required, a pod needs a name
 and a namespace (a missing ``uid`` is generated), a container needs a name.
 Unlike crictl, a field that is not in the CRI is an error rather than silently
-dropped, so a typo cannot run a pod without the setting it meant.
+dropped, so a typo cannot run a pod without the setting it meant. Imports the
+CRI protobuf types, protobuf and PyYAML; makes no calls.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Pod sandbox verbs: ``pods runp inspectp stopp rmp``.
 
 Flags, columns and messages follow crictl's ``sandbox.go``: ``pods`` sorts the
-newest first, ``rmp`` refuses a ready pod unless ``-f``.
+newest first, ``rmp`` refuses a ready pod unless ``-f``. Like every verb
+module it imports ctl's own helpers, the CRI types and ``errors``, and no other
+family of verbs.
 """
 
 from __future__ import annotations

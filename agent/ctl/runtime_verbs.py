@@ -1,4 +1,9 @@
-"""Verbs about the runtime itself: ``version`` and ``info``."""
+"""Verbs about the runtime itself: ``version`` and ``info``.
+
+``info`` prints crictl's document: the status, ``runtimeHandlers`` and
+``features`` (snake_case, as crictl marshals them with Go's ``encoding/json``)
+and each verbose info key parsed. Imports no other family of verbs.
+"""
 
 from __future__ import annotations
 

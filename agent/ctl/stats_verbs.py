@@ -5,7 +5,7 @@ As crictl's ``stats.go``, ``pod_stats.go``, ``pod_metrics.go`` and
 the CPU used between them as a percentage of one core; rows without usage
 (stopped containers, unless ``-a``) and rows that appeared between the
 samples are left out; ``-w`` repeats every half second. JSON and YAML print
-one sample, as the CRI answered it.
+one sample, as the CRI answered it. Imports no other family of verbs.
 """
 
 from __future__ import annotations

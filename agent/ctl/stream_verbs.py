@@ -3,7 +3,8 @@
 ``exec -i/-t``, ``attach`` and ``port-forward`` dial the streaming URL the
 agent answers (SPDY/3.1, through ``agent.streaming.client``); ``events`` prints
 each ``GetContainerEvents`` message as it arrives, as JSON (default) or YAML,
-until interrupted or the agent ends the stream.
+until interrupted or the agent ends the stream. ``agent.streaming`` is imported
+when a stream is opened, not at start.
 """
 
 from __future__ import annotations

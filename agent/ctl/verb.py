@@ -6,7 +6,7 @@ adds their sub-commands through :class:`Verbs`. ``-o`` may be given before the
 verb (``ctl -o json ps``, this ctl's older form) or after it (``ctl ps -o json``,
 crictl's form); verbs read the result with :func:`output_format`. Actions on
 several ids run concurrently and report every failure, like crictl's
-``AggregateGoroutines``.
+``AggregateGoroutines``. Imports ``client``, ``timefmt`` and ``errors``; no verbs.
 """
 
 from __future__ import annotations
