@@ -74,13 +74,14 @@ def test_ctl_talks_to_the_agent(short_dir):
         version = ctl(short_dir, "version")
         assert version.returncode == 0, version.stderr
         assert "RuntimeName:  model-agent" in version.stdout
-        info = ctl(short_dir, "-o", "json", "info")
+        info = ctl(short_dir, "info")  # JSON, as crictl's: the verbose info keys at the top
         assert info.returncode == 0, info.stderr
         doc = json.loads(info.stdout)
-        assert doc["info"]["config"]["agent"]["state_dir"] == f"{short_dir}/state"
+        assert doc["config"]["agent"]["state_dir"] == f"{short_dir}/state"
         types = [c["type"] for c in doc["status"]["conditions"]]
         assert types == ["RuntimeReady", "NetworkReady"]
-        table = ctl(short_dir, "info")
+        assert "name" not in doc["runtimeHandlers"][0]  # the default, "" (omitempty, as crictl)
+        table = ctl(short_dir, "info", "-o", "table")
         assert "RuntimeReady" in table.stdout and "NetworkReady" in table.stdout
         stats = ctl(short_dir, "stats")
         assert stats.returncode == 0, stats.stderr  # no containers: just the header
@@ -164,7 +165,7 @@ def test_ctl_image_verbs(short_dir, registry, pusher):
         assert image.config_digest[7:20] in listed.stdout
         inspected = ctl(short_dir, "inspecti", ref)
         doc = json.loads(inspected.stdout)
-        assert doc["image"]["id"] == image.config_digest
+        assert doc["status"]["id"] == image.config_digest  # crictl: {"status": Image, "info"…}
         assert ctl(short_dir, "rmi", ref).returncode == 0
         missing = ctl(short_dir, "inspecti", ref)
         assert missing.returncode == 1

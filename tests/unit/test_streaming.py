@@ -9,7 +9,7 @@ import zlib
 
 import pytest
 
-from agent.ctl.commands import parse_port_mapping
+from agent.ctl.stream_verbs import parse_port_mapping
 from agent.errors import InvalidArgument, ResourceExhausted
 from agent.streaming import remotecommand, spdy, websocket
 from agent.streaming.dictionary import DICTIONARY, DICTIONARY_SHA256
