@@ -236,6 +236,27 @@ class ImageSection:
         default=True,
         metadata=_doc("Delete a layer's compressed blob once it is unpacked (halves disk use)."),
     )
+    max_layer_unpacked_gb: float = field(
+        default=1000.0,
+        metadata=_doc(
+            "A layer whose uncompressed tar is bigger than this (GB, 10^9 bytes) is refused "
+            "(RESOURCE_EXHAUSTED); 0 means no limit."
+        ),
+    )
+    max_layer_entries: int = field(
+        default=5_000_000,
+        metadata=_doc(
+            "A layer with more tar entries (files, dirs, links) than this is refused "
+            "(RESOURCE_EXHAUSTED); 0 means no limit."
+        ),
+    )
+    disk_reserve_mb: int = field(
+        default=1024,
+        metadata=_doc(
+            "Free space (MiB) a pull must leave on the image filesystem; a pull that would "
+            "go below it stops with RESOURCE_EXHAUSTED and removes what it wrote."
+        ),
+    )
     credentials_file: str = field(
         default="/etc/model-agent/auth.json",
         metadata=_doc("Node registry credentials in docker config.json form (optional file)."),
@@ -596,6 +617,9 @@ def _validate(config: Config) -> None:
         raise ConfigError("image.max_concurrent_unpacks: must not be negative")
     if image.pull_progress_timeout_seconds <= 0:
         raise ConfigError("image.pull_progress_timeout_seconds: must be positive")
+    for key in ("max_layer_unpacked_gb", "max_layer_entries", "disk_reserve_mb"):
+        if getattr(image, key) < 0:
+            raise ConfigError(f"image.{key}: must not be negative")
     for host, settings in image.registries.items():
         for i, mirror in enumerate(settings.mirrors):
             scheme, sep, rest = mirror.partition("://")

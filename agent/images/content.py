@@ -3,26 +3,33 @@
     content/blobs/sha256/<hex>        committed, verified, immutable
     content/ingest/<hex>/data         a blob being downloaded (written at offsets)
     content/ingest/<hex>/parts.json   which fixed-size parts of it are complete
+    content/.trash/                   deleted blobs and ingests, emptied in the background
 
 A blob becomes visible only by an atomic rename after its digest was checked,
 so a reader never sees a partial or wrong blob. An ingest survives an agent
 crash: the next pull of the same blob re-fetches only the parts not recorded
 as complete (and the digest check catches anything a crash corrupted).
+``parts.json`` is replaced atomically but not fsynced: it must survive an agent
+crash (the page cache does), and after a power loss the digest check catches
+parts whose bytes never reached the disk. Deleting goes through the trash, so
+unlinking a multi-GB blob never holds up a caller.
+
+The methods block (file I/O): the puller calls them in threads.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 
-from agent._util.fs import atomic_write, atomic_write_json, fsync_dir
+from agent._util.fs import atomic_write, fsync_dir
 from agent.errors import AgentError
 from agent.images.reference import parse_digest
+from agent.images.trash import TRASH_DIR, Trash
 
 __all__ = ["ContentStore", "DigestMismatch", "Ingest"]
 
@@ -44,6 +51,8 @@ class Ingest:
     directory: str
     part_size: int
     done_parts: set[int] = field(default_factory=set)
+    #: parts finish in several threads; their parts.json updates take turns
+    _record_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def data_path(self) -> str:
@@ -59,16 +68,20 @@ class Ingest:
         return start, min(self.size, start + self.part_size)
 
     def mark_done(self, index: int) -> None:
-        self.done_parts.add(index)
-        atomic_write_json(
-            os.path.join(self.directory, "parts.json"),
-            {
+        """Record part ``index`` as complete (blocking: call it in a thread)."""
+        with self._record_lock:
+            self.done_parts.add(index)
+            state = {
                 "digest": self.digest,
                 "size": self.size,
                 "part_size": self.part_size,
                 "done": sorted(self.done_parts),
-            },
-        )
+            }
+            path = os.path.join(self.directory, "parts.json")
+            tmp = f"{path}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(state, f)
+            os.replace(tmp, path)
 
     @property
     def complete(self) -> bool:
@@ -82,6 +95,8 @@ class ContentStore:
         self.ingests = os.path.join(root, "ingest")
         os.makedirs(self.blobs, mode=0o700, exist_ok=True)
         os.makedirs(self.ingests, mode=0o700, exist_ok=True)
+        os.chmod(root, 0o700)
+        self.trash = Trash(os.path.join(root, TRASH_DIR))
 
     def path(self, digest: str) -> str:
         return os.path.join(self.blobs, _hex(digest))
@@ -102,8 +117,7 @@ class ContentStore:
             atomic_write(self.path(digest), data, mode=0o600)
 
     def delete(self, digest: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path(digest))
+        self.trash.put(self.path(digest))
 
     def digests(self) -> set[str]:
         return {f"sha256:{name}" for name in os.listdir(self.blobs) if len(name) == 64}
@@ -137,10 +151,10 @@ class ContentStore:
             os.close(fd)
         os.replace(ingest.data_path, self.path(ingest.digest))
         fsync_dir(self.blobs)
-        shutil.rmtree(ingest.directory, ignore_errors=True)
+        self.trash.put(ingest.directory)
 
     def abort_ingest(self, digest: str) -> None:
-        shutil.rmtree(os.path.join(self.ingests, _hex(digest)), ignore_errors=True)
+        self.trash.put(os.path.join(self.ingests, _hex(digest)))
 
     def prune_ingests(self, older_than_seconds: float) -> list[str]:
         """Remove ingests nobody touched for a while (abandoned pulls)."""
@@ -150,7 +164,7 @@ class ContentStore:
             path = os.path.join(self.ingests, name)
             try:
                 if os.stat(path).st_mtime < cutoff:
-                    shutil.rmtree(path, ignore_errors=True)
+                    self.trash.put(path)
                     removed.append(name)
             except FileNotFoundError:
                 continue

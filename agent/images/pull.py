@@ -10,6 +10,18 @@ Identical concurrent pulls (same reference and credentials) share one
 operation, and two pulls needing the same layer share its unpack. A pull that
 receives no bytes for ``pull_progress_timeout_seconds`` while downloading
 fails with ``DEADLINE_EXCEEDED`` (the kubelet sets no deadline of its own).
+
+Against removal: a pull protects the chain ids and blobs it needs and checks
+which layers exist under the store lock, and commits snapshots and saves the
+image under it too, so garbage collection never takes what a pull relies on;
+what a removal deletes is already in the trash, so a pull never waits for a
+deletion. Blocking work (file and SQLite writes) runs in threads; the event
+loop only moves bytes.
+
+Limits: a layer may unpack to at most ``max_layer_unpacked_gb`` and hold at
+most ``max_layer_entries`` entries, and ``disk_reserve_mb`` must stay free;
+a layer over them fails the pull with ``RESOURCE_EXHAUSTED`` and leaves
+nothing behind (its ingest and snapshot go to the trash).
 """
 
 from __future__ import annotations
@@ -20,15 +32,14 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from agent._util.fs import disk_usage
 from agent.config import ImageSection
 from agent.errors import AgentError, DeadlineExceeded, InvalidArgument, ResourceExhausted
 from agent.images.auth import Credentials
-from agent.images.content import ContentStore, DigestMismatch
+from agent.images.content import ContentStore, DigestMismatch, Ingest
 from agent.images.download import Watermark, download_blob
 from agent.images.manifest import (
     INDEX_TYPES,
@@ -43,61 +54,21 @@ from agent.images.manifest import (
     parse_manifest,
     select_platform,
 )
+from agent.images.progress import PullObserver, PullProgress
 from agent.images.reference import Reference
 from agent.images.registry import RegistryClient, Repository
 from agent.images.snapshots import Snapshots, chain_ids
 from agent.images.store import ImageStore, SnapshotRecord
-from agent.images.unpack_pool import UnpackFailure, UnpackJob, run_unpack
+from agent.images.store_lock import StoreLock
+from agent.images.unpack_pool import UnpackFailure, UnpackJob, UnpackPool
 
-__all__ = ["PullProgress", "Puller"]
+__all__ = ["Puller"]
 
 log = logging.getLogger(__name__)
 
 _MAX_CONFIG_BYTES = 16 << 20
 _MAX_INDEX_DEPTH = 3
 _PROGRESS_LOG_SECONDS = 10.0
-
-
-@dataclass
-class PullProgress:
-    image: str
-    started: float = field(default_factory=time.monotonic)
-    layers_total: int = 0
-    layers_done: int = 0
-    bytes_total: int = 0
-    bytes_done: int = 0
-    last_activity: float = field(default_factory=time.monotonic)
-    downloading: int = 0
-
-    def add_bytes(self, count: int) -> None:
-        self.bytes_done += count
-        self.last_activity = time.monotonic()
-
-    @contextlib.contextmanager
-    def network(self) -> Iterator[None]:
-        """Mark a phase that must keep receiving bytes (the stall watchdog runs)."""
-        self.downloading += 1
-        self.last_activity = time.monotonic()
-        try:
-            yield
-        finally:
-            self.downloading -= 1
-            self.last_activity = time.monotonic()
-
-    def stalled_for(self) -> float:
-        if self.downloading == 0:
-            return 0.0
-        return time.monotonic() - self.last_activity
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "image": self.image,
-            "seconds": round(time.monotonic() - self.started, 1),
-            "layersTotal": self.layers_total,
-            "layersDone": self.layers_done,
-            "bytesTotal": self.bytes_total,
-            "bytesDone": self.bytes_done,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,18 +81,6 @@ class _Resolved:
     config_descriptor: Descriptor
 
 
-class PullObserver(Protocol):
-    """Told about every pull as it happens (``metrics.images.PullMetrics`` counts them)."""
-
-    def pull_started(self, registry: str) -> None: ...
-
-    def bytes_received(self, registry: str, count: int) -> None: ...
-
-    def pull_finished(self, registry: str, result: str, seconds: float) -> None:
-        """``result``: success, error or stalled."""
-        ...
-
-
 class Puller:
     def __init__(
         self,
@@ -132,6 +91,9 @@ class Puller:
         store: ImageStore,
         client: RegistryClient,
         metrics: PullObserver,
+        lock: StoreLock,
+        pool: UnpackPool,
+        trashed: Callable[[], None],
         platform: Platform | None = None,
     ) -> None:
         self._settings = settings
@@ -140,6 +102,10 @@ class Puller:
         self._store = store
         self._client = client
         self._metrics = metrics
+        self._lock = lock
+        self._pool = pool
+        #: called when something went to the trash (the janitor wakes up)
+        self._trashed = trashed
         self._platform = platform or host_platform()
         self._unpack_slots = asyncio.Semaphore(
             settings.max_concurrent_unpacks or os.cpu_count() or 1
@@ -150,9 +116,9 @@ class Puller:
         self.progress: dict[tuple[str, str], PullProgress] = {}
 
     @property
-    def protected_chain_ids(self) -> set[str]:
-        """Snapshots that in-flight pulls create or rely on: garbage collection skips them."""
-        return {chain for chain, count in self._protected.items() if count > 0}
+    def protected(self) -> set[str]:
+        """Chain ids and blob digests in-flight pulls create or rely on: GC skips them."""
+        return {key for key, count in self._protected.items() if count > 0}
 
     async def close(self) -> None:
         tasks = [*self._pulls.values(), *self._layers.values()]
@@ -233,14 +199,22 @@ class Puller:
                 f"{len(config.diff_ids)} diff_ids"
             )
         chains = chain_ids(config.diff_ids)
-        # Protect before checking, with no await between: GC runs on this loop too.
-        self._protected.update(chains)
+        needed = [
+            *chains,
+            *resolved.documents,
+            resolved.config_descriptor.digest,
+            *(layer.digest for layer in resolved.layers),
+        ]
+        # Protect and check under the store lock: a removal decides what is unused under it.
+        async with self._lock.held():
+            self._protected.update(needed)
+            missing = [i for i, chain in enumerate(chains) if not self._have_snapshot(chain)]
         try:
             return await self._pull_layers(
-                ref, repo, resolved, config, config_bytes, chains, progress
+                ref, repo, resolved, config, config_bytes, chains, missing, progress
             )
         finally:
-            self._protected.subtract(chains)
+            self._protected.subtract(needed)
             self._protected += collections.Counter()  # drop zero counts
 
     async def _pull_layers(
@@ -251,9 +225,9 @@ class Puller:
         config: ImageConfig,
         config_bytes: bytes,
         chains: list[str],
+        missing: list[int],
         progress: PullProgress,
     ) -> str:
-        missing = [i for i, chain in enumerate(chains) if not self._have_snapshot(chain)]
         progress.layers_total = len(chains)
         progress.layers_done = len(chains) - len(missing)
         progress.bytes_total = sum(resolved.layers[i].size for i in missing)
@@ -282,18 +256,25 @@ class Puller:
         except* AgentError as errors:
             raise errors.exceptions[0] from None
         image_id = resolved.config_descriptor.digest
-        for digest, data in {**resolved.documents, image_id: config_bytes}.items():
-            self._content.write(digest, data)
-        self._store.save_image(
-            image_id=image_id,
-            manifest_digest=resolved.manifest_digest,
-            manifest_media_type=resolved.manifest_media_type,
-            config=config.raw,
-            size_bytes=self._image_size(chains),
-            layers=chains,
-            blobs=[*resolved.documents, image_id],
-            names=self._names(ref, resolved.top_digest),
-        )
+        documents = {**resolved.documents, image_id: config_bytes}
+        kept_layers = [layer.digest for layer in resolved.layers]
+
+        def save() -> None:
+            for digest, data in documents.items():
+                self._content.write(digest, data)
+            self._store.save_image(
+                image_id=image_id,
+                manifest_digest=resolved.manifest_digest,
+                manifest_media_type=resolved.manifest_media_type,
+                config=config.raw,
+                size_bytes=self._image_size(chains),
+                layers=chains,
+                # Layer blobs kept (discard_unpacked_layers = false) are the image's too.
+                blobs=[*documents, *(d for d in kept_layers if self._content.has(d))],
+                names=self._names(ref, resolved.top_digest),
+            )
+
+        await self._lock.run(save)
         log.info("pulled %s as %s in %.1fs", ref, image_id, time.monotonic() - progress.started)
         return image_id
 
@@ -377,11 +358,15 @@ class Puller:
         connections: asyncio.Semaphore,
         progress: PullProgress,
     ) -> SnapshotRecord:
+        settings = self._settings
         compression = LAYER_TYPES[descriptor.media_type]
-        part_size = self._settings.download_part_mb << 20
-        ingest = self._content.open_ingest(descriptor.digest, descriptor.size, part_size)
-        temporary = self._snapshots.prepare()
+        part_size = settings.download_part_mb << 20
+        ingest = await asyncio.to_thread(
+            self._content.open_ingest, descriptor.digest, descriptor.size, part_size
+        )
+        temporary = await asyncio.to_thread(self._snapshots.prepare)
         watermark = Watermark(descriptor.size)
+        reserve = settings.disk_reserve_mb << 20
         job = UnpackJob(
             blob_path=ingest.data_path,
             blob_size=descriptor.size,
@@ -389,6 +374,9 @@ class Puller:
             diff_id=diff_id,
             compression=compression,
             dest=os.path.join(temporary, "fs"),
+            max_bytes=int(settings.max_layer_unpacked_gb * 1e9),
+            max_entries=settings.max_layer_entries,
+            reserve_bytes=reserve,
         )
 
         def on_bytes(count: int) -> None:
@@ -402,13 +390,14 @@ class Puller:
                     ingest,
                     watermark,
                     connections,
-                    self._settings.max_concurrent_downloads,
+                    settings.max_concurrent_downloads,
                     on_bytes,
+                    reserve,
                 )
 
         async def unpack() -> None:
             async with self._unpack_slots:
-                result = await run_unpack(job, watermark)
+                result = await self._pool.run(job, watermark)
             if not result.ok:
                 raise _unpack_error(
                     descriptor.digest, result.kind or UnpackFailure.CRASH, result.error
@@ -424,11 +413,11 @@ class Puller:
                     group.create_task(unpack())
             except* AgentError as errors:
                 raise errors.exceptions[0] from None
-            size, inodes = await asyncio.to_thread(disk_usage, os.path.join(temporary, "fs"))
-            name = self._snapshots.commit(temporary, chain_id)
+            size, inodes = await asyncio.to_thread(disk_usage, job.dest)
+            record = await self._lock.run(
+                self._commit, temporary, SnapshotRecord(chain_id, "", diff_id, size, inodes)
+            )
             committed = True
-            record = SnapshotRecord(chain_id, name, diff_id, size, inodes)
-            self._store.add_snapshot(record)
         except _UnpackFailed as exc:
             if exc.kind is not UnpackFailure.DOWNLOAD:
                 self._content.abort_ingest(descriptor.digest)  # never resume from bad bytes
@@ -439,10 +428,8 @@ class Puller:
         finally:
             if not committed:
                 self._snapshots.discard(temporary)
-        if self._settings.discard_unpacked_layers:
-            self._content.abort_ingest(descriptor.digest)
-        else:
-            self._content.commit_ingest(ingest)
+                self._trashed()
+        await self._finish_ingest(ingest)
         progress.layers_done += 1
         log.info(
             "layer %s unpacked (%d/%d)",
@@ -451,6 +438,22 @@ class Puller:
             progress.layers_total,
         )
         return record
+
+    def _commit(self, temporary: str, snapshot: SnapshotRecord) -> SnapshotRecord:
+        """Name the snapshot and record it (under the store lock, in a thread)."""
+        name = self._snapshots.commit(temporary, snapshot.chain_id, self._store.snapshot_names())
+        record = SnapshotRecord(
+            snapshot.chain_id, name, snapshot.diff_id, snapshot.size_bytes, snapshot.inodes
+        )
+        self._store.add_snapshot(record)
+        return record
+
+    async def _finish_ingest(self, ingest: Ingest) -> None:
+        if self._settings.discard_unpacked_layers:
+            self._content.abort_ingest(ingest.digest)
+            self._trashed()
+        else:
+            await asyncio.to_thread(self._content.commit_ingest, ingest)
 
 
 class _UnpackFailed(AgentError):
@@ -473,11 +476,17 @@ class _NoSpace(_UnpackFailed, ResourceExhausted):
     pass
 
 
+class _TooBig(_UnpackFailed, ResourceExhausted):
+    pass
+
+
 def _unpack_error(digest: str, kind: UnpackFailure, error: str) -> _UnpackFailed:
     if kind.is_corruption():
         return _CorruptBlob(kind, f"layer {digest} failed verification: {error}")
     if kind is UnpackFailure.SPACE:
         return _NoSpace(kind, f"layer {digest}: {error}")
+    if kind is UnpackFailure.LIMIT:
+        return _TooBig(kind, f"layer {digest} refused: {error}")
     if kind is UnpackFailure.LAYER:
         return _UnsafeLayer(kind, f"layer {digest} cannot be unpacked: {error}")
     return _UnpackFailed(kind, f"layer {digest}: {error}")

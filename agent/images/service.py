@@ -4,6 +4,14 @@ It owns the content store, the snapshots, the metadata and the puller, and
 keeps them consistent: removal deletes what no other image uses (snapshots,
 blobs) but never what an in-flight pull relies on; recovery at start sweeps
 what a crash may have left half done.
+
+Removal is one critical section under the store lock: the records go and the
+directories are renamed into the trash, in a thread that finishes even if the
+client's deadline cancels the RPC. The bytes are deleted afterwards by the
+janitor (``trash``), in the background; ``ImageFsInfo`` counts them until
+they are gone, and a pull of the same image never waits for them. Recovery
+works the same way: it reconciles records with the directories (renames
+only), and the janitor deletes what no record names after the agent is ready.
 """
 
 from __future__ import annotations
@@ -23,10 +31,14 @@ from agent.errors import FailedPrecondition, InvalidArgument, NotFound
 from agent.images import reference
 from agent.images.auth import Credentials
 from agent.images.content import ContentStore
-from agent.images.pull import Puller, PullObserver
+from agent.images.progress import PullObserver
+from agent.images.pull import Puller
 from agent.images.registry import RegistryClient
 from agent.images.snapshots import Snapshots
 from agent.images.store import ImageRecord, ImageStore
+from agent.images.store_lock import StoreLock
+from agent.images.trash import drain
+from agent.images.unpack_pool import UnpackPool
 
 __all__ = ["FsUsage", "ImageManager"]
 
@@ -34,6 +46,8 @@ log = logging.getLogger(__name__)
 
 _ABANDONED_INGEST_SECONDS = 7 * 24 * 3600
 _USAGE_CACHE_SECONDS = 10.0
+#: unpack workers kept started and idle, so a small layer never waits for a Python start
+_WARM_WORKERS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +71,10 @@ class ImageManager:
         # gives up after pull_progress_timeout_seconds without any byte.
         read_timeout = min(60.0, settings.pull_progress_timeout_seconds)
         self.client = RegistryClient(settings, read_timeout=read_timeout)
+        self.lock = StoreLock()
+        self.pool = UnpackPool(warm=min(_WARM_WORKERS, settings.max_concurrent_unpacks or 99))
+        self._trash_wake = asyncio.Event()
+        self._janitor: asyncio.Task[None] | None = None
         self.puller = Puller(
             settings,
             content=self.content,
@@ -64,15 +82,46 @@ class ImageManager:
             store=self.store,
             client=self.client,
             metrics=metrics,
+            lock=self.lock,
+            pool=self.pool,
+            trashed=self._trash_wake.set,
         )
         self._pinned = {str(reference.parse(ref)) for ref in settings.pinned_images}
         #: Answers "does a container use this image id?"; the pods package sets it.
         self.in_use: Callable[[str], bool] = lambda image_id: False
         self._container_usage: tuple[float, int, int] | None = None
+        self._removals: set[asyncio.Task[bool]] = set()
+
+    @property
+    def trash_pending(self) -> tuple[int, int]:
+        """``(bytes, inodes)`` removed but not deleted yet."""
+        totals = [t.pending for t in (self.snapshots.trash, self.content.trash)]
+        return sum(b for b, _ in totals), sum(i for _, i in totals)
+
+    @property
+    def trash_entries(self) -> int:
+        return len(self.snapshots.trash) + len(self.content.trash)
+
+    def _start_janitor(self) -> None:
+        if self._janitor is None:
+            trashes = [self.snapshots.trash, self.content.trash]
+            self._janitor = asyncio.ensure_future(drain(trashes, self._trash_wake))
+        self._trash_wake.set()
 
     async def close(self) -> None:
+        for removal in list(self._removals):  # they are short: let them finish
+            with contextlib.suppress(Exception):
+                await removal
         await self.puller.close()
+        await self.pool.close()
         await self.client.close()
+        if self._janitor is not None:
+            self.snapshots.trash.stop()
+            self.content.trash.stop()
+            self._janitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._janitor
+            self._janitor = None
 
     # -- pull ------------------------------------------------------------------
 
@@ -131,41 +180,67 @@ class ImageManager:
     # -- removal and garbage collection -----------------------------------------
 
     async def remove(self, text: str) -> bool:
-        """Remove the image ``text`` names (all its names); False if there was none."""
+        """Remove the image ``text`` names (all its names); False if there was none.
+
+        The removal runs to its end even if the caller is cancelled.
+        """
         image = self.find(text)
         if image is None:
             return False
         if self.in_use(image.id):
             raise FailedPrecondition(f"image {image.id} is in use by a container")
-        orphans, kept_blobs = self.store.remove_image(image.id)
-        log.info("removed image %s (%s)", image.id, ", ".join(image.names) or "no names")
-        await self._collect(orphans_only=[s.chain_id for s in orphans], kept_blobs=kept_blobs)
+        task = asyncio.ensure_future(self._remove(image))
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
+        return await asyncio.shield(task)
+
+    async def _remove(self, image: ImageRecord) -> bool:
+        async with self.lock.held():
+            protected = self.puller.protected  # stable: pulls protect under this lock
+            removed = await asyncio.to_thread(self._remove_locked, image.id, protected)
+        self._trash_wake.set()
+        if removed:
+            log.info("removed image %s (%s)", image.id, ", ".join(image.names) or "no names")
         return True
 
-    async def _collect(self, *, orphans_only: list[str], kept_blobs: set[str]) -> None:
-        protected = self.puller.protected_chain_ids
-        doomed = [
-            s
-            for s in self.store.snapshots(unused_only=True)
-            if s.chain_id in orphans_only and s.chain_id not in protected
-        ]
+    def _remove_locked(self, image_id: str, protected: set[str]) -> bool:
+        """Forget the image and trash what no image uses (a thread, under the store lock)."""
+        if self.store.get(image_id) is None:
+            return False  # a concurrent removal was first
+        self.store.remove_image(image_id)
+        self._collect_locked(protected)
+        return True
+
+    def _collect_locked(self, protected: set[str]) -> None:
+        """Trash every snapshot and blob no image record uses and no pull protects."""
+        doomed = [s for s in self.store.snapshots(unused_only=True) if s.chain_id not in protected]
         self.store.remove_snapshots([s.chain_id for s in doomed])
         for snapshot in doomed:
-            await asyncio.to_thread(self.snapshots.remove, snapshot.name)
-        for digest in self.content.digests() - kept_blobs:
+            self.snapshots.remove(snapshot.name, (snapshot.size_bytes, snapshot.inodes))
+        for digest in self.content.digests() - self.store.blobs() - protected:
             self.content.delete(digest)
 
     async def recover(self) -> None:
-        """Undo what a crash left half done. Idempotent; runs before the agent is ready."""
-        swept = await asyncio.to_thread(self.snapshots.sweep_temporary)
+        """Reconcile records with the disk; idempotent, runs before the agent is ready.
+
+        Only renames happen here (into the trash); the janitor deletes in the
+        background from now on, so a crash that left GBs behind does not keep
+        the agent unavailable.
+        """
+        await asyncio.to_thread(self._recover_locked)
+        self._start_janitor()
+        self.pool.prestart()
+
+    def _recover_locked(self) -> None:
+        swept = self.snapshots.sweep_temporary()
         if swept:
-            log.info("removed %d unfinished snapshot directories", len(swept))
+            log.info("moving %d unfinished snapshot directories to the trash", len(swept))
         self.content.prune_ingests(_ABANDONED_INGEST_SECONDS)
         known = {s.name: s for s in self.store.snapshots()}
         on_disk = self.snapshots.names()
         for name in sorted(on_disk - set(known)):
-            log.info("removing snapshot directory %s that no record names", name)
-            await asyncio.to_thread(self.snapshots.remove, name)
+            log.info("moving snapshot directory %s that no record names to the trash", name)
+            self.snapshots.remove(name)
         missing = {s.chain_id for name, s in known.items() if name not in on_disk}
         for image in self.store.all():
             if missing.intersection(image.layers):
@@ -174,21 +249,22 @@ class ImageManager:
                 )
                 self.store.remove_image(image.id)
         self.store.remove_snapshots(sorted(missing))
-        used = self.store.blobs()
-        for digest in self.content.digests() - used:
-            self.content.delete(digest)
-        unused = [s.chain_id for s in self.store.snapshots(unused_only=True)]
-        await self._collect(orphans_only=unused, kept_blobs=used)
+        self._collect_locked(set())
+        pending = self.trash_entries
+        if pending:
+            log.info("%d removed entries will be deleted in the background", pending)
 
     # -- usage -------------------------------------------------------------------
 
     def image_fs_usage(self) -> FsUsage:
+        """Snapshots, content and the trash (removed data holds the disk until deleted)."""
         snapshots = self.store.snapshots()
         content_bytes, content_files = self.content.usage()
+        trash_bytes, trash_inodes = self.trash_pending
         return FsUsage(
             mountpoint=self.root_dir,
-            used_bytes=sum(s.size_bytes for s in snapshots) + content_bytes,
-            inodes_used=sum(s.inodes for s in snapshots) + content_files,
+            used_bytes=sum(s.size_bytes for s in snapshots) + content_bytes + trash_bytes,
+            inodes_used=sum(s.inodes for s in snapshots) + content_files + trash_inodes,
             timestamp_ns=time.time_ns(),
         )
 

@@ -2,13 +2,19 @@
 
     snapshots/<name>/fs       a committed layer (name = the chain id's first 16 hex)
     snapshots/tmp-<random>/   a layer being unpacked
-    snapshots/.del-<name>/    a layer being removed
+    snapshots/.trash/         removed layers, deleted in the background (``trash``)
 
 A layer is unpacked into a temporary directory and renamed into place only
 after its digests were verified, so a committed snapshot is always complete;
-removal renames first, so a crash never leaves half a snapshot under a live
-name. Temporary and half-removed directories are swept at start. Directory
-names are short on purpose: overlay mount options must fit in one page.
+removal renames it into the trash, so a removal is instant and a crash never
+leaves half a snapshot under a live name. Temporary directories are moved to
+the trash at start. Directory names are short on purpose: overlay mount
+options must fit in one page.
+
+The root is 0700, as containerd keeps its snapshotter's: image content
+(device nodes, set-id binaries) is reachable by root only. Containers still
+see it: the kernel opens overlay lowerdirs with the credentials of whoever
+mounted them (the agent), not of the container's processes.
 """
 
 from __future__ import annotations
@@ -16,10 +22,16 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import shutil
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+
+from agent._util.fs import ensure_dir
+from agent.images.trash import TRASH_DIR, Trash
 
 __all__ = ["Snapshots", "chain_ids"]
+
+_TEMPORARY = "tmp-"
+#: what an earlier version renamed a snapshot to while deleting it
+_LEGACY_DELETING = ".del-"
 
 
 def chain_ids(diff_ids: Sequence[str]) -> list[str]:
@@ -37,54 +49,54 @@ def chain_ids(diff_ids: Sequence[str]) -> list[str]:
 class Snapshots:
     def __init__(self, root: str) -> None:
         self.root = root
-        os.makedirs(root, mode=0o711, exist_ok=True)
+        ensure_dir(root, 0o700)  # also tightens a 0711 root an older version made
+        self.trash = Trash(os.path.join(root, TRASH_DIR))
 
     def fs_path(self, name: str) -> str:
         return os.path.join(self.root, name, "fs")
 
     def prepare(self) -> str:
         """A fresh temporary snapshot; returns its directory (extract into ``<dir>/fs``)."""
-        directory = os.path.join(self.root, f"tmp-{secrets.token_hex(6)}")
+        directory = os.path.join(self.root, f"{_TEMPORARY}{secrets.token_hex(6)}")
         os.makedirs(os.path.join(directory, "fs"), mode=0o755)
         return directory
 
-    def commit(self, temporary: str, chain_id: str) -> str:
-        """Rename a finished temporary snapshot into place; returns its name."""
+    def commit(self, temporary: str, chain_id: str, taken: Collection[str]) -> str:
+        """Rename a finished temporary snapshot into place; returns its name.
+
+        ``taken`` are the names records use. A directory under any other name
+        is garbage no record can reach (left by a crash): it goes to the trash
+        rather than blocking the name, so a pull never depends on a deletion.
+        """
         hex_id = chain_id.split(":", 1)[1]
-        for length in (16, 24, 32, 64):
-            name = hex_id[:length]
-            try:
-                os.rename(temporary, os.path.join(self.root, name))
-                return name
-            except OSError:
-                if not os.path.exists(os.path.join(self.root, name)):
-                    raise
-        raise FileExistsError(f"snapshot for {chain_id} cannot be named")
+        name = next(hex_id[:n] for n in (16, 24, 32, 64) if hex_id[:n] not in taken)
+        target = os.path.join(self.root, name)
+        if os.path.lexists(target):
+            self.trash.put(target)
+        os.rename(temporary, target)
+        return name
 
     def discard(self, temporary: str) -> None:
-        shutil.rmtree(temporary, ignore_errors=True)
+        """Give up a temporary snapshot (a failed unpack)."""
+        self.trash.put(temporary)
 
-    def remove(self, name: str) -> None:
-        path = os.path.join(self.root, name)
-        doomed = os.path.join(self.root, f".del-{name}")
-        try:
-            os.rename(path, doomed)
-        except FileNotFoundError:
-            return
-        shutil.rmtree(doomed, ignore_errors=True)
+    def remove(self, name: str, usage: tuple[int, int] | None = None) -> bool:
+        """Move a committed snapshot into the trash (instant); False if it was not there."""
+        return self.trash.put(os.path.join(self.root, name), usage)
 
     def names(self) -> set[str]:
         return {
             n
             for n in os.listdir(self.root)
-            if not n.startswith(("tmp-", ".del-")) and os.path.isdir(os.path.join(self.root, n))
+            if not n.startswith((_TEMPORARY, _LEGACY_DELETING, TRASH_DIR))
+            and os.path.isdir(os.path.join(self.root, n))
         }
 
     def sweep_temporary(self) -> list[str]:
-        """Remove what an interrupted unpack or removal left (run before serving)."""
+        """Trash what an interrupted unpack or removal left (run before serving)."""
         swept = []
         for name in os.listdir(self.root):
-            if name.startswith(("tmp-", ".del-")):
-                shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+            if name.startswith((_TEMPORARY, _LEGACY_DELETING)):
+                self.trash.put(os.path.join(self.root, name))
                 swept.append(name)
         return swept

@@ -122,6 +122,10 @@ class ImageStore:
             for r in self._db.execute(sql)
         ]
 
+    def snapshot_names(self) -> set[str]:
+        """The directory names records use (a commit must not take one)."""
+        return {r["name"] for r in self._db.execute("SELECT name FROM snapshots")}
+
     def blobs(self) -> set[str]:
         return {r["digest"] for r in self._db.execute("SELECT DISTINCT digest FROM image_blobs")}
 

@@ -11,7 +11,8 @@ kernel allows mknod) and sparse files are kept. A malformed or hostile entry
 fails the whole layer with :class:`LayerError`; the caller discards the
 directory, so nothing half-applied is ever used.
 
-This module runs inside the unpack worker process, never on the event loop.
+This module runs inside the unpack worker process, never on the event loop;
+it imports nothing from the agent (the worker starts in tens of milliseconds).
 """
 
 from __future__ import annotations
@@ -26,9 +27,7 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from agent.errors import InvalidArgument
-
-__all__ = ["LayerError", "LayerStats", "TarSource", "apply_layer"]
+__all__ = ["LayerError", "LayerStats", "LimitExceeded", "TarSource", "apply_layer"]
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -43,8 +42,16 @@ def _sparse_map(member: tarfile.TarInfo) -> list[tuple[int, int]]:
     return cast(list[tuple[int, int]], member.sparse or [])
 
 
-class LayerError(InvalidArgument):
-    """The layer cannot be applied safely; the message names the entry."""
+class LayerError(Exception):
+    """The layer cannot be applied safely; the message names the entry.
+
+    A plain exception: this module runs in the unpack worker, which imports
+    nothing heavy; the agent answers the failure as ``INVALID_ARGUMENT``.
+    """
+
+
+class LimitExceeded(Exception):
+    """The layer is bigger than the node allows (bytes or entries); the message names the key."""
 
 
 @dataclass
@@ -264,11 +271,12 @@ class TarSource:
         return self._position
 
 
-def apply_layer(source: TarSource, root: str) -> LayerStats:
+def apply_layer(source: TarSource, root: str, *, max_entries: int = 0) -> LayerStats:
     """Extract the (uncompressed) tar read from ``source`` into ``root``.
 
     Files are created with their final permission bits, so the process must
-    run with umask 0 (the unpack worker does).
+    run with umask 0 (the unpack worker does). More than ``max_entries`` tar
+    entries (0: no limit) raise :class:`LimitExceeded`.
     """
     stats = LayerStats()
     tree = _Root(root)
@@ -282,6 +290,10 @@ def apply_layer(source: TarSource, root: str) -> LayerStats:
         try:
             for member in archive:
                 stats.entries += 1
+                if max_entries and stats.entries > max_entries:
+                    raise LimitExceeded(
+                        f"the layer has more than {max_entries} entries (image.max_layer_entries)"
+                    )
                 try:
                     _apply_member(archive, member, tree, stats, opaque_dirs, dir_times)
                 except OSError as exc:

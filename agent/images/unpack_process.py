@@ -1,24 +1,30 @@
-"""One layer unpacked in its own process: ``python -m agent.images.unpack_process``.
+"""The unpack worker: ``python -m agent.images.unpack_process``, one layer at a time.
 
 Decompressing and extracting a multi-GB layer is CPU work that would stall
-the event loop and, in threads of the agent, fight over its GIL; a process
-per layer lets layers unpack in parallel and lets the agent kill one that must
-stop. Inside, three stages overlap in threads (hashing, decompression and
-file writes all release the GIL):
+the event loop and, in threads of the agent, fight over its GIL; a process per
+layer in flight lets layers unpack in parallel and lets the agent kill one
+that must stop. Workers are started ahead of time and reused (``unpack_pool``),
+so a small layer never pays a Python start. Inside, three stages overlap in
+threads (hashing, decompression and file writes all release the GIL):
 
     read blob file + sha256  ->  decompress + sha256  ->  tar extraction (main thread)
 
-Protocol (pipes, so the worker can start while the blob is still downloading):
+Protocol (pipes, so a worker can start while the blob is still downloading):
 
-* stdin line 1: a JSON job ``{blob_path, blob_size, blob_digest, diff_id,
-  compression, dest}``; then one line per update with the number of bytes
-  of the blob file that are final (the parent's download watermark); stdin
-  closing before ``blob_size`` bytes are final means the download failed.
-* stdout: one JSON line, ``{"ok": true, "entries", "warnings"}`` or
-  ``{"ok": false, "kind", "error"}``.
+* stdin, per job: one JSON line ``{blob_path, blob_size, blob_digest,
+  diff_id, compression, dest, max_bytes, max_entries, reserve_bytes}``; then
+  one line per update with the number of bytes of the blob file that are
+  final (the parent's download watermark); ``-1`` (or stdin closing) before
+  ``blob_size`` bytes are final means the download failed.
+* stdout, per job: one JSON line, ``{"ok": true, "entries", "bytes",
+  "warnings"}`` or ``{"ok": false, "kind", "error"}``.
 
+After a successful job the worker has read every line of it and waits for the
+next; after a failure the parent kills it (its pipe may hold stale lines).
 The worker verifies both digests itself: the compressed bytes against the
-blob digest and the uncompressed stream against the config's diff_id.
+blob digest and the uncompressed stream against the config's diff_id. It
+enforces the layer's limits as it goes: uncompressed bytes, entries, and the
+free disk space it must leave.
 """
 
 from __future__ import annotations
@@ -35,12 +41,16 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import IO, Any, BinaryIO, cast
 
-from agent.images.tar_apply import LayerError, TarSource, apply_layer
+from agent.images.tar_apply import LayerError, LimitExceeded, TarSource, apply_layer
 
 __all__ = ["UnpackFailure", "main", "unpack"]
 
 _CHUNK = 1 << 20
 _QUEUE_DEPTH = 16
+#: How often (uncompressed bytes) the free disk space is checked against the reserve.
+_SPACE_CHECK_BYTES = 16 << 20
+#: Workers run below the agent's priority: the event loop answers first.
+_NICENESS = 10
 
 
 class UnpackFailure(enum.StrEnum):
@@ -50,7 +60,8 @@ class UnpackFailure(enum.StrEnum):
     LAYER = "layer"  # the tar stream is corrupt or hostile
     DIGEST = "digest"  # the compressed bytes do not match the blob digest
     DIFF_ID = "diff_id"  # the uncompressed stream does not match the config's diff_id
-    SPACE = "space"  # the disk filled up
+    SPACE = "space"  # the disk filled up, or would have gone below the reserve
+    LIMIT = "limit"  # the layer is over image.max_layer_* (bytes or entries)
     CRASH = "crash"  # the worker died without a result
 
     def is_corruption(self) -> bool:
@@ -59,7 +70,11 @@ class UnpackFailure(enum.StrEnum):
 
 
 class DownloadEnded(Exception):
-    """The parent closed the watermark pipe before the blob was complete."""
+    """The parent said the download failed (or closed the pipe) before the blob was complete."""
+
+
+class BelowReserve(Exception):
+    """Extracting further would leave less free disk than the configured reserve."""
 
 
 class _Stop(Exception):
@@ -74,9 +89,10 @@ def read_blob(path: str, size: int, watermarks: IO[bytes]) -> Iterator[bytes]:
         while position < size:
             while position >= available:
                 line = watermarks.readline()
-                if not line:
+                value = int(line) if line.strip() else -1
+                if value < 0:
                     raise DownloadEnded(f"download stopped at {available} of {size} bytes")
-                available = min(size, int(line))
+                available = min(size, value)
             data = os.pread(fd, min(available - position, 4 * _CHUNK), position)
             if not data:
                 raise DownloadEnded(f"blob file is shorter than its watermark ({position})")
@@ -188,6 +204,7 @@ class Pipeline:
         self.blob_digest = hashlib.sha256()
         self.diff_digest = hashlib.sha256()
         self.blob_bytes = 0
+        self.tar_bytes = 0
         compression = job["compression"]
         if compression not in ("gzip", "zstd", ""):
             raise LayerError(f"unsupported compression '{compression}'")
@@ -209,11 +226,24 @@ class Pipeline:
 
     def _decompress(self) -> None:
         try:
-            stream = _decompressor(self.compressed, self._job["compression"])
+            job = self._job
+            max_bytes = int(job.get("max_bytes") or 0)
+            reserve = int(job.get("reserve_bytes") or 0)
+            next_check = 0
+            stream = _decompressor(self.compressed, job["compression"])
             while True:
                 chunk = stream.read(_CHUNK)
                 if not chunk:
                     break
+                self.tar_bytes += len(chunk)
+                if max_bytes and self.tar_bytes > max_bytes:
+                    raise LimitExceeded(
+                        f"the layer unpacks to more than {max_bytes} bytes "
+                        "(image.max_layer_unpacked_gb)"
+                    )
+                if reserve and self.tar_bytes >= next_check:
+                    next_check = self.tar_bytes + _SPACE_CHECK_BYTES
+                    _check_reserve(job["dest"], reserve)
                 self.diff_digest.update(chunk)
                 self.tar.put(chunk)
             self.tar.put(None)
@@ -235,16 +265,34 @@ class Pipeline:
             thread.join(timeout=5)
 
 
+def _check_reserve(path: str, reserve: int) -> None:
+    st = os.statvfs(path)
+    free = st.f_bavail * st.f_frsize
+    if free < reserve:
+        raise BelowReserve(
+            f"only {free >> 20} MiB left on the image filesystem, under the "
+            f"{reserve >> 20} MiB reserve (image.disk_reserve_mb)"
+        )
+
+
 def unpack(job: dict[str, Any], watermarks: IO[bytes]) -> dict[str, Any]:
     try:
         pipeline = Pipeline(job, watermarks)
     except LayerError as exc:
         return _failure(UnpackFailure.LAYER, str(exc))
     try:
-        stats = apply_layer(TarSource(pipeline.tar.next_chunk), job["dest"])
+        stats = apply_layer(
+            TarSource(pipeline.tar.next_chunk),
+            job["dest"],
+            max_entries=int(job.get("max_entries") or 0),
+        )
         pipeline.drain()
     except DownloadEnded as exc:
         return _failure(UnpackFailure.DOWNLOAD, str(exc))
+    except LimitExceeded as exc:
+        return _failure(UnpackFailure.LIMIT, str(exc))
+    except BelowReserve as exc:
+        return _failure(UnpackFailure.SPACE, str(exc))
     except LayerError as exc:
         return _failure(UnpackFailure.LAYER, str(exc))
     except OSError as exc:
@@ -273,7 +321,12 @@ def unpack(job: dict[str, Any], watermarks: IO[bytes]) -> dict[str, Any]:
             UnpackFailure.DIFF_ID,
             f"uncompressed layer has digest {diff_id}, the image config says {job['diff_id']}",
         )
-    return {"ok": True, "entries": stats.entries, "warnings": stats.warnings[:50]}
+    return {
+        "ok": True,
+        "entries": stats.entries,
+        "bytes": pipeline.tar_bytes,
+        "warnings": [w[:300] for w in stats.warnings[:50]],  # one short stdout line
+    }
 
 
 def _failure(kind: UnpackFailure, error: str) -> dict[str, Any]:
@@ -291,13 +344,18 @@ def _die_with_parent() -> None:
 
 
 def main(stdin: BinaryIO = sys.stdin.buffer, stdout: IO[str] = sys.stdout) -> int:
+    """Serve jobs until stdin closes."""
     _die_with_parent()
+    with contextlib.suppress(OSError):
+        os.nice(_NICENESS)
     os.umask(0)  # files are created with the layer's own permission bits
-    job = json.loads(stdin.readline())
-    result = unpack(job, stdin)
-    stdout.write(json.dumps(result) + "\n")
-    stdout.flush()
-    return 0
+    while True:
+        line = stdin.readline()
+        if not line:
+            return 0
+        result = unpack(json.loads(line), stdin)
+        stdout.write(json.dumps(result) + "\n")
+        stdout.flush()
 
 
 if __name__ == "__main__":
