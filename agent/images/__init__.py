@@ -2,7 +2,7 @@
 
 ``ImageManager`` (``service``) is the entry point the CRI layer uses; nothing
 here imports CRI protobuf types. See ``pull`` for how the pieces fit:
-``registry`` → ``download`` into ``content`` → ``unpack_pool`` runs
+``registry`` → ``layer_unpack``: ``download`` into ``content`` while ``unpack_pool`` runs
 ``unpack_process`` workers that ``tar_apply`` each layer into ``snapshots``;
 ``store`` records images, names and snapshots in SQLite; ``trash`` deletes
 removed data in the background.

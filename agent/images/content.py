@@ -3,6 +3,7 @@
     content/blobs/sha256/<hex>        committed, verified, immutable
     content/ingest/<hex>/data         a blob being downloaded (written at offsets)
     content/ingest/<hex>/parts.json   which fixed-size parts of it are complete
+    content/ingest/<hex>/consumed     how much of data an unpack freed (hole-punched)
     content/.trash/                   deleted blobs and ingests, emptied in the background
 
 A blob becomes visible only by an atomic rename after its digest was checked,
@@ -57,6 +58,11 @@ class Ingest:
     @property
     def data_path(self) -> str:
         return os.path.join(self.directory, "data")
+
+    @property
+    def consumed_path(self) -> str:
+        """Where the unpack worker records how much of the data it freed (``unpack_process``)."""
+        return os.path.join(self.directory, "consumed")
 
     @property
     def part_count(self) -> int:
@@ -140,6 +146,14 @@ class ContentStore:
             ingest.done_parts.clear()
             with open(ingest.data_path, "wb") as f:
                 f.truncate(size)
+        try:
+            with open(ingest.consumed_path) as f:
+                consumed = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            consumed = 0
+        if consumed:  # an unpack freed these bytes before a crash: fetch them again
+            ingest.done_parts = {i for i in ingest.done_parts if ingest.part_range(i)[1] > consumed}
+            os.unlink(ingest.consumed_path)
         return ingest
 
     def commit_ingest(self, ingest: Ingest) -> None:

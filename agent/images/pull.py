@@ -35,15 +35,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent._util.fs import disk_usage
 from agent.config import ImageSection
-from agent.errors import AgentError, DeadlineExceeded, InvalidArgument, ResourceExhausted
+from agent.errors import AgentError, DeadlineExceeded, InvalidArgument
 from agent.images.auth import Credentials
-from agent.images.content import ContentStore, DigestMismatch, Ingest
-from agent.images.download import Watermark, download_blob
+from agent.images.content import ContentStore
+from agent.images.layer_unpack import LayerUnpacker
 from agent.images.manifest import (
     INDEX_TYPES,
-    LAYER_TYPES,
     MANIFEST_TYPES,
     Descriptor,
     ImageConfig,
@@ -60,7 +58,7 @@ from agent.images.registry import RegistryClient, Repository
 from agent.images.snapshots import Snapshots, chain_ids
 from agent.images.store import ImageStore, SnapshotRecord
 from agent.images.store_lock import StoreLock
-from agent.images.unpack_pool import UnpackFailure, UnpackJob, UnpackPool
+from agent.images.unpack_pool import UnpackPool
 
 __all__ = ["Puller"]
 
@@ -103,13 +101,17 @@ class Puller:
         self._client = client
         self._metrics = metrics
         self._lock = lock
-        self._pool = pool
-        #: called when something went to the trash (the janitor wakes up)
-        self._trashed = trashed
-        self._platform = platform or host_platform()
-        self._unpack_slots = asyncio.Semaphore(
-            settings.max_concurrent_unpacks or os.cpu_count() or 1
+        self._unpacker = LayerUnpacker(
+            settings,
+            content=content,
+            snapshots=snapshots,
+            store=store,
+            metrics=metrics,
+            lock=lock,
+            pool=pool,
+            trashed=trashed,
         )
+        self._platform = platform or host_platform()
         self._pulls: dict[tuple[str, str], asyncio.Task[str]] = {}
         self._layers: dict[str, asyncio.Task[SnapshotRecord]] = {}
         self._protected: collections.Counter[str] = collections.Counter()
@@ -331,7 +333,9 @@ class Puller:
             shared = self._layers.get(chain_id)
             if shared is None:
                 task = asyncio.ensure_future(
-                    self._unpack_layer(repo, descriptor, diff_id, chain_id, connections, progress)
+                    self._unpacker.unpack(
+                        repo, descriptor, diff_id, chain_id, connections, progress
+                    )
                 )
                 self._layers[chain_id] = task
                 task.add_done_callback(lambda _: self._layers.pop(chain_id, None))
@@ -348,148 +352,6 @@ class Puller:
                 raise
             progress.layers_done += 1
             return record
-
-    async def _unpack_layer(
-        self,
-        repo: Repository,
-        descriptor: Descriptor,
-        diff_id: str,
-        chain_id: str,
-        connections: asyncio.Semaphore,
-        progress: PullProgress,
-    ) -> SnapshotRecord:
-        settings = self._settings
-        compression = LAYER_TYPES[descriptor.media_type]
-        part_size = settings.download_part_mb << 20
-        ingest = await asyncio.to_thread(
-            self._content.open_ingest, descriptor.digest, descriptor.size, part_size
-        )
-        temporary = await asyncio.to_thread(self._snapshots.prepare)
-        watermark = Watermark(descriptor.size)
-        reserve = settings.disk_reserve_mb << 20
-        job = UnpackJob(
-            blob_path=ingest.data_path,
-            blob_size=descriptor.size,
-            blob_digest=descriptor.digest,
-            diff_id=diff_id,
-            compression=compression,
-            dest=os.path.join(temporary, "fs"),
-            max_bytes=int(settings.max_layer_unpacked_gb * 1e9),
-            max_entries=settings.max_layer_entries,
-            reserve_bytes=reserve,
-        )
-
-        def on_bytes(count: int) -> None:
-            progress.add_bytes(count)
-            self._metrics.bytes_received(repo.ref.domain, count)
-
-        async def fetch() -> None:
-            with progress.network():
-                await download_blob(
-                    repo,
-                    ingest,
-                    watermark,
-                    connections,
-                    settings.max_concurrent_downloads,
-                    on_bytes,
-                    reserve,
-                )
-
-        async def unpack() -> None:
-            async with self._unpack_slots:
-                result = await self._pool.run(job, watermark)
-            if not result.ok:
-                raise _unpack_error(
-                    descriptor.digest, result.kind or UnpackFailure.CRASH, result.error
-                )
-            for warning in result.warnings:
-                log.warning("layer %s: %s", descriptor.digest, warning)
-
-        committed = False
-        try:
-            try:
-                async with asyncio.TaskGroup() as group:
-                    group.create_task(fetch())
-                    group.create_task(unpack())
-            except* AgentError as errors:
-                raise errors.exceptions[0] from None
-            size, inodes = await asyncio.to_thread(disk_usage, job.dest)
-            record = await self._lock.run(
-                self._commit, temporary, SnapshotRecord(chain_id, "", diff_id, size, inodes)
-            )
-            committed = True
-        except _UnpackFailed as exc:
-            if exc.kind is not UnpackFailure.DOWNLOAD:
-                self._content.abort_ingest(descriptor.digest)  # never resume from bad bytes
-            raise
-        except ResourceExhausted:
-            self._content.abort_ingest(descriptor.digest)  # give the full disk its space back
-            raise
-        finally:
-            if not committed:
-                self._snapshots.discard(temporary)
-                self._trashed()
-        await self._finish_ingest(ingest)
-        progress.layers_done += 1
-        log.info(
-            "layer %s unpacked (%d/%d)",
-            descriptor.digest,
-            progress.layers_done,
-            progress.layers_total,
-        )
-        return record
-
-    def _commit(self, temporary: str, snapshot: SnapshotRecord) -> SnapshotRecord:
-        """Name the snapshot and record it (under the store lock, in a thread)."""
-        name = self._snapshots.commit(temporary, snapshot.chain_id, self._store.snapshot_names())
-        record = SnapshotRecord(
-            snapshot.chain_id, name, snapshot.diff_id, snapshot.size_bytes, snapshot.inodes
-        )
-        self._store.add_snapshot(record)
-        return record
-
-    async def _finish_ingest(self, ingest: Ingest) -> None:
-        if self._settings.discard_unpacked_layers:
-            self._content.abort_ingest(ingest.digest)
-            self._trashed()
-        else:
-            await asyncio.to_thread(self._content.commit_ingest, ingest)
-
-
-class _UnpackFailed(AgentError):
-    """The unpack worker refused a layer; ``kind`` says why (see ``unpack_process``)."""
-
-    def __init__(self, kind: UnpackFailure, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-class _CorruptBlob(_UnpackFailed, DigestMismatch):
-    pass
-
-
-class _UnsafeLayer(_UnpackFailed, InvalidArgument):
-    pass
-
-
-class _NoSpace(_UnpackFailed, ResourceExhausted):
-    pass
-
-
-class _TooBig(_UnpackFailed, ResourceExhausted):
-    pass
-
-
-def _unpack_error(digest: str, kind: UnpackFailure, error: str) -> _UnpackFailed:
-    if kind.is_corruption():
-        return _CorruptBlob(kind, f"layer {digest} failed verification: {error}")
-    if kind is UnpackFailure.SPACE:
-        return _NoSpace(kind, f"layer {digest}: {error}")
-    if kind is UnpackFailure.LIMIT:
-        return _TooBig(kind, f"layer {digest} refused: {error}")
-    if kind is UnpackFailure.LAYER:
-        return _UnsafeLayer(kind, f"layer {digest} cannot be unpacked: {error}")
-    return _UnpackFailed(kind, f"layer {digest}: {error}")
 
 
 def _current_task_cancelling() -> bool:

@@ -48,6 +48,9 @@ class UnpackJob:
     max_bytes: int = 0
     max_entries: int = 0
     reserve_bytes: int = 0
+    #: free what was read from the blob file in steps of this (0: keep the blob)
+    punch_step: int = 0
+    consumed_path: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,9 @@ class UnpackResult:
     kind: UnpackFailure | None = None
     error: str = ""
     entries: int = 0
+    #: the disk the unpacked layer takes
+    size_bytes: int = 0
+    inodes: int = 0
     warnings: tuple[str, ...] = ()
 
 
@@ -207,5 +213,7 @@ async def _exchange(worker: _Worker, job: UnpackJob, watermark: Watermark) -> Un
         kind=UnpackFailure(kind) if kind else None,
         error=str(result.get("error", "")),
         entries=int(result.get("entries", 0)),
+        size_bytes=int(result.get("size_bytes", 0)),
+        inodes=int(result.get("inodes", 0)),
         warnings=tuple(result.get("warnings", ())),
     )

@@ -12,12 +12,14 @@ threads (hashing, decompression and file writes all release the GIL):
 Protocol (pipes, so a worker can start while the blob is still downloading):
 
 * stdin, per job: one JSON line ``{blob_path, blob_size, blob_digest,
-  diff_id, compression, dest, max_bytes, max_entries, reserve_bytes}``; then
+  diff_id, compression, dest, max_bytes, max_entries, reserve_bytes,
+  punch_step, consumed_path}``; then
   one line per update with the number of bytes of the blob file that are
   final (the parent's download watermark); ``-1`` (or stdin closing) before
   ``blob_size`` bytes are final means the download failed.
 * stdout, per job: one JSON line, ``{"ok": true, "entries", "bytes",
-  "warnings"}`` or ``{"ok": false, "kind", "error"}``.
+  "size_bytes", "inodes", "warnings"}`` (``size_bytes``/``inodes``: the disk
+  the unpacked layer takes) or ``{"ok": false, "kind", "error"}``.
 
 After a successful job the worker has read every line of it and waits for the
 next; after a failure the parent kills it (its pipe may hold stale lines).
@@ -41,6 +43,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import IO, Any, BinaryIO, cast
 
+from agent._util.fs import disk_usage
 from agent.images.tar_apply import LayerError, LimitExceeded, TarSource, apply_layer
 
 __all__ = ["UnpackFailure", "main", "unpack"]
@@ -81,12 +84,50 @@ class _Stop(Exception):
     """The consumer went away; a producer thread ends quietly."""
 
 
-def read_blob(path: str, size: int, watermarks: IO[bytes]) -> Iterator[bytes]:
-    """The blob's bytes in order, waiting for the download watermark to pass them."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> None:
+    """Free ``[offset, offset+length)`` of a file (its pages, dirty or not, go too)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    flags = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
+    if libc.fallocate(fd, flags, offset, length) != 0:
+        raise OSError(ctypes.get_errno(), "fallocate(PUNCH_HOLE)")
+
+
+def read_blob(
+    path: str,
+    size: int,
+    watermarks: IO[bytes],
+    *,
+    punch_step: int = 0,
+    consumed_path: str = "",
+) -> Iterator[bytes]:
+    """The blob's bytes in order, waiting for the download watermark to pass them.
+
+    With ``punch_step``, what was read is freed from the file in steps of that
+    many bytes (the blob is not kept after the unpack): its pages never have to
+    be written to disk, and the ingest holds only what the download is ahead.
+    ``consumed_path`` records how far that went (before freeing it), so a
+    resumed download fetches those parts again.
+    """
+    fd = os.open(path, (os.O_RDWR if punch_step else os.O_RDONLY) | os.O_CLOEXEC)
+    punched = 0
     try:
         position = available = 0
         while position < size:
+            if punch_step and position - punched >= punch_step:
+                upto = position - position % punch_step
+                _record_consumed(consumed_path, upto)
+                try:
+                    _punch_hole(fd, punched, upto - punched)
+                except OSError:
+                    punch_step = 0  # a filesystem without hole punching: keep it all
+                punched = upto
             while position >= available:
                 line = watermarks.readline()
                 value = int(line) if line.strip() else -1
@@ -100,6 +141,13 @@ def read_blob(path: str, size: int, watermarks: IO[bytes]) -> Iterator[bytes]:
             yield data
     finally:
         os.close(fd)
+
+
+def _record_consumed(path: str, offset: int) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{offset}\n")
+    os.replace(tmp, path)
 
 
 class ChunkPipe:
@@ -213,7 +261,14 @@ class Pipeline:
     def _read(self) -> None:
         try:
             job = self._job
-            for chunk in read_blob(job["blob_path"], int(job["blob_size"]), self._watermarks):
+            chunks = read_blob(
+                job["blob_path"],
+                int(job["blob_size"]),
+                self._watermarks,
+                punch_step=int(job.get("punch_step") or 0),
+                consumed_path=str(job.get("consumed_path") or ""),
+            )
+            for chunk in chunks:
                 self.blob_digest.update(chunk)
                 self.blob_bytes += len(chunk)
                 self.compressed.put(chunk)
@@ -321,10 +376,14 @@ def unpack(job: dict[str, Any], watermarks: IO[bytes]) -> dict[str, Any]:
             UnpackFailure.DIFF_ID,
             f"uncompressed layer has digest {diff_id}, the image config says {job['diff_id']}",
         )
+    # Measured here, not in the agent: walking a tree of many files is GIL-bound work.
+    size_bytes, inodes = disk_usage(job["dest"])
     return {
         "ok": True,
         "entries": stats.entries,
         "bytes": pipeline.tar_bytes,
+        "size_bytes": size_bytes,
+        "inodes": inodes,
         "warnings": [w[:300] for w in stats.warnings[:50]],  # one short stdout line
     }
 
