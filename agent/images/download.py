@@ -27,7 +27,7 @@ import aiohttp
 
 from agent.errors import AgentError, RegistryUnavailable, ResourceExhausted
 from agent.images.content import Ingest
-from agent.images.registry import Repository
+from agent.images.repository import Repository
 
 __all__ = ["Watermark", "check_free_space", "download_blob"]
 

@@ -27,7 +27,7 @@ from agent.images.content import ContentStore, DigestMismatch, Ingest
 from agent.images.download import Watermark, download_blob
 from agent.images.manifest import LAYER_TYPES, Descriptor
 from agent.images.progress import PullObserver, PullProgress
-from agent.images.registry import Repository
+from agent.images.repository import Repository
 from agent.images.snapshots import Snapshots
 from agent.images.store import ImageStore, SnapshotRecord
 from agent.images.store_lock import StoreLock

@@ -54,7 +54,8 @@ from agent.images.manifest import (
 )
 from agent.images.progress import PullObserver, PullProgress
 from agent.images.reference import Reference
-from agent.images.registry import RegistryClient, Repository
+from agent.images.registry import RegistryClient
+from agent.images.repository import Repository
 from agent.images.snapshots import Snapshots, chain_ids
 from agent.images.store import ImageStore, SnapshotRecord
 from agent.images.store_lock import StoreLock
@@ -188,7 +189,7 @@ class Puller:
     async def _pull(
         self, ref: Reference, credentials: Credentials | None, progress: PullProgress
     ) -> str:
-        repo = self._client.repository(ref, credentials)
+        repo = Repository(self._client, ref, credentials)
         with progress.network():
             resolved = await self._resolve(repo, ref)
             config_bytes = await repo.get_blob(

@@ -5,8 +5,16 @@ the registry itself; on each endpoint it
 
 * authenticates on demand (``auth.py``), caching tokens;
 * follows redirects itself, dropping ``Authorization`` when the target is
-  another host (blob storage must never see the registry's token);
+  another origin (scheme, host or port: blob storage must never see the
+  registry's token);
 * retries 429/5xx answers and broken connections with exponential backoff.
+
+Credentials go only where they were given for. The pull's (and the node
+file's) credentials answer a challenge of the endpoint itself, never one from
+a host a redirect led to; a bearer challenge's token realm receives them only
+if it is ``https`` (or the registry itself is plain HTTP), not on a
+link-local address, and not on loopback unless the registry is; token requests
+do not follow redirects.
 
 Failures are translated once, here: unreachable or failing registries are
 ``RegistryUnavailable``, 401/403 after authenticating are
@@ -16,23 +24,19 @@ Failures are translated once, here: unreachable or failing registries are
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import ipaddress
 import logging
 import random
 import ssl
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
 
 from agent.config import ImageSection, RegistryHost
 from agent.errors import (
-    AgentError,
     InvalidArgument,
-    NotFound,
     PermissionDenied,
     RegistryUnavailable,
     Unauthenticated,
@@ -45,11 +49,9 @@ from agent.images.auth import (
     parse_challenge,
     token_from_response,
 )
-from agent.images.content import DigestMismatch
-from agent.images.manifest import ACCEPT, MAX_MANIFEST_BYTES, media_type_of
-from agent.images.reference import DEFAULT_DOMAIN, Reference
+from agent.images.reference import DEFAULT_DOMAIN
 
-__all__ = ["Endpoint", "RegistryClient", "Repository"]
+__all__ = ["Endpoint", "RegistryClient", "describe"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,43 @@ class Endpoint:
     @property
     def host(self) -> str:
         return urllib.parse.urlsplit(self.base_url).netloc
+
+    @property
+    def origin(self) -> tuple[str, str]:
+        return _origin(self.base_url)
+
+
+def _origin(url: str) -> tuple[str, str]:
+    """(scheme, host:port) of a URL: what credentials and tokens are bound to."""
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1:].split("]")[0]
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return None
+
+
+def _check_realm(endpoint: Endpoint, realm: str) -> None:
+    """Refuse a token realm the registry's credentials must not be sent to."""
+    scheme, host = _origin(realm)
+    if scheme not in ("http", "https") or not host:
+        raise Unauthenticated(f"{endpoint.host} sent a bearer challenge without a usable realm")
+    if scheme == "http" and endpoint.origin[0] == "https":
+        raise Unauthenticated(
+            f"{endpoint.host} (https) names the plain-http token realm {realm}; "
+            "refusing to send credentials or trust a token over plain HTTP"
+        )
+    address = _ip(host)
+    if address is not None and address.is_link_local:
+        raise Unauthenticated(f"{endpoint.host} names a token realm on a link-local address")
+    if address is not None and address.is_loopback and not _is_local(endpoint.host):
+        raise Unauthenticated(
+            f"{endpoint.host} names a token realm on this node's loopback ({host})"
+        )
 
 
 def _is_local(host: str) -> bool:
@@ -154,9 +193,9 @@ class RegistryClient:
         result.append(Endpoint(f"{scheme}://{host}", False, _ssl_for(settings)))
         return result
 
-    def repository(self, ref: Reference, credentials: Credentials | None) -> Repository:
-        node_credentials = load_credentials_file(self._settings.credentials_file)
-        return Repository(self, ref, credentials, node_credentials)
+    def node_credentials(self) -> dict[str, Credentials]:
+        """The node's credentials file, read now (it may change between pulls)."""
+        return load_credentials_file(self._settings.credentials_file)
 
     # -- one request on one endpoint --------------------------------------
 
@@ -176,7 +215,7 @@ class RegistryClient:
             try:
                 resp = await self._authorized(endpoint, method, path, headers, scope, credentials)
             except (aiohttp.ClientError, TimeoutError) as exc:
-                last_error = _describe(exc)
+                last_error = describe(exc)
                 log.info(
                     "%s %s%s: %s (attempt %d)", method, endpoint.host, path, last_error, attempt + 1
                 )
@@ -210,8 +249,16 @@ class RegistryClient:
         resp = await self._follow(endpoint, method, path, headers, auth)
         if resp.status != 401:
             return _check_denied(resp, endpoint)
+        challenger = _origin(str(resp.url))
         challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
         resp.release()
+        if challenger != endpoint.origin:
+            # A redirect led elsewhere and that host wants credentials: they were
+            # given for the registry, not for whoever it redirects to.
+            raise Unauthenticated(
+                f"{challenger[1]} (reached by a redirect from {endpoint.host}) asks for "
+                f"authentication; the credentials for {endpoint.host} are not sent there"
+            )
         if challenge is None:
             raise Unauthenticated(f"{endpoint.host} requires authentication it does not name")
         auth, lifetime = await self._authenticate(endpoint, challenge, scope, credentials)
@@ -242,8 +289,7 @@ class RegistryClient:
         if credentials is not None and credentials.registry_token:
             return f"Bearer {credentials.registry_token}", 3600.0
         realm = challenge.params.get("realm", "")
-        if not realm.startswith(("http://", "https://")):
-            raise Unauthenticated(f"{endpoint.host} sent a bearer challenge without a realm")
+        _check_realm(endpoint, realm)
         query = {"scope": scope}
         if challenge.params.get("service"):
             query["service"] = challenge.params["service"]
@@ -256,13 +302,24 @@ class RegistryClient:
                     "client_id": "model-agent",
                     "refresh_token": credentials.identity_token,
                 }
-                ctx = http.post(realm, data=form, ssl=endpoint.ssl)
+                ctx = http.post(realm, data=form, ssl=endpoint.ssl, allow_redirects=False)
             else:
                 token_headers = {}
                 if credentials is not None and credentials.has_basic:
                     token_headers["Authorization"] = credentials.basic_header()
-                ctx = http.get(realm, params=query, headers=token_headers, ssl=endpoint.ssl)
+                ctx = http.get(
+                    realm,
+                    params=query,
+                    headers=token_headers,
+                    ssl=endpoint.ssl,
+                    allow_redirects=False,
+                )
             async with ctx as resp:
+                if resp.status in _REDIRECTS:
+                    raise RegistryUnavailable(
+                        f"token server {realm} redirected to "
+                        f"{resp.headers.get('Location', '?')}; not followed (credentials stay)"
+                    )
                 body = await resp.content.read(1 << 20)
                 if resp.status in (401, 403):
                     raise Unauthenticated(
@@ -272,7 +329,7 @@ class RegistryClient:
                 if resp.status >= 400:
                     raise RegistryUnavailable(f"token server {realm} answered HTTP {resp.status}")
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise RegistryUnavailable(f"token server {realm}: {_describe(exc)}") from None
+            raise RegistryUnavailable(f"token server {realm}: {describe(exc)}") from None
         try:
             token, lifetime = token_from_response(body)
         except ValueError as exc:
@@ -288,13 +345,11 @@ class RegistryClient:
         auth: str | None,
     ) -> aiohttp.ClientResponse:
         url = endpoint.base_url + path
-        origin = endpoint.host
         request_headers = dict(headers)
         if auth:
             request_headers["Authorization"] = auth
         for _ in range(_MAX_REDIRECTS + 1):
-            target = urllib.parse.urlsplit(url)
-            same_host = target.netloc == origin
+            same_host = _origin(url) == endpoint.origin
             resp = await self._http().request(
                 method,
                 url,
@@ -309,8 +364,9 @@ class RegistryClient:
             if not location:
                 raise RegistryUnavailable(f"{endpoint.host} redirected without a Location")
             url = urllib.parse.urljoin(url, location)
-            if urllib.parse.urlsplit(url).netloc != origin:
-                # Blob storage elsewhere (S3, a CDN) must never see the registry token.
+            if _origin(url) != endpoint.origin:
+                # Blob storage elsewhere (S3, a CDN), or the same host over plain
+                # HTTP, must never see the registry token; once dropped it stays dropped.
                 request_headers.pop("Authorization", None)
         raise RegistryUnavailable(f"{endpoint.host}: too many redirects for {path}")
 
@@ -322,148 +378,9 @@ def _check_denied(resp: aiohttp.ClientResponse, endpoint: Endpoint) -> aiohttp.C
     return resp
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """A short, one-line account of a transport failure for an error message."""
     if isinstance(exc, TimeoutError):
         return "timed out"
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0][:300]
-
-
-class Repository:
-    """One image repository (``domain/path``) with the credentials of one pull."""
-
-    def __init__(
-        self,
-        client: RegistryClient,
-        ref: Reference,
-        credentials: Credentials | None,
-        node_credentials: Mapping[str, Credentials],
-    ) -> None:
-        self.client = client
-        self.ref = ref
-        self.scope = f"repository:{ref.path}:pull"
-        self._credentials = credentials
-        self._node_credentials = node_credentials
-
-    def _credentials_for(self, endpoint: Endpoint) -> Credentials | None:
-        # The pull's own credentials (from the kubelet) are for the registry, not
-        # for a mirror run by someone else; the node's file may name both.
-        node = self._node_credentials.get(endpoint.host)
-        if endpoint.mirror:
-            return node
-        return self._credentials or node
-
-    async def _open(
-        self, method: str, path: str, headers: Mapping[str, str], what: str
-    ) -> aiohttp.ClientResponse:
-        """An open response for ``what`` from the first endpoint that has it.
-
-        A mirror that fails or lacks the object is skipped; the registry
-        itself has the last word. The caller releases the response.
-        """
-        mirror_error: AgentError | None = None
-        for endpoint in self.client.endpoints(self.ref.domain):
-            try:
-                resp = await self.client.send(
-                    endpoint,
-                    method,
-                    path,
-                    headers,
-                    scope=self.scope,
-                    credentials=self._credentials_for(endpoint),
-                )
-            except (RegistryUnavailable, Unauthenticated, PermissionDenied) as exc:
-                if endpoint.mirror:
-                    log.info("mirror %s failed for %s: %s", endpoint.host, what, exc)
-                    mirror_error = exc
-                    continue
-                if mirror_error is not None and isinstance(exc, RegistryUnavailable):
-                    raise RegistryUnavailable(
-                        f"{exc} (a mirror failed too: {mirror_error})"
-                    ) from None
-                raise
-            if resp.status < 400:
-                return resp
-            resp.release()
-            if endpoint.mirror:
-                log.info("mirror %s: HTTP %d for %s", endpoint.host, resp.status, what)
-                continue
-            if resp.status == 404:
-                raise NotFound(f"{what} not found on {endpoint.host}")
-            raise RegistryUnavailable(f"{endpoint.host} answered HTTP {resp.status} for {what}")
-        raise RegistryUnavailable(f"no endpoint for {self.ref.domain}")  # pragma: no cover
-
-    async def get_manifest(self, reference: str) -> tuple[bytes, str, str]:
-        """``(body, media type, digest)`` of a manifest or index, verified."""
-        sep = "@" if reference.startswith("sha256:") else ":"
-        what = f"manifest {self.ref.name}{sep}{reference}"
-        resp = await self._open(
-            "GET", f"/v2/{self.ref.path}/manifests/{reference}", {"Accept": ACCEPT}, what
-        )
-        try:
-            length = resp.content_length
-            if length is not None and length > MAX_MANIFEST_BYTES:
-                raise InvalidArgument(f"{what} is {length} bytes, over the 4 MiB limit")
-            body = await resp.content.read(MAX_MANIFEST_BYTES + 1)
-            if len(body) > MAX_MANIFEST_BYTES:
-                raise InvalidArgument(f"{what} is over the 4 MiB limit")
-            digest = "sha256:" + hashlib.sha256(body).hexdigest()
-            expected = reference if sep == "@" else resp.headers.get("Docker-Content-Digest", "")
-            if expected.startswith("sha256:") and expected != digest:
-                raise DigestMismatch(f"{what} has digest {digest}, expected {expected}")
-            return body, media_type_of(body, resp.headers.get("Content-Type", "")), digest
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise RegistryUnavailable(f"reading {what}: {_describe(exc)}") from None
-        finally:
-            resp.release()
-
-    async def get_blob(self, digest: str, size: int) -> bytes:
-        """A small blob (an image config), read whole and verified."""
-        what = f"blob {digest}"
-        resp = await self._open("GET", f"/v2/{self.ref.path}/blobs/{digest}", {}, what)
-        try:
-            body = await resp.content.read(size + 1)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise RegistryUnavailable(f"reading {what}: {_describe(exc)}") from None
-        finally:
-            resp.release()
-        if len(body) != size:
-            raise DigestMismatch(f"{what} is {len(body)} bytes, the manifest says {size}")
-        actual = "sha256:" + hashlib.sha256(body).hexdigest()
-        if actual != digest:
-            raise DigestMismatch(f"{what} has digest {actual}")
-        return body
-
-    @contextlib.asynccontextmanager
-    async def open_blob(self, digest: str, start: int, end: int) -> AsyncIterator[BlobBody]:
-        """Bytes ``[start, end)`` of a blob as a stream; ``ranged`` says if the range held."""
-        resp = await self._open(
-            "GET",
-            f"/v2/{self.ref.path}/blobs/{digest}",
-            {"Range": f"bytes={start}-{end - 1}"},
-            f"blob {digest}",
-        )
-        try:
-            if resp.status == 206:
-                content_range = resp.headers.get("Content-Range", "")
-                if not content_range.startswith(f"bytes {start}-"):
-                    raise RegistryUnavailable(
-                        f"blob {digest}: unexpected Content-Range '{content_range}'"
-                    )
-                yield BlobBody(resp, ranged=True)
-            elif resp.status == 200:
-                yield BlobBody(resp, ranged=False)
-            else:
-                raise RegistryUnavailable(f"blob {digest}: unexpected HTTP {resp.status}")
-        finally:
-            resp.release()
-
-
-@dataclass(slots=True)
-class BlobBody:
-    response: aiohttp.ClientResponse
-    ranged: bool
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self.response.content.iter_any():
-            yield chunk
