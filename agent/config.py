@@ -704,9 +704,28 @@ def _render_table(obj: Any, prefix: str, lines: list[str]) -> None:
             if doc:
                 lines.append(f"# {doc}")
             for key, item in value.items():
-                _render_table(item, f"{name}.{key}", lines)
+                _render_table(item, f"{name}.{_toml_key(key)}", lines)
         else:
             _render_table(value, name, lines)
+
+
+def _toml_key(key: str) -> str:
+    """A table key as TOML reads it back: bare if it can be, else quoted (``"docker.io"``)."""
+    if key and all(c.isascii() and (c.isalnum() or c in "-_") for c in key):
+        return key
+    return _toml_string(key)
+
+
+def _toml_string(value: str) -> str:
+    out = []
+    for c in value:
+        if c in ('"', "\\"):
+            out.append("\\" + c)
+        elif ord(c) < 0x20 or ord(c) == 0x7F:
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
 
 
 def _toml_value(value: Any) -> str:
@@ -715,8 +734,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
+        return _toml_string(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot render {type(value).__name__}")  # pragma: no cover

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+from typing import Any
 
 import pytest
 
@@ -117,3 +118,87 @@ def test_config_is_frozen():
     config = Config()
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.agent = None  # type: ignore[misc,assignment]
+
+
+#: Values for keys whose generic "something else" would not validate (dotted key -> value).
+_CONSTRAINED: dict[str, object] = {
+    "agent.socket": '/run/ma "quoted" \\ dir/cri.sock',
+    "metrics.address": "127.0.0.2:9999",
+    "streaming.address": "127.0.0.2:10010",
+    "runtime.default_handler": "kata",
+    "runtime.default_cgroup_parent": "/other-parent",
+    "network.pod_cidr": "10.99.0.0/16,fd00:99::/64",
+    "network.bridge": "ma-every0",
+    "image.pinned_images": ["registry.example/app:v1", "docker.io/library/pause:3.10"],
+    "gpu.cdi_kind": "example.com/accel",
+    "gpu.backend": "simulated",
+    "gpu.simulated_file": "/etc/model-agent/gpus.toml",
+    "gpu.cdi_spec_dirs": ["/etc/cdi-every", "/run/cdi-every"],
+    "gpu.node_spec_dir": "/run/cdi-every",
+    "gpu.hook_command": ["/usr/bin/hook", "--flag=a b"],
+}
+
+
+def _something_else(key: str, fld: dataclasses.Field[Any], default: object) -> object:
+    """A value for ``key`` that differs from its default and still validates."""
+    if key in _CONSTRAINED:
+        return _CONSTRAINED[key]
+    if key.startswith("image.registries.") and key.endswith(".mirrors"):
+        return ["https://mirror.example", "http://10.0.0.9:5000"]
+    choices = fld.metadata.get("choices")
+    if choices:
+        return next(c for c in choices if c != default)
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, int):
+        return default + 7
+    if isinstance(default, float):
+        return default + 1.5
+    if isinstance(default, str):
+        base = default if default.startswith("/") else "/"
+        return f'{base.rstrip("/")}/every "key" \\ set\ttab'
+    if isinstance(default, list):
+        return ["/first", "/second\\dir"]
+    if default is None:  # a required key
+        return f"/required/{key.replace('.', '/')}"
+    raise AssertionError(f"{key}: no rule for {type(default).__name__}")  # pragma: no cover
+
+
+def _every_key_set(cls: type, prefix: str) -> Any:
+    values: dict[str, object] = {}
+    for fld in dataclasses.fields(cls):
+        key = f"{prefix}{fld.name}"
+        hint = str(fld.type)  # annotations are strings here (from __future__)
+        if fld.default is not dataclasses.MISSING:
+            default = fld.default
+        elif fld.default_factory is not dataclasses.MISSING:
+            default = fld.default_factory()
+        else:
+            default = None
+        if isinstance(default, dict) or hint.startswith("dict["):
+            values[fld.name] = _tables(key, hint)
+        elif dataclasses.is_dataclass(default):
+            values[fld.name] = _every_key_set(type(default), f"{key}.")
+        else:
+            values[fld.name] = _something_else(key, fld, default)
+            assert values[fld.name] != default, key  # every key really is set
+    return cls(**values)
+
+
+def _tables(key: str, hint: str) -> dict[str, object]:
+    from agent import config as module
+
+    item_type = getattr(module, hint.removeprefix("dict[str, ").removesuffix("]"))
+    names = {
+        "runtime.handlers": ["runc", "crun", "kata"],  # (the built-in two, overridden)
+        "image.registries": ["docker.io", "10.0.0.5:5000", "registry.internal.example"],
+    }[key]
+    return {name: _every_key_set(item_type, f"{key}.{name}.") for name in names}
+
+
+def test_a_config_with_every_key_set_prints_and_loads_back_the_same(tmp_path):
+    original = _every_key_set(Config, "")
+    text = render_toml(original)
+    assert '[image.registries."docker.io"]' in text  # a dotted host is one quoted key
+    again = load(write(tmp_path, text), environ={})
+    assert again == original
