@@ -42,15 +42,14 @@ from tests.support.registry import Registry  # noqa: E402
 IDLE_SECONDS = 5.0
 
 
-def lister(socket: str, start: float, stop_file: str, results: multiprocessing.Queue) -> None:
-    """One client process: ListContainers back to back from ``start`` until ``stop_file``."""
+def lister(socket: str, start: float, stop, results: multiprocessing.Queue) -> None:
+    """One client process: ListContainers back to back from ``start`` until ``stop`` is set."""
 
     async def run() -> list[float]:
         latencies = []
         async with CriClient(socket, timeout=60) as cri:
-            while time.time() < start:
-                await asyncio.sleep(0.001)
-            while not os.path.exists(stop_file):
+            await asyncio.sleep(max(0.0, start - time.time()))
+            while not stop.is_set():
                 began = time.perf_counter()
                 await cri.runtime.ListContainers(pb.ListContainersRequest())
                 latencies.append(time.perf_counter() - began)
@@ -61,13 +60,11 @@ def lister(socket: str, start: float, stop_file: str, results: multiprocessing.Q
 
 def listen(socket: str, clients: int, work) -> tuple[list[float], object]:
     """Run ``clients`` listers while ``work()`` runs; all latencies and work's result."""
-    stop_file = os.path.join(os.path.dirname(socket), "stop-listing")
-    if os.path.exists(stop_file):
-        os.unlink(stop_file)
+    stop = multiprocessing.Event()
     results: multiprocessing.Queue = multiprocessing.Queue()
     start = time.time() + 1.0  # every client connected before the first call
     procs = [
-        multiprocessing.Process(target=lister, args=(socket, start, stop_file, results))
+        multiprocessing.Process(target=lister, args=(socket, start, stop, results))
         for _ in range(clients)
     ]
     for proc in procs:
@@ -77,8 +74,7 @@ def listen(socket: str, clients: int, work) -> tuple[list[float], object]:
             time.sleep(0.01)
         outcome = work()
     finally:
-        with open(stop_file, "w"):
-            pass
+        stop.set()
         latencies = [value for _ in procs for value in results.get(timeout=120)]
         for proc in procs:
             proc.join(timeout=30)
@@ -108,9 +104,7 @@ def one_run(registry: Registry, image_id: str, work_dir: str, clients: int) -> d
                     async with CriClient(agent.socket, timeout=None) as cri:
                         began = time.monotonic()
                         resp = await cri.images.PullImage(
-                            pb.PullImageRequest(
-                                image=pb.ImageSpec(image=f"{registry.host}/{NAME}")
-                            )
+                            pb.PullImageRequest(image=pb.ImageSpec(image=f"{registry.host}/{NAME}"))
                         )
                         assert resp.image_ref == image_id, resp.image_ref
                         return time.monotonic() - began

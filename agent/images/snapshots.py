@@ -69,11 +69,12 @@ class Snapshots:
         rather than blocking the name, so a pull never depends on a deletion.
         """
         hex_id = chain_id.split(":", 1)[1]
-        name = next(hex_id[:n] for n in (16, 24, 32, 64) if hex_id[:n] not in taken)
-        target = os.path.join(self.root, name)
-        if os.path.lexists(target):
-            self.trash.put(target)
-        os.rename(temporary, target)
+        candidates = [hex_id[:n] for n in (16, 24, 32, 64)]
+        for stale in candidates:  # garbage under this layer's names, whichever it takes
+            if stale not in taken and os.path.lexists(os.path.join(self.root, stale)):
+                self.trash.put(os.path.join(self.root, stale))
+        name = next(n for n in candidates if n not in taken)
+        os.rename(temporary, os.path.join(self.root, name))
         return name
 
     def discard(self, temporary: str) -> None:

@@ -52,8 +52,6 @@ _CHUNK = 1 << 20
 _QUEUE_DEPTH = 16
 #: How often (uncompressed bytes) the free disk space is checked against the reserve.
 _SPACE_CHECK_BYTES = 16 << 20
-#: Workers run below the agent's priority: the event loop answers first.
-_NICENESS = 10
 
 
 class UnpackFailure(enum.StrEnum):
@@ -405,8 +403,11 @@ def _die_with_parent() -> None:
 def main(stdin: BinaryIO = sys.stdin.buffer, stdout: IO[str] = sys.stdout) -> int:
     """Serve jobs until stdin closes."""
     _die_with_parent()
-    with contextlib.suppress(OSError):
-        os.nice(_NICENESS)
+    # SCHED_BATCH: the same CPU share as before, but a waking event loop (the agent
+    # answering an RPC) preempts us rather than waiting for our time slice to end.
+    # Not a lower priority: pulls must not crawl on a node busy with pods.
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     os.umask(0)  # files are created with the layer's own permission bits
     while True:
         line = stdin.readline()
