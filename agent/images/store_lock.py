@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 __all__ = ["StoreLock"]
 
@@ -31,10 +31,18 @@ class StoreLock:
             yield
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
-        """``fn(*args)`` in a thread under the lock; it finishes whatever the caller does."""
+        """``fn(*args)`` in a thread under the lock; once started it finishes whatever
+        the caller does (a caller cancelled while waiting for the lock starts nothing)."""
+        await self._lock.acquire()
+        try:
+            work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        except BaseException:
+            self._lock.release()
+            raise
+        work.add_done_callback(self._finished)
+        return await asyncio.shield(work)
 
-        async def locked() -> T:
-            async with self._lock:
-                return await asyncio.to_thread(fn, *args)
-
-        return await asyncio.shield(asyncio.ensure_future(locked()))
+    def _finished(self, work: asyncio.Future[Any]) -> None:
+        self._lock.release()
+        if not work.cancelled():
+            work.exception()  # retrieved: a caller that went away must not leave it unread

@@ -49,6 +49,8 @@ class Trash:
         self._usage: dict[str, tuple[int, int] | None] = {}
         for name in os.listdir(directory):
             self._usage[name] = None  # left by an earlier run: measured before deleting
+        #: entries that could not be deleted this run (retried at the next start)
+        self._failed: set[str] = set()
         self._stop = threading.Event()
 
     def put(self, path: str, usage: tuple[int, int] | None = None) -> bool:
@@ -74,8 +76,9 @@ class Trash:
         return sum(u[0] for u in known), sum(u[1] for u in known)
 
     def __len__(self) -> int:
+        """Entries still to delete this run (one that failed waits for the next start)."""
         with self._lock:
-            return len(self._usage)
+            return len(self._usage.keys() - self._failed)
 
     def stop(self) -> None:
         """Make a running :meth:`empty` return soon (the agent is stopping)."""
@@ -86,7 +89,7 @@ class Trash:
         freed = entries = 0
         while not self._stop.is_set():
             with self._lock:
-                todo = sorted(self._usage)
+                todo = sorted(self._usage.keys() - self._failed)
             if not todo:
                 break
             for name in todo:
@@ -128,9 +131,10 @@ class Trash:
         try:
             _remove_tree(path, gone, self._stop)
         except OSError as exc:
+            # What is left still takes the disk: it stays counted, and is retried next start.
             log.warning("trash: cannot delete %s: %s (left for the next start)", path, exc)
             with self._lock:
-                self._usage.pop(name, None)
+                self._failed.add(name)
             return freed
         if not os.path.lexists(path):
             with self._lock:
@@ -152,7 +156,8 @@ def _walk_stats(path: str) -> list[os.stat_result]:
 
 
 def _remove_tree(path: str, gone: Callable[[os.stat_result], None], stop: threading.Event) -> None:
-    """``rm -rf path`` that reports each removed inode and stops when asked."""
+    """``rm -rf path`` that reports each removed inode, deletes all it can when something
+    cannot be deleted (then raises the first error), and stops when asked."""
     try:
         top = os.lstat(path)
     except FileNotFoundError:
@@ -161,9 +166,8 @@ def _remove_tree(path: str, gone: Callable[[os.stat_result], None], stop: thread
         os.unlink(path)
         gone(top)
         return
+    first_error: OSError | None = None
     for dirpath, dirnames, filenames in os.walk(path, topdown=False):
-        if stop.is_set():
-            return
         for entry in (*filenames, *dirnames):
             if stop.is_set():
                 return
@@ -177,10 +181,12 @@ def _remove_tree(path: str, gone: Callable[[os.stat_result], None], stop: thread
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                if exc.errno != errno.ENOTEMPTY:
-                    raise
-                continue  # a directory os.walk could not list; the next start retries
+                if exc.errno != errno.ENOTEMPTY:  # a parent of what failed: not news
+                    first_error = first_error or exc
+                continue
             gone(st)
+    if first_error is not None:
+        raise first_error
     os.rmdir(path)
     gone(top)
 
