@@ -18,6 +18,8 @@ conmon keeps them running and the next start re-adopts them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -32,6 +34,7 @@ from agent.config import Config
 from agent.cri import CriServer, ImageService, RpcInterceptor, RuntimeService
 from agent.db import MetadataDB
 from agent.errors import FailedPrecondition
+from agent.gpu import GpuService
 from agent.health import NodeHealth
 from agent.images import ImageManager
 from agent.metrics import MetricsServer, PullMetrics, RpcMetrics
@@ -61,6 +64,8 @@ class Agent:
         self.db: MetadataDB | None = None
         self.images: ImageManager | None = None
         self.pods: PodService | None = None
+        self.gpu = GpuService(config.gpu)
+        self._gpu_refresh: asyncio.Task[None] | None = None
         self.cri: CriServer | None = None
         self.streaming: StreamingServer | None = None
         self.metrics_server: MetricsServer | None = None
@@ -72,8 +77,12 @@ class Agent:
     def _build(self, db: MetadataDB) -> CriServer:
         """Create the subsystems over the open database, and the server over them."""
         images = self.images = ImageManager(self.config, db, self.pull_metrics)
-        pods = self.pods = PodService(self.config, db, images)
-        self.recovery_steps[:0] = [("images", images.recover), ("pods", pods.start)]
+        pods = self.pods = PodService(self.config, db, images, gpu=self.gpu)
+        self.recovery_steps[:0] = [
+            ("gpus", self._start_gpus),
+            ("images", images.recover),
+            ("pods", pods.start),
+        ]
         # RPCs a servicer does not define yet are answered UNIMPLEMENTED by the
         # interceptor; the generated stubs declare every RPC abstract.
         streaming = self.streaming = StreamingServer(
@@ -91,6 +100,7 @@ class Agent:
             ready=self.ready,
             version=__version__,
             pulls=images.pulls_in_progress,
+            gpus=lambda: self._gpu_status(db),
             pods=pods,
             streaming=streaming,
         )
@@ -125,6 +135,17 @@ class Agent:
         log.info("model-agent %s ready on unix://%s", __version__, self.socket_path)
         self.notifier.ready(f"serving CRI on unix://{self.socket_path}")
 
+    def _gpu_status(self, db: MetadataDB) -> dict[str, object]:
+        """``Status`` verbose ``gpu``: the service's view plus who holds which GPU."""
+        holders = [dataclasses.asdict(h) for h in db.gpu_holders()]
+        return {**self.gpu.status_info(), "holders": holders}
+
+    async def _start_gpus(self) -> None:
+        """Open NVML (or the configured backend), read the inventory, write the node's
+        CDI spec; then keep it current. No GPU or no NVML is a normal, logged state."""
+        await asyncio.to_thread(self.gpu.start)
+        self._gpu_refresh = asyncio.get_running_loop().create_task(self.gpu.run())
+
     async def recover(self) -> None:
         """Reconcile persisted state with the host, then open for business.
 
@@ -152,6 +173,12 @@ class Agent:
             await self.pods.close()
         if self.images is not None:
             await self.images.close()
+        if self._gpu_refresh is not None:
+            self._gpu_refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._gpu_refresh
+            self._gpu_refresh = None
+            await asyncio.to_thread(self.gpu.close)
         if self.metrics_server is not None:
             await self.metrics_server.stop()
             self.metrics_server = None

@@ -12,14 +12,16 @@ guessed at. Imports nothing from the agent except ``errors``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from agent.errors import AgentError
 
-__all__ = ["MIGRATIONS", "MetadataDB", "SchemaTooNew"]
+__all__ = ["MIGRATIONS", "GpuHolder", "MetadataDB", "SchemaTooNew"]
 
 #: Each entry migrates from version i to i+1. Append only; never edit a shipped one.
 MIGRATIONS: Sequence[str] = (
@@ -88,7 +90,50 @@ MIGRATIONS: Sequence[str] = (
     CREATE INDEX containers_sandbox ON containers(sandbox_id);
     CREATE INDEX containers_image ON containers(image_id);
     """,
+    # 4: GPU assignments: which container holds which GPU (or MIG device), and how it
+    # asked; written with the container, gone with it. Read by metrics, ``ctl gpus``,
+    # the device plugin and the DRA driver through ``gpu_holders`` (never via pods).
+    """
+    CREATE TABLE gpu_assignments (
+        container_id    TEXT NOT NULL REFERENCES containers(id) ON DELETE CASCADE,
+        sandbox_id      TEXT NOT NULL,
+        pod_namespace   TEXT NOT NULL,
+        pod_name        TEXT NOT NULL,
+        pod_uid         TEXT NOT NULL,
+        container_name  TEXT NOT NULL,
+        device_uuid     TEXT NOT NULL,
+        gpu_uuid        TEXT NOT NULL,
+        device_index    TEXT NOT NULL,
+        mig_profile     TEXT NOT NULL,
+        via             TEXT NOT NULL,
+        request         TEXT NOT NULL,
+        PRIMARY KEY (container_id, device_uuid)
+    );
+    CREATE INDEX gpu_assignments_gpu ON gpu_assignments(gpu_uuid);
+    """,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class GpuHolder:
+    """One GPU (or MIG device) held by one container: a row of ``gpu_assignments``."""
+
+    container_id: str
+    sandbox_id: str
+    pod_namespace: str
+    pod_name: str
+    pod_uid: str
+    container_name: str
+    device_uuid: str  # the GPU's UUID, or the MIG device's
+    gpu_uuid: str  # the physical GPU
+    device_index: str  # "1" or "1:0"
+    mig_profile: str
+    via: str  # cdi, annotation, env or device
+    request: str
+
+    @classmethod
+    def columns(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
 
 
 class SchemaTooNew(AgentError):
@@ -165,6 +210,12 @@ class MetadataDB:
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (key, value),
             )
+
+    def gpu_holders(self) -> list[GpuHolder]:
+        """Every GPU assignment of every container the agent knows."""
+        columns = ", ".join(GpuHolder.columns())
+        rows = self.execute(f"SELECT {columns} FROM gpu_assignments ORDER BY gpu_uuid")
+        return [GpuHolder(**dict(row)) for row in rows]
 
     def close(self) -> None:
         with self._lock:

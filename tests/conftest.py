@@ -46,6 +46,9 @@ def make_config(base: str, **overrides: Any) -> Config:
         "network.bridge": _RUN_BRIDGE,
         "network.pod_cidr": _RUN_SUBNET,
         "runtime.default_cgroup_parent": f"/ma-test-{run.RUN_ID}",
+        # CDI specs (and the node's own) in the test's dirs, never the host's /etc/cdi.
+        "gpu.cdi_spec_dirs": [f"{base}/cdi/etc", f"{base}/cdi/run"],
+        "gpu.node_spec_dir": f"{base}/cdi/run",
     }
     values.update(overrides)
     path = f"{base}/config.toml"  # explicit and empty: the host's /etc file never leaks in

@@ -50,6 +50,7 @@ class RuntimeService(
         version: str,
         pulls: Callable[[], list[dict[str, object]]],
         pods: PodService,
+        gpus: Callable[[], dict[str, object]] = dict,
         streaming: StreamingServer,
     ) -> None:
         self._streaming = streaming
@@ -58,6 +59,7 @@ class RuntimeService(
         self._ready = ready
         self._version = version
         self._pulls = pulls
+        self._gpus = gpus
         self._pods = pods
 
     async def Version(self, request: pb.VersionRequest, context: Context) -> pb.VersionResponse:
@@ -100,6 +102,7 @@ class RuntimeService(
                 "versions": json.dumps(report.versions, sort_keys=True),
                 "cniConfig": report.network_config,
                 "pulls": json.dumps(self._pulls()),
+                "gpu": json.dumps(self._gpus(), sort_keys=True),
             }
         return pb.StatusResponse(
             status=pb.RuntimeStatus(conditions=conditions),

@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from agent.gpu.assignment import Assignment, GpuGrant
     from agent.gpu.backend import GpuBackend, GpuInfo, GpuSample
+    from agent.gpu.cdi.spec import ContainerEdits
     from agent.gpu.inventory import Device, Inventory
     from agent.gpu.service import GpuService, env_from_list
 
 _EXPORTS = {
     "Assignment": "agent.gpu.assignment",
+    "ContainerEdits": "agent.gpu.cdi.spec",
     "Device": "agent.gpu.inventory",
     "GpuBackend": "agent.gpu.backend",
     "GpuGrant": "agent.gpu.assignment",
@@ -36,6 +38,7 @@ _EXPORTS = {
 }
 __all__ = [
     "Assignment",
+    "ContainerEdits",
     "Device",
     "GpuBackend",
     "GpuGrant",

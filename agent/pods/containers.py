@@ -22,13 +22,14 @@ import secrets
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from agent._util.fs import atomic_write_json
 from agent._util.locks import KeyedLock
 from agent.config import Config
+from agent.db import GpuHolder
 from agent.errors import (
     AgentError,
     DeadlineExceeded,
@@ -36,6 +37,7 @@ from agent.errors import (
     InvalidArgument,
     NotFound,
 )
+from agent.gpu import Assignment, ContainerEdits, GpuService, env_from_list
 from agent.images import ImageConfig, ImageRecord
 from agent.oci import CreateFailed, CreateOptions, ExecFailed, ExecSession, Runtime
 from agent.pods import spec
@@ -116,7 +118,11 @@ class ContainerManager:
         pod_dirs: PodDirs,
         on_change: Callable[[EventKind, str], None] = lambda kind, cid: None,
         kill_wait: float = _KILL_WAIT,
+        gpu: GpuService | None = None,
+        allocated: Callable[[ContainerConfig], Collection[str]] = lambda config: (),
     ) -> None:
+        self._gpu = gpu
+        self._allocated = allocated
         self._pod_dirs = pod_dirs
         self._kill_wait = kill_wait
         self._config = config
@@ -172,6 +178,8 @@ class ContainerManager:
             handler=sandbox.handler,
         )
         self._store.check_container_name(record)
+        # Devices first: a CDI name that does not resolve creates nothing.
+        edits, assignment = await self._resolve_devices(config, image.config)
         async with contextlib.AsyncExitStack() as undo:
             upper = os.path.join(self.root, cid, "upper")
             work = os.path.join(self.root, cid, "work")
@@ -188,6 +196,8 @@ class ContainerManager:
             )
             undo.push_async_callback(self._mounter.unmount, rootfs)
             oci, user = self._spec(cid, sandbox, config, image.config, rootfs)
+            if self._gpu is not None and edits is not None:
+                self._gpu.apply(oci, edits)
             atomic_write_json(os.path.join(self.bundle(cid), "config.json"), oci, mode=0o600)
             os.makedirs(os.path.dirname(log_path), mode=0o755, exist_ok=True)
             self.exits.watch(cid)
@@ -211,12 +221,35 @@ class ContainerManager:
                     (m.container_path, m.host_path, m.readonly, m.propagation)
                     for m in config.mounts
                 ),
+                # Kept when it holds nothing but was refused something: that says why.
+                gpu=json.dumps(assignment.to_dict())
+                if not assignment.empty or assignment.denied
+                else "",
             )
-            self._store.add_container(record)
+            self._store.add_container(record, _holders(record, sandbox, assignment))
             undo.pop_all()
         log.info("created container %s (%s) in pod %s", cid, config.name, sandbox.id)
         self._on_change(EventKind.CREATED, cid)
         return cid
+
+    async def _resolve_devices(
+        self, config: ContainerConfig, image: ImageConfig
+    ) -> tuple[ContainerEdits | None, Assignment]:
+        """CDI names, ``cdi.k8s.io/*`` annotations, NVIDIA_VISIBLE_DEVICES and CRI devices
+        → the container's edits and GPU assignment (``gpu.GpuService.resolve``)."""
+        if self._gpu is None:
+            if config.cdi_devices:
+                raise FailedPrecondition("CDI devices need the GPU service, which is off")
+            return None, Assignment()
+        return await asyncio.to_thread(
+            self._gpu.resolve,
+            cdi_devices=config.cdi_devices,
+            annotations=config.annotations,
+            image_env=env_from_list(image.env),
+            cri_env=dict(config.envs),
+            allocated=self._allocated(config),
+            devices=[d.host_path for d in config.devices],
+        )
 
     def _log_path(self, sandbox: SandboxRecord, config: ContainerConfig) -> str:
         directory = sandbox.config.log_directory
@@ -496,3 +529,27 @@ class ContainerManager:
 
     async def close(self) -> None:
         await self.exits.close()
+
+
+def _holders(
+    record: ContainerRecord, sandbox: SandboxRecord, assignment: Assignment
+) -> list[GpuHolder]:
+    """The ``gpu_assignments`` rows of a new container."""
+    m = sandbox.config.metadata
+    return [
+        GpuHolder(
+            container_id=record.id,
+            sandbox_id=sandbox.id,
+            pod_namespace=m.namespace,
+            pod_name=m.name,
+            pod_uid=m.uid,
+            container_name=record.config.name,
+            device_uuid=grant.uuid,
+            gpu_uuid=grant.gpu_uuid,
+            device_index=grant.index,
+            mig_profile=grant.profile,
+            via=grant.via,
+            request=grant.request,
+        )
+        for grant in assignment.grants
+    ]

@@ -18,6 +18,7 @@ from typing import Any
 
 from agent.config import Config
 from agent.db import MetadataDB
+from agent.gpu import GpuService
 from agent.images import ImageManager
 from agent.network import netns
 from agent.oci import ConmonRuntime, ExecSession, ExitWatcher, Runtime, resolve_binary
@@ -68,6 +69,7 @@ class PodService:
         db: MetadataDB,
         images: ImageManager,
         *,
+        gpu: GpuService | None = None,
         runtimes: dict[str, Runtime] | None = None,
         mounter: mounts.Mounter = mounts.HOST,
     ) -> None:
@@ -91,6 +93,7 @@ class PodService:
             seccomp=seccomp,
             pod_dirs=self._dirs,
             on_change=lambda kind, cid: self._publish(kind, container_id=cid),
+            gpu=gpu,
         )
         self._network = PodNetwork(config)
         self._sandboxes = SandboxManager(

@@ -132,6 +132,8 @@ class ContainerRecord:
     additional_gids: tuple[int, ...] = ()
     #: effective mounts (container path, host path, readonly, propagation)
     mounts: tuple[tuple[str, str, bool, str], ...] = field(default_factory=tuple)
+    #: the GPU assignment (``gpu.Assignment`` as JSON), "" when it holds none
+    gpu: str = ""
 
 
 def mark_exited(

@@ -168,6 +168,12 @@ class Env:
                 return text
             await asyncio.sleep(0.05)
 
+    async def restart_agent(self) -> None:
+        """Stop the agent (containers keep running) and start a new one on the same dirs."""
+        await self.agent.stop(grace=0)
+        self.agent = Agent(self.agent.config)
+        await self.agent.start()
+
     async def remove_pod(self, sandbox_id: str) -> None:
         await self.cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
         await self.cri.runtime.RemovePodSandbox(
@@ -203,6 +209,7 @@ async def environment(
     host = HostNetworkState.capture()
     agent = Agent(make_config(short_dir, **values))
     await agent.start()
+    env: Env | None = None
     try:
         async with CriClient(agent.socket_path, timeout=120) as cri:
             await cri.images.PullImage(
@@ -216,7 +223,8 @@ async def environment(
                 for pod in listed.items:
                     await env.remove_pod(pod.id)
     finally:
-        await agent.stop(grace=0)
+        # A test may have restarted the agent (env.agent is then the new one).
+        await (env.agent if env is not None else agent).stop(grace=0)
         delete_link(bridge)
         host.restore("model-agent", [])  # portmap's shared chains, if this test made them
         for path in sorted(cgroup_dirs(cgroup_parent), key=len, reverse=True):

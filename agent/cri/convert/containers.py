@@ -228,11 +228,13 @@ def container_selector(
 
 def container_verbose_info(record: ContainerRecord, runtime_spec: dict[str, Any]) -> dict[str, str]:
     """``ContainerStatus`` verbose info: the JSON crictl shows under ``info``."""
-    info = {
+    info: dict[str, Any] = {
         "pid": record.pid,
         "sandboxID": record.sandbox_id,
         "runtimeHandler": record.handler,
         "config": to_dict(record.config),
         "runtimeSpec": runtime_spec,
     }
+    if record.gpu:
+        info["gpu"] = json.loads(record.gpu)
     return {"info": json.dumps(info, sort_keys=True)}
