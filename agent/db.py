@@ -21,7 +21,7 @@ from typing import Any
 
 from agent.errors import AgentError
 
-__all__ = ["MIGRATIONS", "GpuHolder", "MetadataDB", "SchemaTooNew"]
+__all__ = ["MIGRATIONS", "DraPreparedDevice", "GpuHolder", "MetadataDB", "SchemaTooNew"]
 
 #: Each entry migrates from version i to i+1. Append only; never edit a shipped one.
 MIGRATIONS: Sequence[str] = (
@@ -111,6 +111,26 @@ MIGRATIONS: Sequence[str] = (
     );
     CREATE INDEX gpu_assignments_gpu ON gpu_assignments(gpu_uuid);
     """,
+    # 5: devices of DRA claims the agent's DRA driver prepared (its checkpoint: unprepare
+    # works after a restart), one row per device of a claim, with the CDI name handed to
+    # the kubelet; metrics join it to gpu_assignments.request for the dra_* labels.
+    """
+    CREATE TABLE dra_prepared_devices (
+        claim_uid        TEXT NOT NULL,
+        claim_namespace  TEXT NOT NULL,
+        claim_name       TEXT NOT NULL,
+        driver           TEXT NOT NULL,
+        pool             TEXT NOT NULL,
+        device           TEXT NOT NULL,
+        request          TEXT NOT NULL,
+        cdi_device       TEXT NOT NULL,
+        device_uuid      TEXT NOT NULL,
+        admin_access     INTEGER NOT NULL,
+        prepared_at      INTEGER NOT NULL,
+        PRIMARY KEY (claim_uid, device)
+    );
+    CREATE INDEX dra_prepared_devices_cdi ON dra_prepared_devices(cdi_device);
+    """,
 )
 
 
@@ -130,6 +150,27 @@ class GpuHolder:
     mig_profile: str
     via: str  # cdi, annotation, env or device
     request: str
+
+    @classmethod
+    def columns(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+
+@dataclass(frozen=True, slots=True)
+class DraPreparedDevice:
+    """One device of a ResourceClaim the DRA driver prepared: a row of ``dra_prepared_devices``."""
+
+    claim_uid: str
+    claim_namespace: str
+    claim_name: str
+    driver: str
+    pool: str
+    device: str  # the device's name in the ResourceSlice
+    request: str  # the claim's request that got it
+    cdi_device: str  # the fully qualified CDI name handed to the kubelet
+    device_uuid: str  # the GPU's (or MIG device's) UUID
+    admin_access: bool
+    prepared_at: int  # ns
 
     @classmethod
     def columns(cls) -> tuple[str, ...]:
@@ -216,6 +257,32 @@ class MetadataDB:
         columns = ", ".join(GpuHolder.columns())
         rows = self.execute(f"SELECT {columns} FROM gpu_assignments ORDER BY gpu_uuid")
         return [GpuHolder(**dict(row)) for row in rows]
+
+    def dra_devices(self) -> list[DraPreparedDevice]:
+        """Every prepared DRA device (the driver's checkpoint)."""
+        columns = ", ".join(DraPreparedDevice.columns())
+        rows = self.execute(f"SELECT {columns} FROM dra_prepared_devices ORDER BY claim_uid")
+        return [
+            DraPreparedDevice(**{**dict(row), "admin_access": bool(row["admin_access"])})
+            for row in rows
+        ]
+
+    def put_dra_claim(self, claim_uid: str, devices: Sequence[DraPreparedDevice]) -> None:
+        """Record a claim's prepared devices, replacing what was recorded for it (one
+        transaction: a crash leaves the old record or the new one)."""
+        columns = DraPreparedDevice.columns()
+        insert = (
+            f"INSERT INTO dra_prepared_devices ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' for _ in columns)})"
+        )
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM dra_prepared_devices WHERE claim_uid = ?", (claim_uid,))
+            for device in devices:
+                conn.execute(insert, tuple(getattr(device, c) for c in columns))
+
+    def delete_dra_claim(self, claim_uid: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM dra_prepared_devices WHERE claim_uid = ?", (claim_uid,))
 
     def close(self) -> None:
         with self._lock:
