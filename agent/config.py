@@ -132,6 +132,14 @@ class RuntimeSection:
     conmon_path: str = field(
         default="conmon", metadata=_doc("The conmon binary (a name is looked up in PATH).")
     )
+    default_masked_paths: bool = field(
+        default=True,
+        metadata=_doc(
+            "Give a container whose request lists no masked and no read-only paths the "
+            "runtime's defaults (/proc/keys, /proc/sys read-only, ...), as CRI-O does; the "
+            "kubelet always sends them, other clients may not."
+        ),
+    )
     default_cgroup_parent: str = field(
         default="/model-agent",
         metadata=_doc(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -191,12 +192,22 @@ class MetadataDB:
     def __init__(self, path: str, migrations: Sequence[str] = MIGRATIONS) -> None:
         self.path = path
         self._lock = threading.RLock()
+        # Container environments (secrets) live here: owner-only, and SQLite gives the
+        # -wal and -shm files the database file's mode. A file from an older agent is
+        # tightened too.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        os.chmod(path, 0o600)
         self._conn = sqlite3.connect(
             path, check_same_thread=False, isolation_level=None, timeout=30.0
         )
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
+        # WAL + NORMAL: a commit is atomic and survives the agent crashing, without an
+        # fsync on the event loop per state change (1.5 ms median, 12 ms p99 here); only a
+        # power loss may roll back the last commits, and after a reboot recovery
+        # reconciles pods and containers anyway. Image records, whose files are deleted
+        # once the record is, commit with ``durable=True`` (FULL for that commit).
+        self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         try:
             self._migrate(migrations)
@@ -225,8 +236,22 @@ class MetadataDB:
                 conn.execute(f"PRAGMA user_version = {int(version)}")
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """Run the block in one IMMEDIATE transaction; roll back on any error."""
+    def transaction(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """Run the block in one IMMEDIATE transaction; roll back on any error.
+
+        ``durable``: fsync the commit (it survives a power loss too); else it survives
+        the agent crashing, which is what pod and container records need.
+        """
+        with self._lock:
+            if durable:
+                self._conn.execute("PRAGMA synchronous=FULL")
+            try:
+                yield from self._transaction()
+            finally:
+                if durable:
+                    self._conn.execute("PRAGMA synchronous=NORMAL")
+
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:

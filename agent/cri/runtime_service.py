@@ -19,7 +19,9 @@ import grpc
 
 from agent.api.cri.runtime.v1 import api_pb2 as pb, api_pb2_grpc as pb_grpc
 from agent.config import Config
+from agent.cri import convert
 from agent.cri.container_rpcs import ContainerRpcs
+from agent.cri.converted import Converted
 from agent.cri.sandbox_rpcs import SandboxRpcs
 from agent.cri.stats_rpcs import StatsRpcs
 from agent.cri.streaming_rpcs import StreamingRpcs
@@ -61,6 +63,8 @@ class RuntimeService(
         self._pulls = pulls
         self._gpus = gpus
         self._pods = pods
+        self._listed_containers = Converted(convert.container_to_pb, lambda r: r.id)
+        self._listed_sandboxes = Converted(convert.sandbox_to_pb, lambda r: r.id)
 
     async def Version(self, request: pb.VersionRequest, context: Context) -> pb.VersionResponse:
         return pb.VersionResponse(

@@ -128,7 +128,7 @@ class ImageStore:
     # -- writes --------------------------------------------------------------
 
     def add_snapshot(self, snapshot: SnapshotRecord) -> None:
-        with self._db.transaction() as conn:
+        with self._db.transaction(durable=True) as conn:
             conn.execute(
                 "INSERT INTO snapshots (chain_id, name, diff_id, size_bytes, inodes, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(chain_id) DO UPDATE SET "
@@ -157,7 +157,7 @@ class ImageStore:
         names: list[str],
     ) -> None:
         """Record a pulled image and point ``names`` at it, in one transaction."""
-        with self._db.transaction() as conn:
+        with self._db.transaction(durable=True) as conn:
             conn.execute(
                 "INSERT INTO images (id, manifest_digest, manifest_media_type, config, size_bytes, "
                 "created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
@@ -189,7 +189,7 @@ class ImageStore:
 
     def remove_image(self, image_id: str) -> tuple[list[SnapshotRecord], set[str]]:
         """Forget an image; return the snapshots no image uses now, and the blobs still used."""
-        with self._db.transaction() as conn:
+        with self._db.transaction(durable=True) as conn:
             conn.execute("DELETE FROM images WHERE id = ?", (image_id,))
             rows = conn.execute(
                 "SELECT * FROM snapshots WHERE chain_id NOT IN (SELECT chain_id FROM image_layers)"
@@ -202,7 +202,7 @@ class ImageStore:
         return orphans, kept
 
     def remove_snapshots(self, chain_ids: list[str]) -> None:
-        with self._db.transaction() as conn:
+        with self._db.transaction(durable=True) as conn:
             conn.executemany(
                 "DELETE FROM snapshots WHERE chain_id = ? AND chain_id NOT IN "
                 "(SELECT chain_id FROM image_layers)",

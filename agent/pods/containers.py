@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from agent._util.fs import atomic_write_json
 from agent._util.locks import KeyedLock
+from agent._util.securejoin import resolve_in_root
 from agent.config import Config
 from agent.db import GpuHolder
 from agent.errors import (
@@ -41,6 +42,7 @@ from agent.gpu import Assignment, ContainerEdits, GpuService, env_from_list
 from agent.images import ImageConfig, ImageRecord
 from agent.oci import CreateFailed, CreateOptions, ExecFailed, ExecSession, Runtime
 from agent.pods import spec
+from agent.pods.apparmor import AppArmor
 from agent.pods.events import EventKind
 from agent.pods.exits import MONITOR_DIED, ExitTracker
 from agent.pods.model import ContainerConfig, Resources
@@ -119,6 +121,7 @@ class ContainerManager:
         on_change: Callable[[EventKind, str], None] = lambda kind, cid: None,
         kill_wait: float = _KILL_WAIT,
         gpu: GpuService | None = None,
+        apparmor: AppArmor | None = None,
         allocated: Callable[[ContainerConfig], Collection[str]] = lambda config: (),
     ) -> None:
         self._gpu = gpu
@@ -137,7 +140,7 @@ class ContainerManager:
         self.exits = ExitTracker(
             store=store, runtimes=runtimes, locks=self._locks, on_change=on_change
         )
-        self._apparmor_warned = False
+        self._apparmor = apparmor or AppArmor()
         self.root = os.path.join(config.agent.root_dir, "containers")
         self.state = os.path.join(config.agent.state_dir, "containers")
         os.makedirs(self.root, mode=0o711, exist_ok=True)
@@ -164,8 +167,8 @@ class ContainerManager:
         if image is None:
             raise NotFound(f"image '{config.image}' not found; pull it first")
         runtime = self._runtimes[sandbox.handler]
-        log_path = self._log_path(sandbox, config)
         cid = new_id()
+        log_path = self._log_path(sandbox, config, cid)
         record = ContainerRecord(
             id=cid,
             sandbox_id=sandbox.id,
@@ -178,8 +181,16 @@ class ContainerManager:
             handler=sandbox.handler,
         )
         self._store.check_container_name(record)
-        # Devices first: a CDI name that does not resolve creates nothing.
+        self._check_target(config, sandbox)
+        config = self._with_protective_paths(config)
+        record = replace(record, config=config)
+        # Devices and profiles first: a CDI name or profile that cannot be had creates nothing.
         edits, assignment = await self._resolve_devices(config, image.config)
+        apparmor = (
+            None
+            if config.security.privileged and not config.security.apparmor.startswith("localhost/")
+            else await self._apparmor.profile_for(config.security.apparmor)
+        )
         async with contextlib.AsyncExitStack() as undo:
             upper = os.path.join(self.root, cid, "upper")
             work = os.path.join(self.root, cid, "work")
@@ -195,10 +206,12 @@ class ContainerManager:
                 rootfs, lower_root=lower_root, lowers=lowers, upper=upper, work=work
             )
             undo.push_async_callback(self._mounter.unmount, rootfs)
-            oci, user = self._spec(cid, sandbox, config, image.config, rootfs)
+            oci, user = self._spec(cid, sandbox, config, image.config, rootfs, apparmor)
             if self._gpu is not None and edits is not None:
                 self._gpu.apply(oci, edits)
-            atomic_write_json(os.path.join(self.bundle(cid), "config.json"), oci, mode=0o600)
+            # The state dir does not outlive a reboot: no fsync on the create path.
+            spec_file = os.path.join(self.bundle(cid), "config.json")
+            atomic_write_json(spec_file, oci, mode=0o600, durable=False)
             os.makedirs(os.path.dirname(log_path), mode=0o755, exist_ok=True)
             self.exits.watch(cid)
             undo.callback(self.exits.forget, cid)
@@ -210,7 +223,8 @@ class ContainerManager:
             try:
                 pid = await runtime.create(cid, self.bundle(cid), options)
             except CreateFailed as exc:
-                raise AgentError(f"create container {config.name}: {exc}") from None
+                # The same class (so the same code): a missing command stays INVALID_ARGUMENT.
+                raise type(exc)(f"create container {config.name}: {exc}") from None
             record = replace(
                 record,
                 pid=pid,
@@ -232,6 +246,41 @@ class ContainerManager:
         self._on_change(EventKind.CREATED, cid)
         return cid
 
+    def _check_target(self, config: ContainerConfig, sandbox: SandboxRecord) -> None:
+        """``pid: TARGET`` joins another container's PID namespace: only within its own pod."""
+        namespaces = config.security.namespaces
+        if namespaces.pid != "TARGET":
+            return
+        target = self._store.container(namespaces.target_id)
+        if target.sandbox_id != sandbox.id:
+            raise InvalidArgument(
+                f"namespace_options.target_id {target.id} is a container of another pod; "
+                "a container may only join the PID namespace of one in its own pod"
+            )
+
+    def _with_protective_paths(self, config: ContainerConfig) -> ContainerConfig:
+        """A request with no masked and no read-only paths gets the runtime's defaults.
+
+        The kubelet always sends them (and sends none for ``procMount: Unmasked``, which
+        only user-namespaced pods may use); other clients send nothing, and then
+        ``/proc/sys/kernel/core_pattern`` would be a way to host root. CRI-O's choice;
+        ``runtime.default_masked_paths = false`` turns it off.
+        """
+        security = config.security
+        if (
+            not self._config.runtime.default_masked_paths
+            or security.privileged
+            or security.masked_paths
+            or security.readonly_paths
+        ):
+            return config
+        protected = replace(
+            security,
+            masked_paths=spec.DEFAULT_MASKED_PATHS,
+            readonly_paths=spec.DEFAULT_READONLY_PATHS,
+        )
+        return replace(config, security=protected)
+
     async def _resolve_devices(
         self, config: ContainerConfig, image: ImageConfig
     ) -> tuple[ContainerEdits | None, Assignment]:
@@ -251,19 +300,25 @@ class ContainerManager:
             devices=[d.host_path for d in config.devices],
         )
 
-    def _log_path(self, sandbox: SandboxRecord, config: ContainerConfig) -> str:
+    def _log_path(self, sandbox: SandboxRecord, config: ContainerConfig, cid: str) -> str:
+        """Where conmon writes the CRI log.
+
+        The kubelet's ``<log_directory>/<log_path>`` (joined with every symlink resolved
+        inside the directory, so a name never leads out of it); without them, the
+        container's own file in its pod's directory, gone with the pod — never a path
+        made of the container's name.
+        """
         directory = sandbox.config.log_directory
         relative = config.log_path
         if not relative:
-            return os.path.join(self.state, "_logs", f"{config.name}.log")
+            return os.path.join(self._pod_dirs.persistent(sandbox.id), "logs", f"{cid}.log")
         if os.path.isabs(relative) and not directory:
             return relative
         if os.path.isabs(relative):
             raise InvalidArgument("log_path must be relative to the sandbox's log_directory")
-        full = os.path.normpath(os.path.join(directory, relative))
-        if not directory or not full.startswith(os.path.normpath(directory) + "/"):
+        if not directory or ".." in relative.split("/"):
             raise InvalidArgument(f"log_path '{relative}' escapes the log directory")
-        return full
+        return resolve_in_root(directory, relative)
 
     def _spec(
         self,
@@ -272,6 +327,7 @@ class ContainerManager:
         config: ContainerConfig,
         image: ImageConfig,
         rootfs: str,
+        apparmor: str | None,
     ) -> tuple[dict[str, Any], User]:
         security = config.security
         user = resolve_user(
@@ -308,15 +364,8 @@ class ContainerManager:
             oom_score_adj=self._oom.clamp(config.resources.oom_score_adj),
             target_pid=target_pid,
         )
-        if security.apparmor and not self._apparmor_warned:
-            # No AppArmor profile is loaded by the agent; the kubelet's request is noted.
-            self._apparmor_warned = True
-            host = "has" if os.path.isdir("/sys/kernel/security/apparmor") else "lacks"
-            log.info(
-                "AppArmor profile '%s' ignored (the host %s AppArmor; model-agent applies none)",
-                security.apparmor,
-                host,
-            )
+        if apparmor is not None:
+            oci["process"]["apparmorProfile"] = apparmor
         if config.stop_signal == "" and image.stop_signal:
             oci["annotations"]["io.kubernetes.cri.stop-signal"] = image.stop_signal
         return oci, user
@@ -450,8 +499,10 @@ class ContainerManager:
 
     # -- status, exec, update, logs ------------------------------------------------
 
-    def status(self, container_id: str) -> ContainerRecord:
-        return self.exits.refresh(container_id)
+    def status(self, container_id: str, *, listing: bool = False) -> ContainerRecord:
+        """The current record. ``listing``: a list call, which checks each container's
+        monitor at most once a second (an exit is still noticed at once)."""
+        return self.exits.refresh(container_id, monitor_every=1.0 if listing else 0.0)
 
     async def exec_sync(self, container_id: str, cmd: list[str], timeout: float) -> ExecOutput:
         record = self._running(container_id)

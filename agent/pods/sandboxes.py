@@ -178,7 +178,7 @@ class SandboxManager:
             run_as_user=security.run_as_user,
         )
         bundle = self._dirs.bundle(record.id)
-        atomic_write_json(os.path.join(bundle, "config.json"), oci, mode=0o600)
+        atomic_write_json(os.path.join(bundle, "config.json"), oci, mode=0o600, durable=False)
         log_path = os.path.join(self._dirs.volatile(record.id), "infra.log")
         # Before create: a failed create leaves runtime files (conmon's dirs) too.
         undo.push_async_callback(runtime.destroy, record.id)

@@ -188,7 +188,10 @@ class PodService:
         return self._sandboxes.status(sandbox_id)
 
     def sandbox_containers(self, sandbox_id: str) -> list[ContainerRecord]:
-        return [self._containers.status(c.id) for c in self._store.containers_of(sandbox_id)]
+        return [
+            self._containers.status(c.id, listing=True)
+            for c in self._store.containers_of(sandbox_id)
+        ]
 
     def list_sandboxes(self, selector: Selector) -> list[SandboxRecord]:
         candidates = select(self._store.sandboxes(), Selector(id_prefix=selector.id_prefix))
@@ -228,9 +231,8 @@ class PodService:
 
     def list_containers(self, selector: Selector) -> list[ContainerRecord]:
         prefixes = Selector(id_prefix=selector.id_prefix, sandbox_prefix=selector.sandbox_prefix)
-        current = [
-            self._containers.status(r.id) for r in select(self._store.containers(), prefixes)
-        ]
+        candidates = select(self._store.containers(), prefixes)
+        current = [self._containers.status(r.id, listing=True) for r in candidates]
         return select(current, selector)
 
     async def update_container_resources(self, container_id: str, resources: Resources) -> None:

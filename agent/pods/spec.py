@@ -39,6 +39,8 @@ from agent.pods.users import User
 
 __all__ = [
     "DEFAULT_CAPABILITIES",
+    "DEFAULT_MASKED_PATHS",
+    "DEFAULT_READONLY_PATHS",
     "OCI_VERSION",
     "PodFiles",
     "all_capabilities",
@@ -51,6 +53,31 @@ __all__ = [
 
 OCI_VERSION = "1.0.2-dev"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+#: The runtime's masked and read-only paths (containerd's and CRI-O's defaults, which
+#: are the kubelet's too): applied when a request has none.
+DEFAULT_MASKED_PATHS = (
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/sys/devices/virtual/powercap",
+    "/sys/firmware",
+)
+DEFAULT_READONLY_PATHS = (
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,3 +95,17 @@ def test_gpu_holders_and_dra_devices_round_trip(tmp_path):
         assert db.gpu_holders() == []
     finally:
         db.close()
+
+
+def test_the_database_and_its_wal_are_owner_only(tmp_path):
+    """It holds container environments, which carry secrets."""
+    path = tmp_path / "metadata.db"
+    path.write_bytes(b"")
+    path.chmod(0o644)  # as an older agent left it
+    db = MetadataDB(str(path))
+    try:
+        db.set_info("k", "v")
+        for name in ("metadata.db", "metadata.db-wal", "metadata.db-shm"):
+            assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+    finally:
+        db.close()

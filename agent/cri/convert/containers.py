@@ -9,7 +9,14 @@ from agent._util.serde import to_dict
 from agent.api.cri.runtime.v1 import api_pb2 as pb
 from agent.cri.convert.resources import resources_from_pb, resources_to_pb
 from agent.cri.convert.security import apparmor_from_pb, namespaces_from_pb, seccomp_from_pb
-from agent.cri.validate import absolute, enum_name, require, require_image
+from agent.cri.validate import (
+    absolute,
+    container_target,
+    enum_name,
+    object_name,
+    require,
+    require_image,
+)
 from agent.errors import InvalidArgument, Unimplemented
 from agent.pods import ContainerRecord, ContainerState, Selector, model
 
@@ -32,8 +39,7 @@ PROPAGATION = {
 
 def container_config_from_pb(message: pb.ContainerConfig) -> model.ContainerConfig:
     require(message, "metadata")
-    if not message.metadata.name:
-        raise InvalidArgument("config.metadata.name is required")
+    object_name(message.metadata.name, "config.metadata.name")
     image = require_image(message, label="config.image")
     absolute(message.working_dir, "config.working_dir", required=False)
     if message.log_path and (
@@ -45,7 +51,7 @@ def container_config_from_pb(message: pb.ContainerConfig) -> model.ContainerConf
     mounts = []
     for i, mount in enumerate(message.mounts):
         field = f"config.mounts[{i}]"
-        absolute(mount.container_path, f"{field}.container_path")
+        container_target(mount.container_path, f"{field}.container_path")
         if mount.HasField("image") and mount.image.image:
             # UNIMPLEMENTED is how a runtime says it lacks image volumes (critest skips on it).
             raise Unimplemented(f"{field}: image volumes are not supported")
@@ -70,7 +76,7 @@ def container_config_from_pb(message: pb.ContainerConfig) -> model.ContainerConf
     devices = []
     for i, device in enumerate(message.devices):
         field = f"config.devices[{i}]"
-        absolute(device.container_path, f"{field}.container_path")
+        container_target(device.container_path, f"{field}.container_path")
         absolute(device.host_path, f"{field}.host_path")
         devices.append(
             model.Device(device.container_path, device.host_path, device.permissions or "rwm")
