@@ -58,6 +58,8 @@ __all__ = ["AttachTarget", "ContainerManager", "ExecOutput", "ImageSource"]
 
 log = logging.getLogger(__name__)
 
+#: Prefix of a removed container's directories until they are deleted.
+_TRASH = ".trash-"
 #: After SIGKILL, how long to wait for conmon to report the exit.
 _KILL_WAIT = 30.0
 #: The exit code recorded for a container killed while its monitor was gone.
@@ -141,6 +143,7 @@ class ContainerManager:
             store=store, runtimes=runtimes, locks=self._locks, on_change=on_change
         )
         self._apparmor = apparmor or AppArmor()
+        self._deletions: set[asyncio.Task[None]] = set()
         self.root = os.path.join(config.agent.root_dir, "containers")
         self.state = os.path.join(config.agent.state_dir, "containers")
         os.makedirs(self.root, mode=0o711, exist_ok=True)
@@ -480,10 +483,35 @@ class ContainerManager:
         log.info("removed container %s", record.id)
 
     async def remove_files(self, container_id: str) -> None:
-        """Unmount the rootfs and delete the container's directories (not its log)."""
+        """Unmount the rootfs and delete the container's directories (not its log).
+
+        The directories are renamed into the trash at once (the id is free again, and
+        nothing lists them) and deleted in the background: a writable layer can hold
+        gigabytes, and RemoveContainer need not wait for that.
+        """
         await self._mounter.unmount(self.rootfs(container_id))
-        await asyncio.to_thread(shutil.rmtree, os.path.join(self.state, container_id), True)
-        await asyncio.to_thread(shutil.rmtree, os.path.join(self.root, container_id), True)
+        for base in (self.state, self.root):
+            source = os.path.join(base, container_id)
+            trash = os.path.join(base, f"{_TRASH}{container_id}-{secrets.token_hex(4)}")
+            try:
+                os.rename(source, trash)
+            except FileNotFoundError:
+                continue
+            self._delete_later(trash)
+
+    def _delete_later(self, path: str) -> None:
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(shutil.rmtree, path, True))
+        self._deletions.add(task)
+        task.add_done_callback(self._deletions.discard)
+
+    def empty_trash(self) -> None:
+        """Delete, in the background, what earlier removals left in the trash (the agent
+        stopped meanwhile): recovery does not wait for it."""
+        for base in (self.state, self.root):
+            with contextlib.suppress(FileNotFoundError):
+                for name in os.listdir(base):
+                    if name.startswith(_TRASH):
+                        self._delete_later(os.path.join(base, name))
 
     def leftover_ids(self) -> list[str]:
         """Container directories no record names (a crash inside CreateContainer)."""
@@ -579,6 +607,8 @@ class ContainerManager:
         await self.runtime_of(record).reopen_log(record.id, record.log_path)
 
     async def close(self) -> None:
+        """Finish deleting removed containers' directories (they would be trash on disk)."""
+        await asyncio.gather(*self._deletions, return_exceptions=True)
         await self.exits.close()
 
 

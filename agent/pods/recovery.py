@@ -115,6 +115,7 @@ class Recovery:
 
     async def leftovers(self) -> None:
         """Delete what no record names: container files, runc state, pod dirs, pins."""
+        self._containers.empty_trash()
         for cid in self._containers.leftover_ids():
             for runtime in self._runtimes.values():
                 await runtime.destroy(cid)
