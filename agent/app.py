@@ -114,7 +114,10 @@ class Agent:
     async def start(self) -> None:
         agent = self.config.agent
         ensure_dir(agent.root_dir, 0o711)
-        ensure_dir(agent.state_dir, 0o700)
+        # 0711, not 0700: a user-namespaced container's runtime (root of its namespace only)
+        # must traverse to its rootfs; nothing here is listable, and what holds secrets
+        # (bundles, conmon's and the exit dirs, the socket's dir) is 0700 below it.
+        ensure_dir(agent.state_dir, 0o711)
         self._lock_state_dir()
         try:
             self.db = MetadataDB(os.path.join(agent.root_dir, "metadata.db"))

@@ -6,6 +6,7 @@ Unix socket paths are limited to 107 bytes, so agent dirs live under a short
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -26,6 +27,9 @@ _RUN_SUBNET = str(run.subnet("10.251.0.0/16"))
 @pytest.fixture
 def short_dir() -> Iterator[str]:
     path = tempfile.mkdtemp(prefix=run.dir_prefix(), dir="/tmp")
+    # Like /var/lib and /run above a node's agent dirs: traversable, so a user-namespaced
+    # container's runtime (root of its namespace, not of the host) reaches its rootfs.
+    os.chmod(path, 0o711)
     try:
         yield path
     finally:

@@ -96,9 +96,11 @@ class RuntimeService(
         # The default handler is listed under "" as the kubelet expects, then by name.
         default = self._config.runtime.default_handler
         names = ([""] if default in report.handlers else []) + sorted(report.handlers)
-        handlers = [
-            pb.RuntimeHandler(name=name, features=pb.RuntimeHandlerFeatures()) for name in names
-        ]
+        features = pb.RuntimeHandlerFeatures(
+            recursive_read_only_mounts=self._pods.supports_recursive_read_only,
+            user_namespaces=self._pods.supports_user_namespaces,
+        )
+        handlers = [pb.RuntimeHandler(name=name, features=features) for name in names]
         info: dict[str, str] = {}
         if request.verbose:
             info = {
@@ -112,7 +114,7 @@ class RuntimeService(
             status=pb.RuntimeStatus(conditions=conditions),
             info=info,
             runtime_handlers=handlers,
-            features=pb.RuntimeFeatures(),
+            features=pb.RuntimeFeatures(supplemental_groups_policy=True),
         )
 
     async def RuntimeConfig(

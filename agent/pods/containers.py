@@ -147,7 +147,8 @@ class ContainerManager:
         self.root = os.path.join(config.agent.root_dir, "containers")
         self.state = os.path.join(config.agent.state_dir, "containers")
         os.makedirs(self.root, mode=0o711, exist_ok=True)
-        os.makedirs(self.state, mode=0o700, exist_ok=True)
+        os.makedirs(self.state, mode=0o711, exist_ok=True)  # traversed to the rootfs (userns)
+        os.chmod(self.state, 0o711)
 
     # -- paths -----------------------------------------------------------------
 
@@ -185,7 +186,8 @@ class ContainerManager:
         )
         self._store.check_container_name(record)
         self._check_target(config, sandbox)
-        config = self._with_protective_paths(config)
+        self._check_mounts(config, sandbox)
+        config = self._with_protective_paths(config, sandbox)
         record = replace(record, config=config)
         # Devices and profiles first: a CDI name or profile that cannot be had creates nothing.
         edits, assignment = await self._resolve_devices(config, image.config)
@@ -204,12 +206,13 @@ class ContainerManager:
             os.makedirs(rootfs, mode=0o755)
             os.makedirs(self.bundle(cid), mode=0o700)
             undo.callback(shutil.rmtree, os.path.join(self.state, cid), True)
-            lower_root, lowers = self._images.layer_dirs(image)
-            await self._mounter.overlay(
-                rootfs, lower_root=lower_root, lowers=lowers, upper=upper, work=work
-            )
+            # Staging mounts (id-mapped layers, special volumes) go before the rootfs in the
+            # undo stack, so the rootfs overlay is unmounted first.
+            undo.push_async_callback(self._mounter.unmount_tree, os.path.join(self.state, cid))
+            await self._mount_rootfs(cid, sandbox, image, upper, work)
             undo.push_async_callback(self._mounter.unmount, rootfs)
-            oci, user = self._spec(cid, sandbox, config, image.config, rootfs, apparmor)
+            spec_config = await self._stage_mounts(cid, sandbox, config)
+            oci, user = self._spec(cid, sandbox, spec_config, image.config, rootfs, apparmor)
             if self._gpu is not None and edits is not None:
                 self._gpu.apply(oci, edits)
             # The state dir does not outlive a reboot: no fsync on the create path.
@@ -249,6 +252,71 @@ class ContainerManager:
         self._on_change(EventKind.CREATED, cid)
         return cid
 
+    async def _mount_rootfs(
+        self, cid: str, sandbox: SandboxRecord, image: ImageRecord, upper: str, work: str
+    ) -> None:
+        """The image's layers under the container's writable layer, as one overlay.
+
+        In a user-namespaced pod each layer is an idmapped bind of its snapshot (its files
+        appear owned by the container's own ids, nothing is copied or chowned), and the
+        empty upper and work dirs belong to the container's root.
+        """
+        lower_root, lowers = self._images.layer_dirs(image)
+        userns = sandbox.config.security.namespaces.userns
+        if userns is not None:
+            layers = os.path.join(self.state, cid, "layers")
+            mapped = []
+            for i, lower in enumerate(lowers):
+                target = os.path.join(layers, str(i))
+                os.makedirs(target)
+                await self._mounter.bind_special(
+                    os.path.join(lower_root, lower), target, userns=sandbox.userns
+                )
+                mapped.append(str(i))
+            for path in (upper, work):
+                os.chown(path, userns.root_uid, userns.root_gid)
+            lower_root, lowers = layers, mapped
+        await self._mounter.overlay(
+            self.rootfs(cid), lower_root=lower_root, lowers=lowers, upper=upper, work=work
+        )
+
+    async def _stage_mounts(
+        self, cid: str, sandbox: SandboxRecord, config: ContainerConfig
+    ) -> ContainerConfig:
+        """Volumes runc 1.1 cannot make itself, made here: recursive read-only ones and
+        id-mapped ones. The spec then binds the staged mount; the record keeps the
+        kubelet's host path."""
+        mounts = []
+        for i, mount in enumerate(config.mounts):
+            if not (mount.recursive_read_only or mount.uid_mappings):
+                mounts.append(mount)
+                continue
+            staged = os.path.join(self.state, cid, "volumes", str(i))
+            _make_target(staged, directory=_is_dir(mount.host_path))
+            await self._mounter.bind_special(
+                mount.host_path,
+                staged,
+                readonly=mount.recursive_read_only,
+                userns=sandbox.userns if mount.uid_mappings else "",
+            )
+            mounts.append(replace(mount, host_path=staged))
+        return replace(config, mounts=tuple(mounts))
+
+    def _check_mounts(self, config: ContainerConfig, sandbox: SandboxRecord) -> None:
+        """An id-mapped volume maps through the pod's own user namespace, nothing else."""
+        userns = sandbox.config.security.namespaces.userns
+        for i, mount in enumerate(config.mounts):
+            if not mount.uid_mappings:
+                continue
+            if userns is None:
+                raise InvalidArgument(
+                    f"config.mounts[{i}]: an id-mapped mount needs a pod in a user namespace"
+                )
+            if (mount.uid_mappings, mount.gid_mappings) != (userns.uids, userns.gids):
+                raise InvalidArgument(
+                    f"config.mounts[{i}]: its id mappings differ from the pod's user namespace"
+                )
+
     def _check_target(self, config: ContainerConfig, sandbox: SandboxRecord) -> None:
         """``pid: TARGET`` joins another container's PID namespace: only within its own pod."""
         namespaces = config.security.namespaces
@@ -261,7 +329,9 @@ class ContainerManager:
                 "a container may only join the PID namespace of one in its own pod"
             )
 
-    def _with_protective_paths(self, config: ContainerConfig) -> ContainerConfig:
+    def _with_protective_paths(
+        self, config: ContainerConfig, sandbox: SandboxRecord
+    ) -> ContainerConfig:
         """A request with no masked and no read-only paths gets the runtime's defaults.
 
         The kubelet always sends them (and sends none for ``procMount: Unmasked``, which
@@ -272,6 +342,7 @@ class ContainerManager:
         security = config.security
         if (
             not self._config.runtime.default_masked_paths
+            or sandbox.config.security.namespaces.userns is not None
             or security.privileged
             or security.masked_paths
             or security.readonly_paths
@@ -340,6 +411,7 @@ class ContainerManager:
             run_as_username=security.run_as_username,
             run_as_group=security.run_as_group,
             supplemental_groups=security.supplemental_groups,
+            strict_groups=security.supplemental_groups_policy == "Strict",
         )
         caps = spec.effective_capabilities(security.capabilities, privileged=security.privileged)
         seccomp = self._seccomp.profile(security.seccomp, caps)
@@ -369,6 +441,9 @@ class ContainerManager:
         )
         if apparmor is not None:
             oci["process"]["apparmorProfile"] = apparmor
+        pod_userns = sandbox.config.security.namespaces.userns
+        if pod_userns is not None:
+            spec.join_user_namespace(oci, pod_userns, sandbox.userns)
         if config.stop_signal == "" and image.stop_signal:
             oci["annotations"]["io.kubernetes.cri.stop-signal"] = image.stop_signal
         return oci, user
@@ -490,6 +565,8 @@ class ContainerManager:
         gigabytes, and RemoveContainer need not wait for that.
         """
         await self._mounter.unmount(self.rootfs(container_id))
+        # Then what the rootfs and the volumes were made of (id-mapped layers, staged binds).
+        await self._mounter.unmount_tree(os.path.join(self.state, container_id))
         for base in (self.state, self.root):
             source = os.path.join(base, container_id)
             trash = os.path.join(base, f"{_TRASH}{container_id}-{secrets.token_hex(4)}")
@@ -634,3 +711,16 @@ def _holders(
         )
         for grant in assignment.grants
     ]
+
+
+def _is_dir(path: str) -> bool:
+    return os.path.isdir(path)
+
+
+def _make_target(path: str, *, directory: bool) -> None:
+    """An empty dir or file to mount on (a mount's target matches its source's type)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if directory:
+        os.mkdir(path)
+    else:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))

@@ -25,10 +25,15 @@ __all__ = [
     "HOST",
     "HostMounter",
     "Mounter",
+    "bind_special",
+    "idmapped_mounts_supported",
     "is_mounted",
     "mount_overlay",
     "mount_tmpfs",
+    "mounts_under",
+    "recursive_readonly_supported",
     "unmount",
+    "unmount_tree",
 ]
 
 _TIMEOUT = 30.0
@@ -107,6 +112,134 @@ async def unmount(target: str) -> None:
         raise AgentError(f"unmount {target}: {exc.strerror}") from None
 
 
+# -- the new mount API (Linux >= 5.12; idmapped overlay layers need >= 5.19) ----------------
+#
+# runc 1.1 cannot make id-mapped or recursive read-only mounts from the spec, so the agent
+# makes them (as containerd does for its snapshots): open_tree(2) clones a tree,
+# mount_setattr(2) makes it read-only or id-mapped (recursively), move_mount(2) attaches
+# it where runc then bind-mounts it from.
+
+_SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442  # the same on all arches
+_OPEN_TREE_CLONE, _OPEN_TREE_CLOEXEC = 0x1, 0o2000000
+_AT_FDCWD, _AT_EMPTY_PATH, _AT_RECURSIVE = -100, 0x1000, 0x8000
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_MOUNT_ATTR_RDONLY, _MOUNT_ATTR_IDMAP = 0x1, 0x100000
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def _check(result: int, what: str, path: str) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}", path)
+    return result
+
+
+def _attached_clone(
+    source: str, target: str, *, readonly: bool, userns: str | None, recursive: bool
+) -> None:
+    flags = _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC | (_AT_RECURSIVE if recursive else 0)
+    tree = _check(
+        _libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, source.encode(), flags), "open_tree", source
+    )
+    userns_fd = os.open(userns, os.O_RDONLY | os.O_CLOEXEC) if userns else -1
+    try:
+        attr = _MountAttr(
+            (_MOUNT_ATTR_RDONLY if readonly else 0) | (_MOUNT_ATTR_IDMAP if userns else 0),
+            0,
+            0,
+            max(userns_fd, 0),
+        )
+        setattr_flags = _AT_EMPTY_PATH | (_AT_RECURSIVE if recursive else 0)
+        _check(
+            _libc.syscall(
+                _SYS_MOUNT_SETATTR,
+                tree,
+                b"",
+                setattr_flags,
+                ctypes.byref(attr),
+                ctypes.sizeof(attr),
+            ),
+            "mount_setattr",
+            source,
+        )
+        _check(
+            _libc.syscall(
+                _SYS_MOVE_MOUNT, tree, b"", _AT_FDCWD, target.encode(), _MOVE_MOUNT_F_EMPTY_PATH
+            ),
+            "move_mount",
+            target,
+        )
+    finally:
+        os.close(tree)
+        if userns_fd >= 0:
+            os.close(userns_fd)
+
+
+async def bind_special(
+    source: str,
+    target: str,
+    *,
+    readonly: bool = False,
+    userns: str = "",
+    recursive: bool = True,
+) -> None:
+    """Bind ``source`` at ``target`` (a new empty dir or file), read-only on every submount
+    (``readonly``) and/or id-mapped through the user namespace pinned at ``userns``."""
+    try:
+        await asyncio.to_thread(
+            _attached_clone,
+            source,
+            target,
+            readonly=readonly,
+            userns=userns or None,
+            recursive=recursive,
+        )
+    except OSError as exc:
+        what = "id-mapped " if userns else ""
+        raise AgentError(f"{what}bind {source} at {target}: {exc.strerror}") from None
+
+
+def mounts_under(path: str) -> list[str]:
+    """Mount points at or below ``path``, deepest first (the order to unmount them)."""
+    real = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    inside = [p for p in points if p == real or p.startswith(real + "/")]
+    return sorted(set(inside), key=lambda p: p.count("/"), reverse=True)
+
+
+async def unmount_tree(path: str) -> None:
+    """Unmount everything mounted at or below ``path`` (a container's staging dirs)."""
+    for point in mounts_under(path):
+        await unmount(point)
+
+
+def _kernel_at_least(major: int, minor: int) -> bool:
+    try:
+        have = tuple(int(p) for p in os.uname().release.split("-")[0].split(".")[:2])
+    except ValueError:
+        return False
+    return have >= (major, minor)
+
+
+def idmapped_mounts_supported() -> bool:
+    """Can this kernel id-map the layers of an overlay (Linux >= 5.19)?"""
+    return _kernel_at_least(5, 19)
+
+
+def recursive_readonly_supported() -> bool:
+    """Can this kernel make a mount tree read-only in one call (mount_setattr, 5.12)?"""
+    return _kernel_at_least(5, 12)
+
+
 class Mounter(Protocol):
     """The mounts the pods managers make (a seam, so their unit tests need no root)."""
 
@@ -117,6 +250,12 @@ class Mounter(Protocol):
     async def tmpfs(self, target: str, *, size: str, mode: str) -> None: ...
 
     async def unmount(self, target: str) -> None: ...
+
+    async def bind_special(
+        self, source: str, target: str, *, readonly: bool = False, userns: str = ""
+    ) -> None: ...
+
+    async def unmount_tree(self, path: str) -> None: ...
 
 
 class HostMounter:
@@ -132,6 +271,14 @@ class HostMounter:
 
     async def unmount(self, target: str) -> None:
         await unmount(target)
+
+    async def bind_special(
+        self, source: str, target: str, *, readonly: bool = False, userns: str = ""
+    ) -> None:
+        await bind_special(source, target, readonly=readonly, userns=userns)
+
+    async def unmount_tree(self, path: str) -> None:
+        await unmount_tree(path)
 
 
 HOST: Mounter = HostMounter()

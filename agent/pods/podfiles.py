@@ -35,7 +35,8 @@ class PodDirs:
         self.root = os.path.join(root_dir, "sandboxes")
         self.state = os.path.join(state_dir, "sandboxes")
         os.makedirs(self.root, mode=0o711, exist_ok=True)
-        os.makedirs(self.state, mode=0o700, exist_ok=True)
+        os.makedirs(self.state, mode=0o711, exist_ok=True)  # traversed to /dev/shm (userns)
+        os.chmod(self.state, 0o711)
 
     def persistent(self, sandbox_id: str) -> str:
         return os.path.join(self.root, sandbox_id)

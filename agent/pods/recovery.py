@@ -133,6 +133,8 @@ class Recovery:
                 if len(name) == 64 and self._store.get_sandbox(name) is None:
                     await self._mounter.unmount(self._dirs.shm(name))
                     await asyncio.to_thread(self._dirs.delete, name)
+        for stale in self._sandboxes.remove_stale_userns():
+            log.info("removed user namespace pin %s of no known pod", stale)
         if self._network is not None:
             pins = {os.path.basename(s.netns) for s in self._store.sandboxes() if s.netns}
             for removed in await netns.cleanup_dir(self._network.pin_dir, keep=pins):

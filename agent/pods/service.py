@@ -125,6 +125,15 @@ class PodService:
         self._watcher = ExitWatcher(exit_dir, self._on_exit)
 
     @property
+    def supports_user_namespaces(self) -> bool:
+        """``RuntimeHandlerFeatures.user_namespaces`` (idmapped overlay layers needed)."""
+        return mounts.idmapped_mounts_supported()
+
+    @property
+    def supports_recursive_read_only(self) -> bool:
+        return mounts.recursive_readonly_supported()
+
+    @property
     def runtime_handlers(self) -> list[str]:
         """The handlers whose binaries exist (``RuntimeHandler`` names)."""
         return sorted(self._runtimes)

@@ -27,6 +27,7 @@ from agent.pods.model import (
     ContainerConfig,
     NamespaceOptions,
     Resources,
+    UserNamespace,
 )
 from agent.pods.spec_mounts import (
     cri_mounts,
@@ -48,6 +49,7 @@ __all__ = [
     "container_spec",
     "effective_capabilities",
     "infra_spec",
+    "join_user_namespace",
     "resources_to_oci",
 ]
 
@@ -182,6 +184,20 @@ def _namespaces(
         namespaces.append({"type": "uts", "path": f"{proc}/uts"})
         namespaces.append({"type": "network", "path": netns})
     return namespaces
+
+
+def join_user_namespace(oci: dict[str, Any], userns: UserNamespace, pin: str) -> None:
+    """Put a spec's process in the pod's user namespace (pinned at ``pin``), with its maps.
+
+    runc joins the namespace by path; it still wants the maps (to know the host uid
+    of the container's root).
+    """
+    linux = oci["linux"]
+    linux["namespaces"].append({"type": "user", "path": pin})
+    for key, maps in (("uidMappings", userns.uids), ("gidMappings", userns.gids)):
+        linux[key] = [
+            {"containerID": m.container_id, "hostID": m.host_id, "size": m.length} for m in maps
+        ]
 
 
 def container_spec(

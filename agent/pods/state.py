@@ -100,6 +100,8 @@ class SandboxRecord:
     network_conf: str = ""
     infra_pid: int = 0
     cgroup_path: str = ""
+    #: the pinned user namespace of a ``hostUsers: false`` pod, "" for the host's
+    userns: str = ""
     #: why the sandbox is NOTREADY (for verbose status)
     message: str = ""
 

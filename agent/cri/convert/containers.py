@@ -8,7 +8,12 @@ from typing import Any
 from agent._util.serde import to_dict
 from agent.api.cri.runtime.v1 import api_pb2 as pb
 from agent.cri.convert.resources import resources_from_pb, resources_to_pb
-from agent.cri.convert.security import apparmor_from_pb, namespaces_from_pb, seccomp_from_pb
+from agent.cri.convert.security import (
+    apparmor_from_pb,
+    id_mappings_from_pb,
+    namespaces_from_pb,
+    seccomp_from_pb,
+)
 from agent.cri.validate import (
     absolute,
     container_target,
@@ -56,14 +61,21 @@ def container_config_from_pb(message: pb.ContainerConfig) -> model.ContainerConf
             # UNIMPLEMENTED is how a runtime says it lacks image volumes (critest skips on it).
             raise Unimplemented(f"{field}: image volumes are not supported")
         absolute(mount.host_path, f"{field}.host_path")
-        if mount.uidMappings or mount.gidMappings:
-            raise InvalidArgument(f"{field}: id-mapped mounts are not supported")
-        if mount.recursive_read_only:
-            # The kubelet asks only if Status advertises the feature, which we do not.
-            raise InvalidArgument(f"{field}: recursive read-only mounts are not supported")
         propagation = PROPAGATION[
             enum_name(pb.MountPropagation, mount.propagation, f"{field}.propagation")
         ]
+        if mount.recursive_read_only and not mount.readonly:
+            # api.proto: "If this field is true, readonly must be true too."
+            raise InvalidArgument(f"{field}: recursive_read_only needs readonly")
+        if mount.recursive_read_only and propagation != "PRIVATE":
+            # api.proto: "... and propagation must be PRIVATE."
+            raise InvalidArgument(
+                f"{field}: recursive_read_only needs propagation PROPAGATION_PRIVATE"
+            )
+        uids = id_mappings_from_pb(mount.uidMappings, f"{field}.uidMappings")
+        gids = id_mappings_from_pb(mount.gidMappings, f"{field}.gidMappings")
+        if bool(uids) != bool(gids):
+            raise InvalidArgument(f"{field}: an id-mapped mount needs uid and gid mappings")
         mounts.append(
             model.Mount(
                 mount.container_path,
@@ -71,6 +83,8 @@ def container_config_from_pb(message: pb.ContainerConfig) -> model.ContainerConf
                 mount.readonly,
                 propagation,
                 mount.recursive_read_only,
+                uids,
+                gids,
             )
         )
     devices = []
@@ -98,6 +112,11 @@ def container_config_from_pb(message: pb.ContainerConfig) -> model.ContainerConf
         run_as_username=sc.run_as_username,
         readonly_rootfs=sc.readonly_rootfs,
         supplemental_groups=tuple(sc.supplemental_groups),
+        supplemental_groups_policy=enum_name(
+            pb.SupplementalGroupsPolicy,
+            sc.supplemental_groups_policy,
+            "config.linux.security_context.supplemental_groups_policy",
+        ),
         no_new_privs=sc.no_new_privs,
         masked_paths=tuple(sc.masked_paths),
         readonly_paths=tuple(sc.readonly_paths),
