@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark: streaming throughput (exec stdout, port-forward) against a raw loopback copy.
+"""Benchmark: streaming throughput (exec stdout/stdin, port-forward) against a raw loopback copy.
 
     .venv/bin/python bench/streaming.py [--mib 256] [--rounds 5]
 
@@ -7,13 +7,18 @@ Starts a real ``model-agent serve`` with one pod, then, ``--rounds`` times each:
 
 * **exec stdout**: ``Exec`` of ``head -c <mib> /dev/zero`` in the container, read by an
   independent SPDY client (``tests.support``, what kubectl/crictl speak): the bytes pass
-  through conmon's attach socket, the agent and one SPDY stream;
+  through conmon's attach socket, the agent and one SPDY stream; the same again over a
+  ``v4.channel.k8s.io`` WebSocket (the python client's transport);
+* **exec stdin**: ``--mib`` MiB sent in kubectl's 32 KiB pieces to ``wc -c``, over SPDY and
+  over a ``v5.channel.k8s.io`` WebSocket (masked client frames the agent must unmask);
 * **port-forward**: a TCP source on the pod's loopback sends ``--mib`` MiB; the client reads
-  it through ``PortForward`` (one SPDY data stream; the agent dials inside the pod's netns);
+  it through ``PortForward`` (one SPDY data stream; the agent dials inside the pod's netns),
+  and over a ``v4.channel.k8s.io`` WebSocket;
 * **raw loopback** (the reference): the same source process, listening on the host's
   127.0.0.1, read straight from the socket by the same event loop.
 
-Prints the median MB/s of each and its ratio to the reference.
+Prints the median MB/s of each and its ratio to the reference. The clients are pure Python
+too, so every figure includes the client's own cost; compare rows of one run, not runs.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -35,8 +41,8 @@ from _node import bench_node  # noqa: E402  (bench/ is the script's directory)
 
 from agent.api.cri.runtime.v1 import api_pb2 as pb  # noqa: E402
 from agent.ctl.client import CriClient  # noqa: E402
-from tests.support.portforward_client import forward_spdy  # noqa: E402
-from tests.support.remotecommand_client import exec_spdy  # noqa: E402
+from tests.support.portforward_client import forward_spdy, forward_websocket  # noqa: E402
+from tests.support.remotecommand_client import exec_spdy, exec_websocket  # noqa: E402
 
 PARENT = "/ma-bench-streaming"
 PORT = 7100
@@ -83,8 +89,28 @@ async def read_count(reader: asyncio.StreamReader) -> int:
     return total
 
 
+async def pieces(size: int) -> AsyncIterator[bytes]:
+    """``size`` bytes in kubectl's 32 KiB stdin copies."""
+    chunk = bytes(32 * 1024)
+    left = size
+    while left:
+        yield chunk[: min(left, len(chunk))]
+        left -= min(left, len(chunk))
+
+
+PATHS = {
+    "exec": "exec stdout, SPDY",
+    "exec_ws": "exec stdout, WebSocket",
+    "stdin": "exec stdin, SPDY",
+    "stdin_ws": "exec stdin, WebSocket",
+    "forward": "port-forward, SPDY",
+    "forward_ws": "port-forward, WebSocket",
+    "raw": "raw loopback",
+}
+
+
 async def run(socket: str, image: str, base: str, size: int, rounds: int) -> dict[str, float]:
-    samples: dict[str, list[float]] = {"exec": [], "forward": [], "raw": []}
+    samples: dict[str, list[float]] = {name: [] for name in PATHS}
     async with CriClient(socket, timeout=300) as cri:
         rt = cri.runtime
         await cri.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)))
@@ -112,33 +138,59 @@ async def run(socket: str, image: str, base: str, size: int, rounds: int) -> dic
             pb.PodSandboxStatusRequest(pod_sandbox_id=sid, verbose=True)
         )
         netns = json.loads(status.info["info"])["netns"]
+
+        async def exec_url(cmd: list[str], stdin: bool = False) -> str:
+            request = pb.ExecRequest(container_id=cid, cmd=cmd, stdout=True, stdin=stdin)
+            return (await rt.Exec(request)).url
+
+        async def forward_url() -> str:
+            request = pb.PortForwardRequest(pod_sandbox_id=sid, port=[PORT])
+            return (await rt.PortForward(request)).url
+
         in_pod = await source(size, "127.0.0.1", netns)
         on_host = await source(size, "127.0.0.1")
         try:
             for _ in range(rounds):
-                url = (
-                    await rt.Exec(
-                        pb.ExecRequest(
-                            container_id=cid,
-                            cmd=["head", "-c", str(size), "/dev/zero"],
-                            stdout=True,
-                        )
-                    )
-                ).url
+                url = await exec_url(["head", "-c", str(size), "/dev/zero"])
                 started = time.perf_counter()
                 result = await exec_spdy(url, stderr=False, timeout=600)
                 samples["exec"].append(time.perf_counter() - started)
                 assert len(result.stdout) == size, len(result.stdout)
 
-                url = (
-                    await rt.PortForward(pb.PortForwardRequest(pod_sandbox_id=sid, port=[PORT]))
-                ).url
-                async with await forward_spdy(url, PORT) as session:
+                url = await exec_url(["head", "-c", str(size), "/dev/zero"])
+                started = time.perf_counter()
+                result = await exec_websocket(url, timeout=600)
+                samples["exec_ws"].append(time.perf_counter() - started)
+                assert len(result.stdout) == size, len(result.stdout)
+
+                url = await exec_url(["wc", "-c"], stdin=True)
+                started = time.perf_counter()
+                result = await exec_spdy(url, stdin=pieces(size), stderr=False, timeout=600)
+                samples["stdin"].append(time.perf_counter() - started)
+                assert int(result.stdout) == size, result.stdout
+
+                url = await exec_url(["wc", "-c"], stdin=True)
+                started = time.perf_counter()
+                result = await exec_websocket(
+                    url, subprotocol="v5.channel.k8s.io", stdin=pieces(size), timeout=600
+                )
+                samples["stdin_ws"].append(time.perf_counter() - started)
+                assert int(result.stdout) == size, result.stdout
+
+                async with await forward_spdy(await forward_url(), PORT) as session:
                     started = time.perf_counter()
                     conn = await session.open()
                     await conn.close_write()
                     received = len(await conn.read_all(timeout=600))
                     samples["forward"].append(time.perf_counter() - started)
+                assert received == size, received
+
+                started = time.perf_counter()
+                async with await forward_websocket(await forward_url(), [PORT]) as forward:
+                    received = 0  # the channel has no EOF: read what the source sends
+                    while received < size and (chunk := await forward.read(0)):
+                        received += len(chunk)
+                samples["forward_ws"].append(time.perf_counter() - started)
                 assert received == size, received
 
                 started = time.perf_counter()
@@ -166,9 +218,10 @@ def main() -> int:
         rates = asyncio.run(run(node.socket, node.image, node.base, args.mib << 20, args.rounds))
     raw = rates["raw"]
     print(f"{args.mib} MiB per transfer, median of {args.rounds} (MB/s):")
-    for name, label in (("exec", "exec stdout"), ("forward", "port-forward")):
-        print(f"  {label:14s} {rates[name]:8.0f}   {rates[name] / raw:5.2f}x the raw copy")
-    print(f"  {'raw loopback':14s} {raw:8.0f}   (reference)")
+    for name, label in PATHS.items():
+        if name != "raw":
+            print(f"  {label:24s} {rates[name]:8.0f}   {rates[name] / raw:5.2f}x the raw copy")
+    print(f"  {PATHS['raw']:24s} {raw:8.0f}   (reference)")
     return 0
 
 

@@ -494,10 +494,10 @@ def channel_frames(messages: Iterable[bytes], *, base64: bool = False) -> list[t
 
 def join_channels(frames: Iterable[tuple[int, bytes]]) -> dict[int, bytes]:
     """Each channel's payloads concatenated."""
-    joined: dict[int, bytes] = {}
+    joined: dict[int, bytearray] = {}
     for channel, payload in frames:
-        joined[channel] = joined.get(channel, b"") + payload
-    return joined
+        joined.setdefault(channel, bytearray()).extend(payload)  # linear, not b"" + b""
+    return {channel: bytes(data) for channel, data in joined.items()}
 
 
 def with_query(url: str, params: Mapping[str, Sequence[str]]) -> str:
