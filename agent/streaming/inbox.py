@@ -42,7 +42,7 @@ INBOX_BUFFER_LIMIT = 1 << 20
 #: Unread bytes all the streams or channels of one connection may hold together.
 CONNECTION_BUFFER_LIMIT = 4 << 20
 #: Seconds between the pings a connection sends while it waits for its readers.
-STALL_PING_INTERVAL = 5.0
+STALL_PING_INTERVAL = 2.0
 
 
 class InboxBudget:
@@ -110,6 +110,11 @@ class Inbox:
     @property
     def has_room(self) -> bool:
         return self._room.is_set() and self._budget._room.is_set()
+
+    @property
+    def room_left(self) -> int:
+        """Bytes this inbox can take before it or its connection is over its limit."""
+        return max(0, min(self._limit - self.buffered, self._budget.limit - self._budget.used))
 
     async def room(self) -> None:
         """Until this inbox and its connection are under their limits again."""

@@ -471,7 +471,11 @@ class SpdyConnection:
         self._check_data_stream(stream_id)
         left = length
         while left:
-            piece = await self._read_exactly(min(left, READ_PIECE))
+            stream = self.streams.get(stream_id)
+            # A reader with room takes bigger pieces (fewer reads); one piece past a limit
+            # is the most a connection ever holds over it.
+            room = READ_PIECE if stream is None else max(READ_PIECE, stream.inbox.room_left)
+            piece = await self._read_exactly(min(left, room))
             left -= len(piece)
             stream = self.streams.get(stream_id)
             if stream is not None:

@@ -469,7 +469,7 @@ async def test_port_forward_data_a_pod_does_not_read_is_bounded_per_connection(a
 
 async def test_websocket_channels_nobody_reads_hold_no_memory(app):
     """A non-tty exec never reads its resize channel, and ``sleep`` never reads stdin:
-    24 messages of 16 MiB on each (the agent queued up to 64 per channel), twice."""
+    8 messages of 16 MiB on each (the agent queued up to 64 per channel), twice."""
     env, _, cid = app
     base = _rss(env)
     big = bytes((16 << 20) - 1)  # with the channel byte, the old limit exactly
@@ -481,11 +481,11 @@ async def test_websocket_channels_nobody_reads_hold_no_memory(app):
         while not _processes_with(marker):
             assert time.monotonic() < deadline, "the exec never started"
             await asyncio.sleep(0.05)
-        for _ in range(24):
+        for _ in range(8):
             await asyncio.wait_for(ws.send_channel(rc.RESIZE, big), 30)
 
         async def flood_stdin(ws: rc.WebSocketConnection = ws) -> None:
-            for _ in range(24):
+            for _ in range(8):
                 await ws.send_channel(rc.STDIN, big)
 
         flooding = asyncio.ensure_future(flood_stdin())
