@@ -19,6 +19,13 @@ Starts a real ``model-agent serve`` with one pod, then, ``--rounds`` times each:
 
 Prints the median MB/s of each and its ratio to the reference. The clients are pure Python
 too, so every figure includes the client's own cost; compare rows of one run, not runs.
+
+    .venv/bin/python bench/streaming.py --framing [--rounds 5]
+
+measures the agent's side alone, in this process, with no pod and no client (steadier on a
+busy machine): ``WebSocket.receive`` of 32 KiB masked client messages, ``WsChannels.send``
+of 64 KiB messages, and ``SpdyConnection`` reading 32 KiB and 1 MiB DATA frames into a
+stream's reader; the reference is copying the same bytes in 64 KiB pieces.
 """
 
 from __future__ import annotations
@@ -209,11 +216,131 @@ async def run(socket: str, image: str, base: str, size: int, rounds: int) -> dic
     return {name: size / statistics.median(values) / 1e6 for name, values in samples.items()}
 
 
+# -- the agent's framing alone ---------------------------------------------------------------
+
+FRAMING_SIZE = 64 << 20
+REFERENCE = "copying it in 64 KiB pieces"
+
+
+class _Sink:
+    """A writer that takes everything at once: sending costs only the framing."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    async def drain(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def _fed_reader(raw: bytes) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader(limit=1 << 16)
+    reader.feed_data(raw)
+    reader.feed_eof()
+    return reader
+
+
+async def _ws_receive(raw: bytes) -> float:
+    from agent.streaming.websocket import WebSocket
+
+    ws = WebSocket(_fed_reader(raw), _Sink(), idle_timeout=60)  # type: ignore[arg-type]
+    started = time.perf_counter()
+    while await ws.receive() is not None:
+        pass
+    return time.perf_counter() - started
+
+
+async def _ws_send() -> float:
+    from agent.streaming.channels import WsChannels
+    from agent.streaming.websocket import WebSocket
+
+    ws = WebSocket(asyncio.StreamReader(), _Sink(), idle_timeout=60)  # type: ignore[arg-type]
+    channels = WsChannels(ws, base64_framing=False, inputs=[])
+    chunk = bytes(64 * 1024)
+    started = time.perf_counter()
+    for _ in range(FRAMING_SIZE // len(chunk)):
+        await channels.send(1, chunk)
+    return time.perf_counter() - started
+
+
+async def _spdy_receive(raw: bytes) -> float:
+    from agent.streaming.spdy import SpdyConnection
+
+    connection = SpdyConnection(
+        _fed_reader(raw),
+        _Sink(),  # type: ignore[arg-type]
+        server=True,
+        accept=lambda stream: True,
+    )
+    serving = asyncio.ensure_future(connection.serve())
+    stream = await connection.incoming.get()
+    started = time.perf_counter()
+    while await stream.read():
+        pass
+    elapsed = time.perf_counter() - started
+    serving.cancel()
+    await asyncio.gather(serving, return_exceptions=True)
+    return elapsed
+
+
+def _spdy_wire(frame_size: int) -> bytes:
+    from tests.support.spdy_client import (
+        FLAG_FIN,
+        HeaderCompressor,
+        data_frame,
+        encode_header_block,
+        syn_stream,
+    )
+
+    block = HeaderCompressor().compress(encode_header_block({"streamtype": "stdin"}))
+    chunk = bytes(frame_size)
+    frames = [data_frame(1, chunk) for _ in range(FRAMING_SIZE // frame_size)]
+    return b"".join([syn_stream(1, block), *frames, data_frame(1, b"", FLAG_FIN)])
+
+
+async def framing(rounds: int) -> dict[str, float]:
+    from tests.support.remotecommand_client import OP_BINARY, ws_frame
+
+    message = b"\x00" + bytes(32 * 1024 - 1)
+    ws_wire = b"".join(ws_frame(OP_BINARY, message) for _ in range(FRAMING_SIZE // len(message)))
+    spdy_small, spdy_big = _spdy_wire(32 << 10), _spdy_wire(1 << 20)
+    payload = bytes(FRAMING_SIZE)
+    samples: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for name, measure in (
+            ("WebSocket receive, 32 KiB messages", lambda: _ws_receive(ws_wire)),
+            ("WebSocket send, 64 KiB messages", _ws_send),
+            ("SPDY receive, 32 KiB frames", lambda: _spdy_receive(spdy_small)),
+            ("SPDY receive, 1 MiB frames", lambda: _spdy_receive(spdy_big)),
+        ):
+            samples.setdefault(name, []).append(await measure())
+        view = memoryview(payload)
+        started = time.perf_counter()
+        for offset in range(0, FRAMING_SIZE, 64 * 1024):
+            bytes(view[offset : offset + 64 * 1024])
+        samples.setdefault(REFERENCE, []).append(time.perf_counter() - started)
+    return {name: FRAMING_SIZE / statistics.median(times) / 1e6 for name, times in samples.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mib", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--framing", action="store_true", help="the agent's framing alone")
     args = parser.parse_args()
+    if args.framing:
+        rates = asyncio.run(framing(args.rounds))
+        copy = rates.pop(REFERENCE)
+        print(f"{FRAMING_SIZE >> 20} MiB in-process, median of {args.rounds} (MB/s):")
+        for name, rate in rates.items():
+            print(f"  {name:36s} {rate:8.0f}   {rate / copy:6.3f}x the copy")
+        print(f"  {REFERENCE:36s} {copy:8.0f}   (reference)")
+        return 0
     with bench_node("10.253.32.0/24", PARENT) as node:
         rates = asyncio.run(run(node.socket, node.image, node.base, args.mib << 20, args.rounds))
     raw = rates["raw"]
