@@ -111,7 +111,9 @@ async def _forward(
 @dataclass(slots=True)
 class _Pair:
     port: int
-    created: float
+    #: when its first half came through the queue: the creation timeout runs from then
+    #: (the kubelet starts its pair timer there too)
+    created: float | None = None
     data: SpdyStream | None = None
     error: SpdyStream | None = None
     #: halves that came through the connection's queue (their SYN_REPLY is out)
@@ -130,8 +132,7 @@ def _request_id(stream: SpdyStream) -> str:
 class SpdyPairs:
     """The error+data pairs of one connection, as the client opens their streams."""
 
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
+    def __init__(self) -> None:
         self.pairs: dict[str, _Pair] = {}
 
     def accept(self, stream: SpdyStream) -> bool:
@@ -143,7 +144,7 @@ class SpdyPairs:
         request_id = _request_id(stream)
         pair = self.pairs.get(request_id)
         if pair is None:
-            pair = self.pairs[request_id] = _Pair(port, self._clock())
+            pair = self.pairs[request_id] = _Pair(port)
         elif getattr(pair, kind) is not None or pair.port != port:
             return False  # a second half of one kind, or halves naming two ports
         setattr(pair, kind, stream)
@@ -193,7 +194,8 @@ async def serve_spdy(
             await asyncio.sleep(min(creation_timeout, 1.0))
             now = loop.time()
             for request_id, pair in list(pairs.pairs.items()):
-                if not pair.started and now - pair.created > creation_timeout:
+                late = pair.created is not None and now - pair.created > creation_timeout
+                if late and not pair.started:
                     pairs.pairs.pop(request_id, None)
                     message = f"timed out waiting for the streams of request {request_id}"
                     for stream in (pair.error, pair.data):
@@ -217,6 +219,8 @@ async def serve_spdy(
             if pair is None or (stream is not pair.data and stream is not pair.error):
                 continue  # its pair expired meanwhile
             pair.replied += 1
+            if pair.created is None:
+                pair.created = loop.time()
             # No DATA before a SYN_REPLY: start once both halves came through the queue.
             if pair.replied == 2 and not pair.started:
                 pair.started = True

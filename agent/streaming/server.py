@@ -256,7 +256,7 @@ class StreamingServer:
         protocol = await self._spdy_handshake(request, writer, supported)
         if protocol is None:
             return
-        pairs = portforward.SpdyPairs(asyncio.get_running_loop().time)
+        pairs = portforward.SpdyPairs()
         expected = remotecommand.ExpectedStreams(
             set()
             if isinstance(parked, PortForwardRequest)

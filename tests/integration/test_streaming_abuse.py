@@ -1,8 +1,8 @@
 """Bad clients against the streaming server: each is cut off cleanly, nothing leaks, the
 agent keeps serving, and its memory stays bounded. Driven by the independent clients in
-``tests.support`` against a real ``model-agent serve`` process, whose resident memory
-(``VmRSS``) every test checks: at its peak where a test floods the agent, and after each
-test against the agent's own baseline."""
+``tests.support`` against one real ``model-agent serve`` process for the module (each test
+gets its own pod), whose resident memory (``VmRSS``) every test checks: at its peak where
+a test floods the agent, and after each test against the RSS it started with."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ import asyncio
 import contextlib
 import json
 import os
-import struct
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import pytest
+import pytest_asyncio
 
 from agent.api.cri.runtime.v1 import api_pb2 as pb
 from agent.ctl.client import CriClient
@@ -42,9 +44,12 @@ from tests.support.spdy_client import (
     syn_stream,
 )
 
-pytestmark = pytest.mark.integration
+# One agent process for the module (starting one costs seconds): tests share its loop.
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
-CREATION_TIMEOUT = 2.0
+#: Short enough for the timeout tests, long enough that 500 port-forward pairs opened at once
+#: by a client in another process complete on a loaded 2-core machine (2 s did not always).
+CREATION_TIMEOUT = 4.0
 #: What a test may add to the agent's resident memory, at its peak or left behind. A
 #: connection may hold 4 MiB of unread input (agent/streaming/inbox.py); the rest is slack
 #: for the allocator. The floods below would take hundreds of MiB without the bounds.
@@ -112,24 +117,32 @@ async def _peak_rss(env, *, quiet: float = 1.5, timeout: float = 30.0) -> int:
     return max(value for _, value in samples)
 
 
-@pytest.fixture
-async def env(short_dir, images):  # noqa: F811
-    async with agent_process(short_dir, images) as env:
-        yield env
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def env(images):  # noqa: F811
+    base = tempfile.mkdtemp(prefix="ma-", dir="/tmp")  # short: unix socket paths
+    try:
+        async with agent_process(base, images) as env:
+            yield env
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="module")
 async def app(env):
-    """A pod with a running container, one exec done (the agent warmed up), and the
-    agent's RSS then; after the test its RSS must be back within ``RSS_BOUND`` of that."""
+    """A pod of its own with a running container, one exec done (the agent warmed up),
+    and the agent's RSS then; after the test its RSS must be back within ``RSS_BOUND`` of
+    that, and the pod is removed."""
     sid = await env.run_pod()
-    cid = await env.run(sid, "app", "sleep", "1000")
-    await _still_serves(env, cid)
-    baseline = _rss(env)
-    yield env, sid, cid
-    await asyncio.sleep(0.5)
-    grown = _rss(env) - baseline
-    assert grown < RSS_BOUND, f"the agent kept {grown >> 20} MiB after the test"
+    try:
+        cid = await env.run(sid, "app", "sleep", "1000")
+        await _still_serves(env, cid)
+        baseline = _rss(env)
+        yield env, sid, cid
+        await asyncio.sleep(0.5)
+        grown = _rss(env) - baseline
+        assert grown < RSS_BOUND, f"the agent kept {grown >> 20} MiB after the test"
+    finally:
+        await env.remove_pod(sid)
 
 
 async def _exec_url(env, cid, cmd, **kw) -> str:
@@ -513,9 +526,3 @@ async def test_a_websocket_message_over_the_limit_is_closed_with_1009(app):
         assert ws.close_code == 1009
     await _eventually_none(marker)
     await _still_serves(env, cid)
-
-
-def test_control_frame_builder_is_what_we_think():
-    # The abuse above relies on the client's builder: type 77 with an 8-byte body.
-    frame = control_frame(77, b"\0" * 8)
-    assert struct.unpack(">HHI", frame[:8]) == (0x8003, 77, 8)
