@@ -45,7 +45,7 @@ from agent.pods import spec
 from agent.pods.apparmor import AppArmor
 from agent.pods.events import EventKind
 from agent.pods.exits import MONITOR_DIED, ExitTracker
-from agent.pods.model import ContainerConfig, Resources
+from agent.pods.model import ContainerConfig, Mount, Resources
 from agent.pods.mounts import Mounter
 from agent.pods.oom import OomPolicy
 from agent.pods.podfiles import PodDirs, pod_hostname
@@ -187,6 +187,7 @@ class ContainerManager:
         self._store.check_container_name(record)
         self._check_target(config, sandbox)
         self._check_mounts(config, sandbox)
+        image_ids = self._image_volumes(config)
         config = self._with_protective_paths(config, sandbox)
         record = replace(record, config=config)
         # Devices and profiles first: a CDI name or profile that cannot be had creates nothing.
@@ -240,6 +241,12 @@ class ContainerManager:
                 mounts=tuple(
                     (m.container_path, m.host_path, m.readonly, m.propagation)
                     for m in config.mounts
+                    if not m.image
+                ),
+                image_mounts=tuple(
+                    (m.container_path, m.image, image_ids[m.image], m.image_sub_path)
+                    for m in config.mounts
+                    if m.image
                 ),
                 # Kept when it holds nothing but was refused something: that says why.
                 gpu=json.dumps(assignment.to_dict())
@@ -288,6 +295,10 @@ class ContainerManager:
         kubelet's host path."""
         mounts = []
         for i, mount in enumerate(config.mounts):
+            if mount.image:
+                source = await self._mount_image_volume(cid, i, sandbox, mount)
+                mounts.append(replace(mount, host_path=source))
+                continue
             if not (mount.recursive_read_only or mount.uid_mappings):
                 mounts.append(mount)
                 continue
@@ -301,6 +312,64 @@ class ContainerManager:
             )
             mounts.append(replace(mount, host_path=staged))
         return replace(config, mounts=tuple(mounts))
+
+    def _image_volumes(self, config: ContainerConfig) -> dict[str, str]:
+        """The image id of every image volume (each must be pulled: the kubelet does)."""
+        ids = {}
+        for i, mount in enumerate(config.mounts):
+            if not mount.image:
+                continue
+            found = self._images.find(mount.image)
+            if found is None:
+                raise NotFound(
+                    f"config.mounts[{i}]: image '{mount.image}' of an image volume not found; "
+                    "pull it first"
+                )
+            ids[mount.image] = found.id
+        return ids
+
+    async def _mount_image_volume(
+        self, cid: str, index: int, sandbox: SandboxRecord, mount: Mount
+    ) -> str:
+        """An image's content, read-only (nosuid, nodev) under the container's state dir:
+        its one layer's snapshot bound, or an overlay of its layers with no upper dir
+        (idmapped in a user-namespaced pod); ``image_sub_path`` inside it. No copy."""
+        image = self._images.find(mount.image)
+        assert image is not None  # checked by _image_volumes before anything was made
+        lower_root, lowers = self._images.layer_dirs(image)
+        base = os.path.join(self.state, cid, "images", str(index))
+        userns = sandbox.userns if sandbox.config.security.namespaces.userns else ""
+        if len(lowers) == 1:
+            _make_target(base, directory=True)
+            await self._mounter.bind_special(
+                os.path.join(lower_root, lowers[0]), base, readonly=True, userns=userns
+            )
+        else:
+            if userns:
+                mapped_root = os.path.join(self.state, cid, "images", f"{index}-layers")
+                mapped = []
+                for i, lower in enumerate(lowers):
+                    _make_target(os.path.join(mapped_root, str(i)), directory=True)
+                    await self._mounter.bind_special(
+                        os.path.join(lower_root, lower),
+                        os.path.join(mapped_root, str(i)),
+                        userns=userns,
+                    )
+                    mapped.append(str(i))
+                lower_root, lowers = mapped_root, mapped
+            _make_target(base, directory=True)
+            await self._mounter.overlay(
+                base, lower_root=lower_root, lowers=lowers, upper="", work=""
+            )
+        if not mount.image_sub_path:
+            return base
+        source = resolve_in_root(base, mount.image_sub_path)
+        if not _exists_path(source):
+            raise InvalidArgument(
+                f"image volume {mount.image}: image_sub_path '{mount.image_sub_path}' does not "
+                "exist in the image"
+            )
+        return source
 
     def _check_mounts(self, config: ContainerConfig, sandbox: SandboxRecord) -> None:
         """An id-mapped volume maps through the pod's own user namespace, nothing else."""
@@ -724,3 +793,7 @@ def _make_target(path: str, *, directory: bool) -> None:
         os.mkdir(path)
     else:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def _exists_path(path: str) -> bool:
+    return os.path.lexists(path)

@@ -157,6 +157,9 @@ class Mount:
     #: an id-mapped mount (the kubelet asks for one for volumes of a user-namespaced pod)
     uid_mappings: tuple[IdMapping, ...] = ()
     gid_mappings: tuple[IdMapping, ...] = ()
+    #: an image volume: the image (as the kubelet names it) instead of a host path
+    image: str = ""
+    image_sub_path: str = ""
 
 
 @dataclass(frozen=True, slots=True)

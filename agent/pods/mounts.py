@@ -39,7 +39,7 @@ __all__ = [
 _TIMEOUT = 30.0
 #: mount(2) copies at most one page of options; leave room for the kernel's own.
 _MAX_SYSCALL_OPTIONS = 3800
-_MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 0x2, 0x4, 0x8
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
 _MNT_DETACH = 0x2
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -60,23 +60,29 @@ def is_mounted(path: str) -> bool:
 async def mount_overlay(
     target: str, *, lower_root: str, lowers: Sequence[str], upper: str, work: str
 ) -> None:
-    """Mount ``lowers`` (top-most first, relative to ``lower_root``) under ``upper``."""
+    """Mount ``lowers`` (top-most first, relative to ``lower_root``) under ``upper``.
+
+    Without ``upper`` (an image volume) the overlay is read-only, nosuid and nodev.
+    """
     if not lowers:
         raise AgentError("an image needs at least one layer")
+    writable = f",upperdir={upper},workdir={work}" if upper else ""
+    flags = 0 if upper else _MS_RDONLY | _MS_NOSUID | _MS_NODEV
     absolute = ":".join(os.path.join(lower_root, lower) for lower in lowers)
-    options = f"lowerdir={absolute},upperdir={upper},workdir={work}"
+    options = f"lowerdir={absolute}{writable}"
     if len(options) <= _MAX_SYSCALL_OPTIONS:
         try:
-            await asyncio.to_thread(_mount, "overlay", target, "overlay", 0, options)
+            await asyncio.to_thread(_mount, "overlay", target, "overlay", flags, options)
         except OSError as exc:
-            raise AgentError(f"mount the container rootfs at {target}: {exc.strerror}") from None
+            raise AgentError(f"mount an overlay at {target}: {exc.strerror}") from None
         return
-    relative = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}"
+    relative = f"lowerdir={':'.join(lowers)}{writable}"
     if len(relative) > 4000:
         raise AgentError(f"overlay options for {target} are too long ({len(relative)} bytes)")
     try:
+        extra = "" if upper else ",ro,nosuid,nodev"
         await run(
-            ["mount", "-t", "overlay", "overlay", "-o", relative, target],
+            ["mount", "-t", "overlay", "overlay", "-o", relative + extra, target],
             cwd=lower_root,
             timeout=_TIMEOUT,
         )

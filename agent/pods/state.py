@@ -136,6 +136,9 @@ class ContainerRecord:
     mounts: tuple[tuple[str, str, bool, str], ...] = field(default_factory=tuple)
     #: the GPU assignment (``gpu.Assignment`` as JSON), "" when it holds none
     gpu: str = ""
+    #: image volumes: (container path, image as named, image id, sub path); the images
+    #: count as in use while the container exists
+    image_mounts: tuple[tuple[str, str, str, str], ...] = field(default_factory=tuple)
 
 
 def mark_exited(

@@ -91,7 +91,11 @@ class PodStore:
         return [c for c in self._containers.values() if c.sandbox_id == sandbox_id]
 
     def image_in_use(self, image_id: str) -> bool:
-        return any(c.image_id == image_id for c in self._containers.values())
+        """A container runs the image, or mounts it as an image volume."""
+        return any(
+            c.image_id == image_id or any(m[2] == image_id for m in c.image_mounts)
+            for c in self._containers.values()
+        )
 
     # -- changes -------------------------------------------------------------
 

@@ -2580,54 +2580,93 @@ def skip_if_image_volume_unsupported(
         raise error
 
 
-@pytest.mark.parametrize(
-    ("spec", "image_key", "readonly", "sub_path", "expect_error"),
-    [
-        (
-            "should return image digest in ContainerStatus mounts",
-            "test-image-tag:test",
-            True,
-            "",
-            False,
-        ),
-        (
-            "should correctly mount image and enforce read-only",
-            "test-image-tag:test",
-            True,
-            "",
-            False,
-        ),
-        (
-            "should reject Image Volume with Readonly set to false",
-            "test-image-tag:test",
-            False,
-            "",
-            True,
-        ),
-        (
-            "subPath: should succeed when using a valid subPath",
-            "test-image-predefined-group",
-            True,
-            "etc",
-            False,
-        ),
-        (
-            "subPath: should fail when subPath does not exist in the image",
-            "test-image-tag:test",
-            True,
-            "not-existing",
-            True,
-        ),
-    ],
-)
-async def test_image_volume_specs(critest, spec, image_key, readonly, sub_path, expect_error):
-    """image_volume.go: every spec creates a container with an image volume first; a runtime
-    without image volumes answers UNIMPLEMENTED and critest skips (the agent has none)."""
-    sid, _, error = await create_with_image_volume(
-        critest, "image-volume-test-", image_key, readonly, sub_path
+IMAGE_VOLUME_PATH = "/mnt/image-volume"
+
+
+async def image_volume_container(
+    critest: Critest, prefix: str, image_key: str, readonly: bool = True, sub_path: str = ""
+) -> tuple[str, str, str | None, grpc.aio.AioRpcError | None]:
+    """(pod, the pulled image ref, container, error) of a container with an image volume."""
+    sid, cid, error = await create_with_image_volume(critest, prefix, image_key, readonly, sub_path)
+    image_ref = await critest.pull(critest.images[image_key])
+    return sid, image_ref, cid, error
+
+
+async def test_image_volume_should_return_image_digest_in_container_status_mounts(critest):
+    """image_volume.go: "should return image digest in ContainerStatus mounts"."""
+    sid, image_ref, cid, error = await image_volume_container(
+        critest, "image-volume-digest-test-", "test-image-tag:test"
     )
     try:
-        skip_if_image_volume_unsupported(error, expect_error)
-        raise AssertionError(f"image volumes are accepted now: mirror {spec!r} in full")
+        skip_if_image_volume_unsupported(error, False)
+        assert cid is not None
+        mounts = [
+            m for m in (await critest.status(cid)).mounts if m.container_path == IMAGE_VOLUME_PATH
+        ]
+        assert mounts, "the image volume is missing from ContainerStatus mounts"
+        assert mounts[0].image.image_ref == image_ref  # ImageSpec.image_ref (tag 20), KEP-5365
+        assert await critest.remove(cid) == pb.RemoveContainerResponse()
+    finally:
+        await critest.cleanup_pod(sid)
+
+
+async def test_image_volume_should_correctly_mount_image_and_enforce_read_only(critest):
+    """image_volume.go: "should correctly mount image and enforce read-only"."""
+    sid, _, cid, error = await image_volume_container(
+        critest, "image-volume-mount-test-", "test-image-tag:test"
+    )
+    try:
+        skip_if_image_volume_unsupported(error, False)
+        assert cid is not None
+        await critest.start(cid)
+        await critest.exec_ok(cid, ["ls", "-A", IMAGE_VOLUME_PATH + "/bin/sh"])
+        assert await critest.exit_code(cid, ["touch", IMAGE_VOLUME_PATH + "/test-write"]) != 0
+        listed = await critest.exec_ok(cid, [IMAGE_VOLUME_PATH + "/bin/ls", IMAGE_VOLUME_PATH])
+        assert "bin" in listed.split()  # not noexec: the image's own ls runs
+        await critest.stop(cid)
+        assert await critest.remove(cid) == pb.RemoveContainerResponse()
+    finally:
+        await critest.cleanup_pod(sid)
+
+
+async def test_image_volume_should_reject_image_volume_with_readonly_set_to_false(critest):
+    """image_volume.go: "should reject Image Volume with Readonly set to false"."""
+    sid, _, cid, error = await image_volume_container(
+        critest, "image-volume-readonly-test-", "test-image-tag:test", readonly=False
+    )
+    try:
+        skip_if_image_volume_unsupported(error, True)
+        assert cid is None and error is not None, "Readonly=false must be rejected"
+    finally:
+        await critest.cleanup_pod(sid)
+
+
+async def test_image_volume_subpath_should_succeed_when_using_a_valid_subpath(critest):
+    """image_volume.go: subPath "should succeed when using a valid subPath"."""
+    sid, _, cid, error = await image_volume_container(
+        critest, "image-volume-subpath-test-", "test-image-predefined-group", sub_path="etc"
+    )
+    try:
+        skip_if_image_volume_unsupported(error, False)
+        assert cid is not None
+        await critest.start(cid)
+        await critest.exec_ok(cid, ["ls", IMAGE_VOLUME_PATH])
+        # The full image root would put passwd at <path>/etc/passwd: subPath was applied.
+        assert await critest.exit_code(cid, ["ls", IMAGE_VOLUME_PATH + "/etc/passwd"]) != 0
+        await critest.exec_ok(cid, ["ls", IMAGE_VOLUME_PATH + "/passwd"])
+        await critest.stop(cid)
+        assert await critest.remove(cid) == pb.RemoveContainerResponse()
+    finally:
+        await critest.cleanup_pod(sid)
+
+
+async def test_image_volume_subpath_should_fail_when_subpath_does_not_exist_in_the_image(critest):
+    """image_volume.go: subPath "should fail when subPath does not exist in the image"."""
+    sid, _, cid, error = await image_volume_container(
+        critest, "image-volume-subpath-fail-test-", "test-image-tag:test", sub_path="not-existing"
+    )
+    try:
+        skip_if_image_volume_unsupported(error, True)
+        assert cid is None and error is not None, "a missing subPath must fail CreateContainer"
     finally:
         await critest.cleanup_pod(sid)

@@ -22,7 +22,7 @@ from agent.cri.validate import (
     require,
     require_image,
 )
-from agent.errors import InvalidArgument, Unimplemented
+from agent.errors import InvalidArgument
 from agent.pods import ContainerRecord, ContainerState, Selector, model
 
 __all__ = [
@@ -57,10 +57,18 @@ def container_config_from_pb(message: pb.ContainerConfig) -> model.ContainerConf
     for i, mount in enumerate(message.mounts):
         field = f"config.mounts[{i}]"
         container_target(mount.container_path, f"{field}.container_path")
-        if mount.HasField("image") and mount.image.image:
-            # UNIMPLEMENTED is how a runtime says it lacks image volumes (critest skips on it).
-            raise Unimplemented(f"{field}: image volumes are not supported")
-        absolute(mount.host_path, f"{field}.host_path")
+        image_volume = mount.image.image if mount.HasField("image") else ""
+        if image_volume:
+            if not mount.readonly:
+                # KEP-4639: an image volume is read-only; the kubelet always says so.
+                raise InvalidArgument(f"{field}: an image volume must be readonly")
+            sub_path = mount.image_sub_path
+            if sub_path.startswith("/") or ".." in sub_path.split("/"):
+                raise InvalidArgument(
+                    f"{field}.image_sub_path: '{sub_path}' must be a path inside the image"
+                )
+        else:
+            absolute(mount.host_path, f"{field}.host_path")
         propagation = PROPAGATION[
             enum_name(pb.MountPropagation, mount.propagation, f"{field}.propagation")
         ]
@@ -85,6 +93,8 @@ def container_config_from_pb(message: pb.ContainerConfig) -> model.ContainerConf
                 mount.recursive_read_only,
                 uids,
                 gids,
+                image_volume,
+                mount.image_sub_path if image_volume else "",
             )
         )
     devices = []
@@ -216,6 +226,15 @@ def container_status_to_pb(record: ContainerRecord) -> pb.ContainerStatus:
                 propagation=_PROPAGATION_PB.get(p, pb.PROPAGATION_PRIVATE),
             )
             for c, h, ro, p in record.mounts
+        ]
+        + [
+            pb.Mount(
+                container_path=c,
+                readonly=True,
+                image=pb.ImageSpec(image=ref, image_ref=image_id),
+                image_sub_path=sub_path,
+            )
+            for c, ref, image_id, sub_path in record.image_mounts
         ],
         log_path=record.log_path,
         resources=pb.ContainerResources(linux=resources_to_pb(record.config.resources)),
