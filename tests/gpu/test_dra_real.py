@@ -57,7 +57,7 @@ class ClaimSource:
 
 
 def test_a_prepared_claim_gives_a_container_exactly_its_gpu(
-    service: GpuService,
+    service: GpuService,  # noqa: F811
     runc,  # noqa: F811
     tmp_path,
     nvml: GpuBackend,
