@@ -6,6 +6,7 @@ answering), the same state the device plugin's ``ListAndWatch``, the DRA driver'
 ResourceSlice taints and health stream report. ``gpu`` is the index and ``UUID`` the
 GPU's UUID, the labels DCGM-exporter uses. A minimal collector of its own: the GPU
 metrics collector (DCGM names, per-container use) can take these series over.
+Imports ``gpu`` (its health state) and ``metrics.names``.
 """
 
 from __future__ import annotations

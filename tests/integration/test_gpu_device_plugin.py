@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
@@ -240,3 +241,22 @@ async def test_allocate_gives_a_real_container_its_gpu_by_cdi_and_by_env_fallbac
         again = await create(sid, kubelet_config("env-again", uid, dict(answer.envs)))
         assert await nvidia_nodes(env, again) == GPU1_NODES
         assert token == answer.envs[TOKEN_ENV]
+
+
+async def test_a_stale_kubelet_socket_neither_stops_the_agent_nor_the_later_registration(
+    start_agent, node, short_dir
+):
+    plugins_dir = f"{short_dir}/kubelet/device-plugins"
+    os.makedirs(plugins_dir)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(f"{plugins_dir}/kubelet.sock")  # a dead kubelet's: bound, nobody listens
+    stale.close()
+    agent = await start_agent(**plugin_keys(node, short_dir))
+    assert agent.ready.is_set()
+    assert agent.kubelet_plugins is not None and agent.kubelet_plugins.device_plugins is not None
+    [server] = agent.kubelet_plugins.device_plugins.plugins.values()
+    assert server.last_error and server.registrations == 0
+    async with Kubelet(f"{short_dir}/kubelet") as kubelet:  # cleans the dir, listens anew
+        plugin = await kubelet.devices.wait_plugin(RESOURCE)
+        assert len((await plugin.wait_update(lambda u: len(u.devices) == 2)).devices) == 2
+    assert server.registrations == 1

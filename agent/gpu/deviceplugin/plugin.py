@@ -14,6 +14,8 @@ socket vanished, it serves a fresh socket and registers again; while there is no
   and, with ``env_fallback``, ``NVIDIA_VISIBLE_DEVICES`` plus ``MODEL_AGENT_GPU_ALLOCATION``,
   a token recorded in the database that names these devices: the only thing that makes
   the agent honour the variable for them (``tokens``). Unknown ids are refused.
+
+Imports ``gpu`` modules and the generated device-plugin API.
 """
 
 from __future__ import annotations
@@ -129,12 +131,14 @@ class DevicePluginServer:
         self._changed = asyncio.Event()
         self.version = 0
         self.registrations = 0
+        self.last_error = ""
         self._task: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------
 
     async def start(self) -> None:
-        await self._check()
+        """Serve and register now if the kubelet is there; keep trying every second."""
+        await self._check_logged()
         self._task = asyncio.get_running_loop().create_task(
             self._watch(), name=f"device-plugin {self.name}"
         )
@@ -165,10 +169,21 @@ class DevicePluginServer:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(CHECK_SECONDS)
-            try:
-                await self._check()
-            except Exception:
-                log.exception("device plugin %s: serving or registering failed", self.name)
+            await self._check_logged()
+
+    async def _check_logged(self) -> None:
+        """``_check``; a failure (a stale kubelet.sock, say) is logged once per new error."""
+        try:
+            await self._check()
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            if message != self.last_error:
+                log.warning(
+                    "device plugin %s: serving or registering failed: %s", self.name, message
+                )
+            self.last_error = message
+        else:
+            self.last_error = ""
 
     def _kubelet_identity(self) -> tuple[int, int] | None:
         try:

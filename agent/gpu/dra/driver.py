@@ -125,7 +125,10 @@ class DraDriver:
             loop.create_task(self._watch_sockets(), name="dra-sockets"),
             loop.create_task(self._follow(), name="dra-health"),
         ]
-        await self._check_sockets()
+        try:
+            await self._check_sockets()
+        except Exception:  # retried every second by _watch_sockets; the CRI must not wait
+            log.exception("DRA: serving the kubelet plugin sockets failed")
         log.info(
             "DRA driver %s: node %s, %d devices, plugin %s",
             self.driver,
@@ -215,7 +218,6 @@ class DraDriver:
                     device=device.name,
                     healthy=healthy,
                     message="" if healthy or health is None else health.message,
-                    updated=health.since if health else 0.0,
                 )
             )
         return out

@@ -13,6 +13,7 @@
   whose report is older than the timeout ``Unknown``).
 
 Only this module converts between these protobuf types and the driver's dataclasses.
+Imports ``gpu.dra.prepare`` and the generated kubelet APIs.
 """
 
 from __future__ import annotations
@@ -66,7 +67,6 @@ class DeviceHealthReport:
     device: str
     healthy: bool
     message: str
-    updated: float  # time.time() of the last change
 
 
 class DraBackend(Protocol):
