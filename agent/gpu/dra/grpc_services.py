@@ -123,7 +123,7 @@ def _dra_servicer(module: Any, base: type[Any], backend: DraBackend) -> Any:
 def _health_servicer(module: Any, base: type[Any], backend: DraBackend) -> Any:
     class Servicer(base):  # type: ignore[misc]
         async def NodeWatchResources(self, request: Any, context: Context) -> AsyncIterator[Any]:
-            version = -1
+            version = await backend.wait_health_changed(-1, 0)  # the current one, at once
             while True:
                 response = module.NodeWatchResourcesResponse()
                 for report in backend.health_reports():
