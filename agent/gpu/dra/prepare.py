@@ -108,7 +108,7 @@ class ClaimPreparer:
                 try:
                     self._write_spec(uid, [(r.device, r.device_uuid) for r in rows])
                     log.info("DRA: rewrote the CDI spec of prepared claim %s", uid)
-                except FailedPrecondition as exc:
+                except (FailedPrecondition, OSError) as exc:  # prepare tries again
                     log.warning("DRA: prepared claim %s: cannot rewrite its CDI spec: %s", uid, exc)
 
     # -- prepare / unprepare --------------------------------------------
