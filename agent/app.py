@@ -7,9 +7,10 @@ Start order matters and is the contract with the kubelet:
 3. bind the CRI socket: from here ``Version`` and ``Status`` answer, every
    other RPC answers ``UNAVAILABLE`` ("recovering");
 4. start the metrics endpoint;
-5. run the recovery steps (reconcile pods, containers, images with disk and
-   with conmon's exit files), then mark the agent ready and tell systemd
-   (``READY=1`` via sd_notify, when ``$NOTIFY_SOCKET`` is set).
+5. run the recovery steps (GPUs, images, pods and containers reconciled with
+   disk and with conmon's exit files, then the kubelet's GPU plugins: the DRA
+   driver and device plugin sockets), then mark the agent ready and tell
+   systemd (``READY=1`` via sd_notify, when ``$NOTIFY_SOCKET`` is set).
 
 Stopping reverses it. Containers are never stopped by stopping the agent:
 conmon keeps them running and the next start re-adopts them.
@@ -34,10 +35,10 @@ from agent.config import Config
 from agent.cri import CriServer, ImageService, RpcInterceptor, RuntimeService
 from agent.db import MetadataDB
 from agent.errors import FailedPrecondition
-from agent.gpu import GpuService
+from agent.gpu import GpuService, KubeletPlugins
 from agent.health import NodeHealth
 from agent.images import ImageManager
-from agent.metrics import MetricsServer, PullMetrics, RpcMetrics
+from agent.metrics import GpuHealthCollector, MetricsServer, PullMetrics, RpcMetrics
 from agent.pods import PodService
 from agent.streaming import StreamingServer, StreamingTimeouts
 
@@ -66,6 +67,7 @@ class Agent:
         self.pods: PodService | None = None
         self.gpu = GpuService(config.gpu)
         self._gpu_refresh: asyncio.Task[None] | None = None
+        self.kubelet_plugins: KubeletPlugins | None = None
         self.cri: CriServer | None = None
         self.streaming: StreamingServer | None = None
         self.metrics_server: MetricsServer | None = None
@@ -77,11 +79,23 @@ class Agent:
     def _build(self, db: MetadataDB) -> CriServer:
         """Create the subsystems over the open database, and the server over them."""
         images = self.images = ImageManager(self.config, db, self.pull_metrics)
-        pods = self.pods = PodService(self.config, db, images, gpu=self.gpu)
+        plugins = self.kubelet_plugins = KubeletPlugins(
+            self.config.gpu, gpu=self.gpu, db=db, state_dir=self.config.agent.state_dir
+        )
+        GpuHealthCollector(plugins.health, self.registry)
+        pods = self.pods = PodService(
+            self.config,
+            db,
+            images,
+            gpu=self.gpu,
+            # The device plugin's env fallback: the GPUs its token in the env names.
+            allocated=lambda c: plugins.allocated(dict(c.envs), c.labels),
+        )
         self.recovery_steps[:0] = [
             ("gpus", self._start_gpus),
             ("images", images.recover),
             ("pods", pods.start),
+            ("kubelet GPU plugins", plugins.start),
         ]
         # RPCs a servicer does not define yet are answered UNIMPLEMENTED by the
         # interceptor; the generated stubs declare every RPC abstract.
@@ -141,7 +155,8 @@ class Agent:
     def _gpu_status(self, db: MetadataDB) -> dict[str, object]:
         """``Status`` verbose ``gpu``: the service's view plus who holds which GPU."""
         holders = [dataclasses.asdict(h) for h in db.gpu_holders()]
-        return {**self.gpu.status_info(), "holders": holders}
+        kubelet = self.kubelet_plugins.status_info() if self.kubelet_plugins else None
+        return {**self.gpu.status_info(), "holders": holders, "kubelet": kubelet}
 
     async def _start_gpus(self) -> None:
         """Open NVML (or the configured backend), read the inventory, write the node's
@@ -176,6 +191,8 @@ class Agent:
             await self.pods.close()
         if self.images is not None:
             await self.images.close()
+        if self.kubelet_plugins is not None:
+            await self.kubelet_plugins.stop()  # their sockets go; the kubelet sees them leave
         if self._gpu_refresh is not None:
             self._gpu_refresh.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -22,7 +22,14 @@ from typing import Any
 
 from agent.errors import AgentError
 
-__all__ = ["MIGRATIONS", "DraPreparedDevice", "GpuHolder", "MetadataDB", "SchemaTooNew"]
+__all__ = [
+    "MIGRATIONS",
+    "DevicePluginAllocation",
+    "DraPreparedDevice",
+    "GpuHolder",
+    "MetadataDB",
+    "SchemaTooNew",
+]
 
 #: Each entry migrates from version i to i+1. Append only; never edit a shipped one.
 MIGRATIONS: Sequence[str] = (
@@ -132,6 +139,20 @@ MIGRATIONS: Sequence[str] = (
     );
     CREATE INDEX dra_prepared_devices_cdi ON dra_prepared_devices(cdi_device);
     """,
+    # 6: the device plugin's allocations: the token Allocate puts into a container's env,
+    # and the devices it stands for (the env fallback honours NVIDIA_VISIBLE_DEVICES only
+    # for these); bound to the pod that first uses it.
+    """
+    CREATE TABLE device_plugin_allocations (
+        token         TEXT PRIMARY KEY,
+        resource      TEXT NOT NULL,
+        device_ids    TEXT NOT NULL,
+        device_uuids  TEXT NOT NULL,
+        pod_uid       TEXT NOT NULL,
+        created_at    INTEGER NOT NULL,
+        used_at       INTEGER NOT NULL
+    );
+    """,
 )
 
 
@@ -176,6 +197,19 @@ class DraPreparedDevice:
     @classmethod
     def columns(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls))
+
+
+@dataclass(frozen=True, slots=True)
+class DevicePluginAllocation:
+    """One ``Allocate`` answer of the device plugin: a row of ``device_plugin_allocations``."""
+
+    token: str
+    resource: str
+    device_ids: tuple[str, ...]  # as the kubelet named them (UUIDs, or <UUID>::<replica>)
+    device_uuids: tuple[str, ...]  # the GPU and MIG UUIDs they are
+    pod_uid: str  # the pod that first used the token; "" before
+    created_at: int  # s
+    used_at: int  # s; 0 before the first use
 
 
 class SchemaTooNew(AgentError):
@@ -308,6 +342,58 @@ class MetadataDB:
     def delete_dra_claim(self, claim_uid: str) -> None:
         with self.transaction() as conn:
             conn.execute("DELETE FROM dra_prepared_devices WHERE claim_uid = ?", (claim_uid,))
+
+    def put_device_allocation(self, allocation: DevicePluginAllocation) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO device_plugin_allocations (token, resource, device_ids, "
+                "device_uuids, pod_uid, created_at, used_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    allocation.token,
+                    allocation.resource,
+                    ",".join(allocation.device_ids),
+                    ",".join(allocation.device_uuids),
+                    allocation.pod_uid,
+                    allocation.created_at,
+                    allocation.used_at,
+                ),
+            )
+
+    def device_allocation(self, token: str) -> DevicePluginAllocation | None:
+        rows = self.execute("SELECT * FROM device_plugin_allocations WHERE token = ?", (token,))
+        if not rows:
+            return None
+        row = rows[0]
+        return DevicePluginAllocation(
+            token=row["token"],
+            resource=row["resource"],
+            device_ids=tuple(x for x in row["device_ids"].split(",") if x),
+            device_uuids=tuple(x for x in row["device_uuids"].split(",") if x),
+            pod_uid=row["pod_uid"],
+            created_at=int(row["created_at"]),
+            used_at=int(row["used_at"]),
+        )
+
+    def use_device_allocation(self, token: str, pod_uid: str, used_at: int) -> None:
+        """Record a use; the first use with a pod UID binds the token to that pod."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE device_plugin_allocations SET used_at = ?, "
+                "pod_uid = CASE WHEN pod_uid = '' THEN ? ELSE pod_uid END WHERE token = ?",
+                (used_at, pod_uid, token),
+            )
+
+    def prune_device_allocations(self, *, unused_before: int, idle_before: int) -> int:
+        """Forget tokens never used since ``unused_before``, and tokens idle since
+        ``idle_before`` whose pod holds no GPU any more; answers how many."""
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "DELETE FROM device_plugin_allocations WHERE "
+                "(used_at = 0 AND created_at < ?) OR (used_at > 0 AND used_at < ? AND "
+                "pod_uid NOT IN (SELECT pod_uid FROM gpu_assignments))",
+                (unused_before, idle_before),
+            )
+            return int(cursor.rowcount)
 
     def close(self) -> None:
         with self._lock:

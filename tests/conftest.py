@@ -53,6 +53,8 @@ def make_config(base: str, **overrides: Any) -> Config:
         # CDI specs (and the node's own) in the test's dirs, never the host's /etc/cdi.
         "gpu.cdi_spec_dirs": [f"{base}/cdi/etc", f"{base}/cdi/run"],
         "gpu.node_spec_dir": f"{base}/cdi/run",
+        # The kubelet's plugin dirs in the test's dir, never the host's /var/lib/kubelet.
+        "gpu.kubelet.dir": f"{base}/kubelet",
     }
     values.update(overrides)
     path = f"{base}/config.toml"  # explicit and empty: the host's /etc file never leaks in

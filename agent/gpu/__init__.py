@@ -9,6 +9,10 @@
 * ``env`` — NVIDIA_VISIBLE_DEVICES / _DRIVER_CAPABILITIES / _REQUIRE_* and the
   secure-default policy; ``assignment`` — what a container holds.
 * ``service.GpuService`` — the facade ``pods/`` and ``cri/`` call.
+* ``health`` (+ ``health_monitor``) — which GPUs are healthy, for every kubelet path
+  and the metrics; ``kubelet_split`` — which path offers each GPU; ``dra/`` — the DRA
+  driver; ``deviceplugin/`` — the device plugin; ``sockets`` — their unix-socket
+  servers; ``kubelet_plugins.KubeletPlugins`` — all of it, for ``app.py``.
 
 Nothing here imports ``pods``, ``cri`` or protobuf types.
 """
@@ -21,31 +25,39 @@ if TYPE_CHECKING:
     from agent.gpu.assignment import Assignment, GpuGrant
     from agent.gpu.backend import GpuBackend, GpuInfo, GpuSample
     from agent.gpu.cdi.spec import ContainerEdits
+    from agent.gpu.health import DeviceHealth, GpuHealth
     from agent.gpu.inventory import Device, Inventory
+    from agent.gpu.kubelet_plugins import KubeletPlugins
     from agent.gpu.service import GpuService, env_from_list
 
 _EXPORTS = {
     "Assignment": "agent.gpu.assignment",
     "ContainerEdits": "agent.gpu.cdi.spec",
     "Device": "agent.gpu.inventory",
+    "DeviceHealth": "agent.gpu.health",
     "GpuBackend": "agent.gpu.backend",
     "GpuGrant": "agent.gpu.assignment",
+    "GpuHealth": "agent.gpu.health",
     "GpuInfo": "agent.gpu.backend",
     "GpuSample": "agent.gpu.backend",
     "GpuService": "agent.gpu.service",
     "Inventory": "agent.gpu.inventory",
+    "KubeletPlugins": "agent.gpu.kubelet_plugins",
     "env_from_list": "agent.gpu.service",
 }
 __all__ = [
     "Assignment",
     "ContainerEdits",
     "Device",
+    "DeviceHealth",
     "GpuBackend",
     "GpuGrant",
+    "GpuHealth",
     "GpuInfo",
     "GpuSample",
     "GpuService",
     "Inventory",
+    "KubeletPlugins",
     "env_from_list",
 ]
 

@@ -5,8 +5,9 @@ process-global one), so tests and several agents in one process stay apart.
 """
 
 from agent.metrics import cadvisor, names
+from agent.metrics.gpu_health import GpuHealthCollector
 from agent.metrics.images import PullMetrics
 from agent.metrics.rpc import RpcMetrics
 from agent.metrics.server import MetricsServer
 
-__all__ = ["MetricsServer", "PullMetrics", "RpcMetrics", "cadvisor", "names"]
+__all__ = ["GpuHealthCollector", "MetricsServer", "PullMetrics", "RpcMetrics", "cadvisor", "names"]

@@ -12,6 +12,7 @@ __all__ = [
     "CRI_OPERATIONS_IN_FLIGHT",
     "CRI_OPERATIONS_TOTAL",
     "CRI_OPERATION_DURATION_SECONDS",
+    "GPU_HEALTHY",
     "IMAGE_PULLS_IN_FLIGHT",
     "IMAGE_PULLS_TOTAL",
     "IMAGE_PULL_BYTES_TOTAL",
@@ -27,3 +28,6 @@ IMAGE_PULL_BYTES_TOTAL = "model_agent_image_pull_bytes_total"
 IMAGE_PULL_DURATION_SECONDS = "model_agent_image_pull_duration_seconds"
 IMAGE_PULLS_IN_FLIGHT = "model_agent_image_pulls_in_flight"
 IMAGE_PULLS_TOTAL = "model_agent_image_pulls_total"
+
+#: 1/0 per GPU {gpu, UUID}: the health every kubelet path reports (agent.gpu.health).
+GPU_HEALTHY = "model_agent_gpu_healthy"

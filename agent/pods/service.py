@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any
 
 from agent.config import Config
@@ -70,6 +70,7 @@ class PodService:
         images: ImageManager,
         *,
         gpu: GpuService | None = None,
+        allocated: Callable[[ContainerConfig], Collection[str]] = lambda config: (),
         runtimes: dict[str, Runtime] | None = None,
         mounter: mounts.Mounter = mounts.HOST,
     ) -> None:
@@ -94,6 +95,7 @@ class PodService:
             pod_dirs=self._dirs,
             on_change=lambda kind, cid: self._publish(kind, container_id=cid),
             gpu=gpu,
+            allocated=allocated,
         )
         self._network = PodNetwork(config)
         self._sandboxes = SandboxManager(

@@ -185,11 +185,19 @@ def test_defaults_installer_service_and_service_monitor_fit_together():
         "runc": "runc",
         "crun": "crun",
     }
-    device_class = r.one("DeviceClass")
-    assert device_class["metadata"]["name"] == "gpu.model-agent.io"
-    assert device_class["spec"]["selectors"] == [
-        {"cel": {"expression": 'device.driver == "gpu.model-agent.io"'}}
+    classes = {c["metadata"]["name"]: c for c in r.manifests if c["kind"] == "DeviceClass"}
+    assert sorted(classes) == ["gpu.model-agent.io", "mig.gpu.model-agent.io"]
+    type_of = 'device.attributes["gpu.model-agent.io"].type'
+    assert classes["gpu.model-agent.io"]["spec"]["selectors"] == [
+        {"cel": {"expression": f'device.driver == "gpu.model-agent.io" && {type_of} == "gpu"'}}
     ]
+    assert classes["mig.gpu.model-agent.io"]["spec"]["selectors"] == [
+        {"cel": {"expression": f'device.driver == "gpu.model-agent.io" && {type_of} == "mig"'}}
+    ]
+    # gpu.mode picks the agent's kubelet path, driver name and credentials.
+    assert '--set "gpu.kubelet_api=dra"' in script
+    assert '--set "gpu.dra.driver_name=gpu.model-agent.io"' in script
+    assert '--set "gpu.dra.kubeconfig=/etc/kubernetes/kubelet.conf"' in script
     assert "ScaledObject" not in r.kinds() and "ScrapeConfig" not in r.kinds()
 
 
@@ -265,12 +273,14 @@ def test_gpu_nodes_with_dra_and_bearer_auth():
         "credentials": {"name": secret["metadata"]["name"], "key": "token"},
     }
     names = sorted(m["metadata"]["name"] for m in r.manifests if m["kind"] == "DeviceClass")
-    assert names == ["gpu.model-agent.io", "h200.gpu.model-agent.io"]
+    assert names == ["gpu.model-agent.io", "h200.gpu.model-agent.io", "mig.gpu.model-agent.io"]
 
 
 def test_device_plugin_mode_has_no_device_class():
     r = rendered("device-plugin")
     assert "DeviceClass" not in r.kinds()
+    script = r.one("DaemonSet")["spec"]["template"]["spec"]["initContainers"][0]["args"][0]
+    assert '--set "gpu.kubelet_api=device-plugin"' in script and "gpu.dra." not in script
     assert r.one("DaemonSet")["spec"]["template"]["spec"]["nodeSelector"] == {
         "nvidia.com/gpu.present": "true"
     }
