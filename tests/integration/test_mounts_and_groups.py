@@ -112,6 +112,6 @@ async def test_supplemental_groups_policy_merge_and_strict(env):
     strict, strict_user = seen[pb.Strict]
     assert merged == [44, 1000, 1234]  # the image's /etc/group adds video
     assert strict == [1000, 1234]  # only the pod's
-    assert sorted(merged_user.supplemental_groups) == [44, 1234]
-    assert sorted(strict_user.supplemental_groups) == [1234]
+    assert sorted(merged_user.supplemental_groups) == [44, 1000, 1234]
+    assert sorted(strict_user.supplemental_groups) == [1000, 1234]
     assert (strict_user.uid, strict_user.gid) == (1000, 1000)

@@ -240,8 +240,12 @@ def container_status_to_pb(record: ContainerRecord) -> pb.ContainerStatus:
         resources=pb.ContainerResources(linux=resources_to_pb(record.config.resources)),
         image_id=record.image_id,
         user=pb.ContainerUser(
+            # The primary gid is one of the process's groups too (as containerd and
+            # CRI-O report it, and critest's SupplementalGroupsPolicy specs expect).
             linux=pb.LinuxContainerUser(
-                uid=record.uid, gid=record.gid, supplemental_groups=list(record.additional_gids)
+                uid=record.uid,
+                gid=record.gid,
+                supplemental_groups=list(dict.fromkeys((record.gid, *record.additional_gids))),
             )
         ),
     )
