@@ -153,6 +153,12 @@ MIGRATIONS: Sequence[str] = (
         used_at       INTEGER NOT NULL
     );
     """,
+    # 7: OCI artifacts (model weights, ORAS pushes) are kept like images; this says which
+    # rows are artifacts and of what type. Their ``config`` is the artifact's own
+    # description (see ``agent.images.store``), not an image config.
+    """
+    ALTER TABLE images ADD COLUMN artifact_type TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 

@@ -170,6 +170,11 @@ class ContainerManager:
         image = self._images.find(config.image)
         if image is None:
             raise NotFound(f"image '{config.image}' not found; pull it first")
+        if image.is_artifact:
+            raise InvalidArgument(
+                f"'{config.image}' is an OCI artifact ({image.artifact_type}), not a container "
+                "image: mount it as an image volume instead"
+            )
         runtime = self._runtimes[sandbox.handler]
         cid = new_id()
         log_path = self._log_path(sandbox, config, cid)
@@ -339,6 +344,10 @@ class ContainerManager:
         lower_root, lowers = self._images.layer_dirs(image)
         base = os.path.join(self.state, cid, "images", str(index))
         userns = sandbox.userns if sandbox.config.security.namespaces.userns else ""
+        if not lowers:  # an artifact with no layers: an empty read-only directory
+            empty = os.path.join(self.state, cid, "images", f"{index}-empty")
+            _make_target(empty, directory=True)
+            lower_root, lowers = empty, ["."]
         if len(lowers) == 1:
             _make_target(base, directory=True)
             await self._mounter.bind_special(
