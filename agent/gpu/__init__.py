@@ -19,33 +19,58 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from agent.gpu.assignment import Assignment, GpuGrant
-    from agent.gpu.backend import GpuBackend, GpuInfo, GpuSample
+    from agent.gpu.backend import (
+        STATE_OK,
+        GpmSample,
+        GpuBackend,
+        GpuEvent,
+        GpuEventStream,
+        GpuInfo,
+        GpuProcess,
+        GpuSample,
+        MigInfo,
+        ProcessUtilization,
+    )
     from agent.gpu.cdi.spec import ContainerEdits
     from agent.gpu.inventory import Device, Inventory
     from agent.gpu.service import GpuService, env_from_list
 
 _EXPORTS = {
+    "STATE_OK": "agent.gpu.backend",
     "Assignment": "agent.gpu.assignment",
     "ContainerEdits": "agent.gpu.cdi.spec",
     "Device": "agent.gpu.inventory",
+    "GpmSample": "agent.gpu.backend",
     "GpuBackend": "agent.gpu.backend",
+    "GpuEvent": "agent.gpu.backend",
+    "GpuEventStream": "agent.gpu.backend",
     "GpuGrant": "agent.gpu.assignment",
     "GpuInfo": "agent.gpu.backend",
+    "GpuProcess": "agent.gpu.backend",
     "GpuSample": "agent.gpu.backend",
     "GpuService": "agent.gpu.service",
     "Inventory": "agent.gpu.inventory",
+    "MigInfo": "agent.gpu.backend",
+    "ProcessUtilization": "agent.gpu.backend",
     "env_from_list": "agent.gpu.service",
 }
 __all__ = [
+    "STATE_OK",
     "Assignment",
     "ContainerEdits",
     "Device",
+    "GpmSample",
     "GpuBackend",
+    "GpuEvent",
+    "GpuEventStream",
     "GpuGrant",
     "GpuInfo",
+    "GpuProcess",
     "GpuSample",
     "GpuService",
     "Inventory",
+    "MigInfo",
+    "ProcessUtilization",
     "env_from_list",
 ]
 

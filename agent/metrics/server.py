@@ -1,36 +1,79 @@
-"""The ``/metrics`` HTTP endpoint (Prometheus text or OpenMetrics on request)."""
+"""The ``/metrics`` HTTP endpoint: content negotiation, gzip, TLS, scrape auth.
+
+One registry is served: Prometheus text (0.0.4) by default, OpenMetrics 1.0 when the
+scraper's ``Accept`` asks for it (Prometheus does), gzip-compressed when
+``Accept-Encoding`` allows. Before each scrape ``prepare`` gathers what the
+scrape-time collectors read (``exporter.NodeMetrics.refresh``), so the
+registry's ``collect`` never blocks on I/O; the encoding runs in a thread.
+``/`` answers a one-line index. Requests are counted by status code.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.exposition import choose_encoder
+
+from agent.config import MetricsSection
+from agent.metrics import names
+from agent.metrics.access import ScrapeAuth, TlsFiles
 
 __all__ = ["MetricsServer"]
 
 log = logging.getLogger(__name__)
 
+#: Bodies smaller than this go uncompressed: gzip would not pay for its header.
+_GZIP_MIN_BYTES = 1024
+
 
 class MetricsServer:
-    """Serves one registry on ``host:port``; collectors run at scrape time."""
+    """Serves one registry on ``settings.address``; collectors run at scrape time."""
 
-    def __init__(self, registry: CollectorRegistry, address: str) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        settings: MetricsSection,
+        *,
+        prepare: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._registry = registry
-        host, _, port = address.rpartition(":")
+        self._settings = settings
+        self._prepare = prepare
+        host, _, port = settings.address.rpartition(":")
         self._host = host.strip("[]")
         self._port = int(port)
         self._runner: web.AppRunner | None = None
+        self._auth: ScrapeAuth | None = None
+        self._tls: TlsFiles | None = None
+        self._requests = Counter(
+            names.METRICS_REQUESTS_TOTAL.removesuffix("_total"),
+            "Requests to the metrics endpoint, by HTTP status code",
+            ["code"],
+            registry=registry,
+        )
         self.url = ""
 
     async def start(self) -> None:
-        app = web.Application()
+        """Bind and serve; unreadable auth or TLS files are a ``ConfigError`` naming the key."""
+        self._auth = ScrapeAuth(self._settings)
+        self._tls = TlsFiles(self._settings) if self._settings.tls_cert_file else None
+        app = web.Application(middlewares=[self._guard])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/", self._index)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port, reuse_address=True)
+        site = web.TCPSite(
+            runner,
+            self._host,
+            self._port,
+            reuse_address=True,
+            ssl_context=self._tls.context if self._tls else None,
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -42,18 +85,62 @@ class MetricsServer:
         sockets = getattr(server, "sockets", None) or []
         port = sockets[0].getsockname()[1] if sockets else self._port
         host = f"[{self._host}]" if ":" in self._host else self._host
-        self.url = f"http://{host}:{port}/metrics"
-        log.info("metrics served on %s", self.url)
+        scheme = "https" if self._tls else "http"
+        self.url = f"{scheme}://{host}:{port}/metrics"
+        auth = " (scrape auth required)" if self._auth.enabled else ""
+        log.info("metrics served on %s%s", self.url, auth)
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Auth first, then the handler; every answer is counted by its status."""
+        if self._tls is not None:
+            self._tls.refresh()  # applies to the next handshake
+        assert self._auth is not None
+        verdict = self._auth.check(request.headers.get("Authorization", ""))
+        if not verdict.allowed:
+            self._requests.labels("401").inc()
+            return web.Response(
+                status=401,
+                text="401 Unauthorized: this endpoint needs scrape credentials\n",
+                headers={"WWW-Authenticate": verdict.challenge},
+            )
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            self._requests.labels(str(exc.status)).inc()
+            raise
+        except Exception:
+            self._requests.labels("500").inc()
+            log.exception("metrics: scrape failed")
+            return web.Response(status=500, text="500: the scrape failed; see the agent log\n")
+        self._requests.labels(str(response.status)).inc()
+        return response
+
     async def _metrics(self, request: web.Request) -> web.Response:
+        if self._prepare is not None:
+            await self._prepare()
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        wants_gzip = "gzip" in request.headers.get("Accept-Encoding", "")
+        body, compressed = await asyncio.to_thread(self._encode, encoder, wants_gzip)
+        headers = {"Content-Type": content_type, "Vary": "Accept, Accept-Encoding"}
+        if compressed:
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(body=body, headers=headers)
+
+    def _encode(
+        self, encoder: Callable[[CollectorRegistry], bytes], wants_gzip: bool
+    ) -> tuple[bytes, bool]:
         body = encoder(self._registry)
-        return web.Response(body=body, headers={"Content-Type": content_type})
+        if wants_gzip and len(body) >= _GZIP_MIN_BYTES:
+            return gzip.compress(body, compresslevel=1), True
+        return body, False
 
     async def _index(self, request: web.Request) -> web.Response:
         return web.Response(text="model-agent: metrics at /metrics\n")

@@ -1,0 +1,315 @@
+"""Scrape-time metrics of the node: pods and containers, GPUs, the image store, the process.
+
+``NodeMetrics`` is a collector in the agent's registry. Before each scrape the
+server awaits ``refresh``, which gathers, at most once per
+``metrics.min_collect_interval_seconds`` (concurrent scrapes share one gathering):
+
+* the pod and container records (``PodService.list_sandboxes``/``list_containers``)
+  for ``model_agent_pods{state}`` / ``model_agent_containers{state}`` and the labels;
+* with ``metrics.container_metrics``, ``PodService.pod_usages`` (the cgroups read at
+  call time, the same data as the CRI stats) for the cAdvisor-named families;
+* with GPUs, one ``GpuReader.read`` in a thread (every NVML call of the scrape, the
+  assignment record, the DRA checkpoint, PID → container);
+* the image store's size, at most every 10 s (it walks the content store).
+
+``collect`` only turns the last gathering into families, so the registry's
+encoding never waits on I/O. A part that fails is logged and counted
+(``model_agent_metrics_collect_errors_total``) and keeps its previous reading; the
+others are still served. ``process_*`` and ``python_*`` come from
+``prometheus_client``'s own collectors. XIDs come from the driver's event stream,
+followed by a thread (``follow_gpu_events``). Imports ``pods``, ``gpu``, ``db``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from agent.config import MetricsSection
+from agent.db import MetadataDB
+from agent.errors import NotFound
+from agent.gpu import GpuEventStream, GpuService
+from agent.metrics import names
+from agent.metrics.containers import container_families
+from agent.metrics.gpu import ContainerRef, GpuFamilyOptions, gpu_families
+from agent.metrics.gpu_reading import GpuReader, GpuReading, XidTracker
+from agent.pods import (
+    ContainerRecord,
+    ContainerState,
+    PodService,
+    PodUsage,
+    SandboxRecord,
+    Selector,
+)
+
+__all__ = ["NodeMetrics"]
+
+log = logging.getLogger(__name__)
+
+_IMAGE_USAGE_SECONDS = 10.0
+_SANDBOX_STATES = ("ready", "notready")
+_CONTAINER_STATES = tuple(s.value.lower() for s in ContainerState)
+
+
+@dataclass(slots=True)
+class _Gathered:
+    sandboxes: list[SandboxRecord] = field(default_factory=list)
+    containers: list[ContainerRecord] = field(default_factory=list)
+    usages: list[PodUsage] = field(default_factory=list)
+    gpu: GpuReading | None = None
+    image_bytes: int | None = None
+    image_count: int | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class NodeMetrics:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        settings: MetricsSection,
+        *,
+        pods: PodService | None = None,
+        gpu: GpuService | None = None,
+        db: MetadataDB | None = None,
+        image_usage: Callable[[], tuple[int, int]] | None = None,
+        proc_root: str = "/proc",
+    ) -> None:
+        self._settings = settings
+        self._pods = pods
+        self._gpu = gpu
+        self._image_usage = image_usage
+        self._options = GpuFamilyOptions(
+            hostname=settings.hostname or _hostname(), dcgm_names=settings.dcgm_names
+        )
+        self.xids = XidTracker()
+        self._reader = GpuReader(db, proc_root)
+        self._lock = asyncio.Lock()
+        self._gathered = _Gathered()
+        self._gathered_at = -math.inf
+        self._images_at = -math.inf
+        self._errors: dict[str, int] = {}
+        self._events: tuple[threading.Thread, GpuEventStream] | None = None
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+        registry.register(self)
+
+    # -- gathering (on the event loop, before a scrape) -----------------------------
+
+    async def refresh(self) -> None:
+        """Gather what ``collect`` reads, unless the last gathering is recent enough."""
+        if self._fresh():
+            return
+        async with self._lock:
+            if self._fresh():
+                return  # another scrape gathered while this one waited
+            await self._gather()
+            self._gathered_at = time.monotonic()
+
+    def _fresh(self) -> bool:
+        interval = self._settings.min_collect_interval_seconds
+        return time.monotonic() - self._gathered_at < interval
+
+    async def _gather(self) -> None:
+        previous = self._gathered
+        new = _Gathered(
+            gpu=previous.gpu,
+            image_bytes=previous.image_bytes,
+            image_count=previous.image_count,
+            usages=previous.usages,
+        )
+        started = time.perf_counter()
+        if self._pods is not None:
+            try:
+                new.sandboxes = self._pods.list_sandboxes(Selector())
+                new.containers = self._pods.list_containers(Selector())
+            except Exception:
+                self._failed("pods")
+                new.sandboxes, new.containers = previous.sandboxes, previous.containers
+        new.seconds["pods"] = time.perf_counter() - started
+        known = [c.id for c in new.containers]
+        await asyncio.gather(
+            self._gather_usages(new), self._gather_gpus(new, known), self._gather_images(new)
+        )
+        self._gathered = new
+
+    async def _gather_usages(self, new: _Gathered) -> None:
+        if self._pods is None or not self._settings.container_metrics:
+            new.usages = []
+            return
+        started = time.perf_counter()
+        for attempt in (1, 2):
+            try:
+                new.usages = await self._pods.pod_usages(Selector(), processes=True)
+                break
+            except NotFound:
+                if attempt == 2:  # pods keep vanishing mid-read: keep the last reading
+                    self._failed("containers")
+            except Exception:
+                self._failed("containers")
+                break
+        new.seconds["containers"] = time.perf_counter() - started
+
+    async def _gather_gpus(self, new: _Gathered, known: list[str]) -> None:
+        if self._gpu is None:
+            return
+        inventory = self._gpu.inventory()
+        if not inventory.gpus:
+            new.gpu = None
+            return
+        started = time.perf_counter()
+        try:
+            new.gpu = await asyncio.to_thread(
+                self._reader.read, self._gpu.backend, inventory, known
+            )
+        except Exception:
+            self._failed("gpus")
+        new.seconds["gpus"] = time.perf_counter() - started
+
+    async def _gather_images(self, new: _Gathered) -> None:
+        if self._image_usage is None:
+            return
+        now = time.monotonic()
+        if now - self._images_at < max(
+            _IMAGE_USAGE_SECONDS, self._settings.min_collect_interval_seconds
+        ):
+            return
+        started = time.perf_counter()
+        try:
+            new.image_bytes, new.image_count = await asyncio.to_thread(self._image_usage)
+            self._images_at = now
+        except Exception:
+            self._failed("images")
+        new.seconds["images"] = time.perf_counter() - started
+
+    def _failed(self, collector: str) -> None:
+        log.exception("metrics: collecting %s failed; serving the previous reading", collector)
+        self._errors[collector] = self._errors.get(collector, 0) + 1
+
+    # -- the registry's side ----------------------------------------------------------
+
+    def describe(self) -> list[Metric]:
+        return []  # names vary with the node (GPUs, pods); no duplicate check needed
+
+    def collect(self) -> Iterator[Metric]:
+        g = self._gathered
+        if self._pods is not None:
+            yield from self._state_families(g)
+        if g.image_bytes is not None:
+            store = GaugeMetricFamily(
+                names.IMAGE_STORE_BYTES,
+                "Bytes the image store holds on disk (unpacked layers and content blobs)",
+            )
+            store.add_metric([], float(g.image_bytes))
+            yield store
+            images = GaugeMetricFamily(names.IMAGES, "Images the agent holds")
+            images.add_metric([], float(g.image_count or 0))
+            yield images
+        if g.gpu is not None:
+            refs = _container_refs(g.sandboxes, g.containers)
+            yield from gpu_families(
+                g.gpu, refs, self.xids.last(), self.xids.counts(), self._options
+            )
+        if self._settings.container_metrics:
+            yield from container_families(g.usages)
+        durations = GaugeMetricFamily(
+            names.METRICS_COLLECT_DURATION_SECONDS,
+            "How long the last gathering of each scrape-time collector took",
+            labels=["collector"],
+        )
+        for collector, seconds in sorted(g.seconds.items()):
+            durations.add_metric([collector], seconds)
+        yield durations
+        errors = CounterMetricFamily(
+            names.METRICS_COLLECT_ERRORS_TOTAL,
+            "Scrape-time collections that failed (the previous reading was served)",
+            labels=["collector"],
+        )
+        for collector, count in sorted(self._errors.items()):
+            errors.add_metric([collector], float(count))
+        yield errors
+
+    def _state_families(self, g: _Gathered) -> Iterator[Metric]:
+        pods = GaugeMetricFamily(
+            names.PODS, "Pod sandboxes the agent runs, by state", labels=["state"]
+        )
+        counts = dict.fromkeys(_SANDBOX_STATES, 0)
+        for sandbox in g.sandboxes:
+            counts[sandbox.state.reported().value.lower()] += 1
+        for state, count in counts.items():
+            pods.add_metric([state], float(count))
+        yield pods
+        containers = GaugeMetricFamily(
+            names.CONTAINERS, "Containers the agent knows, by state", labels=["state"]
+        )
+        counts = dict.fromkeys(_CONTAINER_STATES, 0)
+        for container in g.containers:
+            counts[container.state.value.lower()] += 1
+        for state, count in counts.items():
+            containers.add_metric([state], float(count))
+        yield containers
+
+    # -- XIDs from the driver ---------------------------------------------------------
+
+    def follow_gpu_events(self) -> None:
+        """Start the thread reading the backend's event stream (after the GPUs started)."""
+        if self._gpu is None or self._events is not None:
+            return
+        backend = self._gpu.backend
+        if not backend.status().available:
+            return
+        stream = backend.open_events()
+        thread = threading.Thread(
+            target=self._follow, args=(stream,), name="metrics-gpu-events", daemon=True
+        )
+        thread.start()
+        self._events = (thread, stream)
+
+    def _follow(self, stream: GpuEventStream) -> None:
+        while True:
+            try:
+                events = stream.wait(1.0)
+            except Exception:
+                log.exception("metrics: reading GPU events failed; stopped following them")
+                return
+            if self._events is None or self._events[1] is not stream:
+                return
+            self.xids.observe(events)
+
+    def stop_gpu_events(self) -> None:
+        """Stop following events (blocks up to a few seconds; call it in a thread)."""
+        if self._events is None:
+            return
+        thread, stream = self._events
+        self._events = None
+        stream.close()
+        thread.join(timeout=5)
+
+
+def _container_refs(
+    sandboxes: list[SandboxRecord], containers: list[ContainerRecord]
+) -> dict[str, ContainerRef]:
+    pods = {s.id: s.config.metadata for s in sandboxes}
+    refs = {}
+    for c in containers:
+        meta = pods.get(c.sandbox_id)
+        refs[c.id] = ContainerRef(
+            namespace=meta.namespace if meta else "",
+            pod=meta.name if meta else "",
+            name=c.config.name,
+            live=c.state is not ContainerState.EXITED,
+        )
+    return refs
+
+
+def _hostname() -> str:
+    return os.uname().nodename
