@@ -2,9 +2,11 @@
 
 The same samples the CRI's ``ListPodSandboxMetrics`` sends the kubelet
 (``cadvisor.pod_samples`` over ``PodService.pod_usages``), as Prometheus families
-with exact values. cAdvisor's counters whose names do not end in ``_total``
-(``container_memory_failcnt``) are exposed untyped: a Prometheus client names
-every counter ``*_total``, and these names must stay as dashboards know them.
+with exact values. Where cAdvisor's name and type disagree with Prometheus's naming
+rules (the counter ``container_memory_failcnt`` has no ``_total``, the gauge
+``container_fs_inodes_total`` has one) the family is exposed untyped: a Prometheus
+client names every counter ``*_total``, ``promtool`` refuses a gauge named so, and
+the names must stay as dashboards know them.
 """
 
 from __future__ import annotations
@@ -29,11 +31,11 @@ _Family = CounterMetricFamily | GaugeMetricFamily | UnknownMetricFamily
 
 def _family(descriptor: cadvisor.Descriptor) -> _Family:
     labels = list(descriptor.labels)
-    if not descriptor.counter:
-        return GaugeMetricFamily(descriptor.name, descriptor.help, labels=labels)
-    if descriptor.name.endswith("_total"):
+    if descriptor.counter != descriptor.name.endswith("_total"):
+        return UnknownMetricFamily(descriptor.name, descriptor.help, labels=labels)
+    if descriptor.counter:
         return CounterMetricFamily(descriptor.name, descriptor.help, labels=labels)
-    return UnknownMetricFamily(descriptor.name, descriptor.help, labels=labels)
+    return GaugeMetricFamily(descriptor.name, descriptor.help, labels=labels)
 
 
 def container_families(pods: Iterable[PodUsage]) -> list[Metric]:
