@@ -144,7 +144,7 @@ class Agent:
                 self.metrics_server = MetricsServer(
                     self.registry,
                     self.config.metrics,
-                    prepare=self.node_metrics.refresh if self.node_metrics else None,
+                    source=self.node_metrics,
                 )
                 await self.metrics_server.start()
             assert self.pods is not None

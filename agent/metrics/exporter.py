@@ -1,19 +1,19 @@
 """Scrape-time metrics of the node: pods and containers, GPUs, the image store, the process.
 
-``NodeMetrics`` is a collector in the agent's registry. Before each scrape the
-server awaits ``refresh``, which gathers, at most once per
+``NodeMetrics`` is the server's scrape source. Before each scrape the server
+awaits ``refresh``, which gathers, at most once per
 ``metrics.min_collect_interval_seconds`` (concurrent scrapes share one gathering):
 
-* the pod and container records (``PodService.list_sandboxes``/``list_containers``)
-  for ``model_agent_pods{state}`` / ``model_agent_containers{state}`` and the labels;
+* the pod and container records (``PodService.records``, as the exit watcher keeps
+  them) for ``model_agent_pods{state}`` / ``model_agent_containers{state}`` and labels;
 * with ``metrics.container_metrics``, ``PodService.pod_usages`` (the cgroups read at
   call time, the same data as the CRI stats) for the cAdvisor-named families;
 * with GPUs, one ``GpuReader.read`` in a thread (every NVML call of the scrape, the
   assignment record, the DRA checkpoint, PID → container);
 * the image store's size, at most every 10 s (it walks the content store).
 
-``collect`` only turns the last gathering into families, so the registry's
-encoding never waits on I/O. A part that fails is logged and counted
+``families`` only turns the last gathering into families (``exposition``), in the
+encoding thread, so the encoding never waits on I/O. A part that fails is logged and counted
 (``model_agent_metrics_collect_errors_total``) and keeps its previous reading; the
 others are still served. ``process_*`` and ``python_*`` come from
 ``prometheus_client``'s own collectors. XIDs come from the driver's event stream,
@@ -28,11 +28,10 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from agent.config import MetricsSection
 from agent.db import MetadataDB
@@ -40,6 +39,7 @@ from agent.errors import NotFound
 from agent.gpu import GpuEventStream, GpuService
 from agent.metrics import names
 from agent.metrics.containers import container_families
+from agent.metrics.exposition import COUNTER, GAUGE, Family, FamilyBuilder, LabelCache
 from agent.metrics.gpu import ContainerRef, GpuFamilyOptions, gpu_families
 from agent.metrics.gpu_reading import GpuReader, GpuReading, XidTracker
 from agent.pods import (
@@ -101,7 +101,6 @@ class NodeMetrics:
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
-        registry.register(self)
 
     # -- gathering (on the event loop, before a scrape) -----------------------------
 
@@ -130,8 +129,7 @@ class NodeMetrics:
         started = time.perf_counter()
         if self._pods is not None:
             try:
-                new.sandboxes = self._pods.list_sandboxes(Selector())
-                new.containers = self._pods.list_containers(Selector())
+                new.sandboxes, new.containers = self._pods.records()
             except Exception:
                 self._failed("pods")
                 new.sandboxes, new.containers = previous.sandboxes, previous.containers
@@ -195,68 +193,72 @@ class NodeMetrics:
         log.exception("metrics: collecting %s failed; serving the previous reading", collector)
         self._errors[collector] = self._errors.get(collector, 0) + 1
 
-    # -- the registry's side ----------------------------------------------------------
+    # -- the families of a scrape ------------------------------------------------------
 
-    def describe(self) -> list[Metric]:
-        return []  # names vary with the node (GPUs, pods); no duplicate check needed
-
-    def collect(self) -> Iterator[Metric]:
+    def families(self) -> list[Family]:
+        """The last gathering as families (called in the encoding thread)."""
         g = self._gathered
+        cache = LabelCache()
+        out: list[Family] = []
         if self._pods is not None:
-            yield from self._state_families(g)
+            out += self._state_families(g, cache)
         if g.image_bytes is not None:
-            store = GaugeMetricFamily(
+            store = FamilyBuilder(
                 names.IMAGE_STORE_BYTES,
                 "Bytes the image store holds on disk (unpacked layers and content blobs)",
+                GAUGE,
+                (),
+                cache,
             )
-            store.add_metric([], float(g.image_bytes))
-            yield store
-            images = GaugeMetricFamily(names.IMAGES, "Images the agent holds")
-            images.add_metric([], float(g.image_count or 0))
-            yield images
+            store.add((), float(g.image_bytes))
+            images = FamilyBuilder(names.IMAGES, "Images the agent holds", GAUGE, (), cache)
+            images.add((), float(g.image_count or 0))
+            out += [store.family, images.family]
         if g.gpu is not None:
             refs = _container_refs(g.sandboxes, g.containers)
-            yield from gpu_families(
-                g.gpu, refs, self.xids.last(), self.xids.counts(), self._options
+            out += gpu_families(
+                g.gpu, refs, self.xids.last(), self.xids.counts(), self._options, cache
             )
         if self._settings.container_metrics:
-            yield from container_families(g.usages)
-        durations = GaugeMetricFamily(
+            out += container_families(g.usages, cache)
+        durations = FamilyBuilder(
             names.METRICS_COLLECT_DURATION_SECONDS,
             "How long the last gathering of each scrape-time collector took",
-            labels=["collector"],
+            GAUGE,
+            ("collector",),
+            cache,
         )
         for collector, seconds in sorted(g.seconds.items()):
-            durations.add_metric([collector], seconds)
-        yield durations
-        errors = CounterMetricFamily(
+            durations.add((collector,), seconds)
+        errors = FamilyBuilder(
             names.METRICS_COLLECT_ERRORS_TOTAL,
             "Scrape-time collections that failed (the previous reading was served)",
-            labels=["collector"],
+            COUNTER,
+            ("collector",),
+            cache,
         )
         for collector, count in sorted(self._errors.items()):
-            errors.add_metric([collector], float(count))
-        yield errors
+            errors.add((collector,), float(count))
+        return [*out, durations.family, errors.family]
 
-    def _state_families(self, g: _Gathered) -> Iterator[Metric]:
-        pods = GaugeMetricFamily(
-            names.PODS, "Pod sandboxes the agent runs, by state", labels=["state"]
+    def _state_families(self, g: _Gathered, cache: LabelCache) -> list[Family]:
+        pods = FamilyBuilder(
+            names.PODS, "Pod sandboxes the agent runs, by state", GAUGE, ("state",), cache
         )
         counts = dict.fromkeys(_SANDBOX_STATES, 0)
         for sandbox in g.sandboxes:
             counts[sandbox.state.reported().value.lower()] += 1
         for state, count in counts.items():
-            pods.add_metric([state], float(count))
-        yield pods
-        containers = GaugeMetricFamily(
-            names.CONTAINERS, "Containers the agent knows, by state", labels=["state"]
+            pods.add((state,), float(count))
+        containers = FamilyBuilder(
+            names.CONTAINERS, "Containers the agent knows, by state", GAUGE, ("state",), cache
         )
         counts = dict.fromkeys(_CONTAINER_STATES, 0)
         for container in g.containers:
             counts[container.state.value.lower()] += 1
         for state, count in counts.items():
-            containers.add_metric([state], float(count))
-        yield containers
+            containers.add((state,), float(count))
+        return [pods.family, containers.family]
 
     # -- XIDs from the driver ---------------------------------------------------------
 

@@ -27,24 +27,17 @@ container of this agent is ``model_agent_gpu_unattributed_memory_used_bytes``.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    Metric,
-    UnknownMetricFamily,
-)
 
 from agent.db import DraPreparedDevice, GpuHolder
 from agent.gpu import STATE_OK, GpuInfo, GpuSample, MigInfo
 from agent.metrics import names
+from agent.metrics.exposition import COUNTER, GAUGE, UNKNOWN, Family, FamilyBuilder, LabelCache
 from agent.metrics.gpu_reading import GpuReading
 
 __all__ = ["ContainerRef", "GpuFamilyOptions", "gpu_families"]
 
-_Family = CounterMetricFamily | GaugeMetricFamily | UnknownMetricFamily
 _NO_HOLDER = ("", "", "")
 _NO_DRA = ("", "", "", "", "")
 _DEVICE_KEYS = names.GPU_LABELS + names.HOLDER_LABELS + names.DRA_LABELS
@@ -149,28 +142,30 @@ def _value(field: names.Field, sample: GpuSample | None, gpm: Mapping[str, float
 
 
 class _Families:
-    """Metric families by name, created on first use."""
+    """Metric families by name, created on first use, sharing one label cache."""
 
-    def __init__(self) -> None:
-        self.by_name: dict[str, _Family] = {}
+    def __init__(self, cache: LabelCache) -> None:
+        self.by_name: dict[str, FamilyBuilder] = {}
+        self._cache = cache
 
-    def get(self, name: str, help_text: str, kind: str, labels: Iterable[str]) -> _Family:
-        family = self.by_name.get(name)
-        if family is None:
-            keys = list(labels)
-            family_: _Family
-            if kind == "counter":
-                family_ = CounterMetricFamily(name, help_text, labels=keys)
-            elif kind == "unknown":
-                family_ = UnknownMetricFamily(name, help_text, labels=keys)
-            else:
-                family_ = GaugeMetricFamily(name, help_text, labels=keys)
-            self.by_name[name] = family = family_
-        return family
+    def get(self, name: str, help_text: str, kind: str, keys: Iterable[str]) -> FamilyBuilder:
+        builder = self.by_name.get(name)
+        if builder is None:
+            builder = self.by_name[name] = FamilyBuilder(
+                name, help_text, kind, tuple(keys), self._cache
+            )
+        return builder
 
-    def add(self, name: str, help_text: str, kind: str, labels: Iterable[str], values: list[str],
-            value: float) -> None:  # fmt: skip
-        self.get(name, help_text, kind, labels).add_metric(values, value)
+    def add(
+        self,
+        name: str,
+        help_text: str,
+        kind: str,
+        keys: Iterable[str],
+        values: Sequence[str],
+        value: float,
+    ) -> None:
+        self.get(name, help_text, kind, keys).add(tuple(values), value)
 
 
 def gpu_families(
@@ -179,8 +174,9 @@ def gpu_families(
     xid_last: Mapping[str, int],
     xid_counts: Mapping[tuple[str, int], int],
     options: GpuFamilyOptions,
-) -> list[Metric]:
-    families = _Families()
+    cache: LabelCache | None = None,
+) -> list[Family]:
+    families = _Families(cache or LabelCache())
     driver = reading.inventory.driver.driver_version
     live_holders: dict[str, list[GpuHolder]] = defaultdict(list)
     for holder in reading.holders:
@@ -196,8 +192,7 @@ def gpu_families(
         _info(families, device, identity)
     _xid_counts(families, devices, xid_counts, options.hostname, driver)
     _container_families(families, devices, reading, containers, options.hostname, driver)
-    found: list[Metric] = [f for f in families.by_name.values() if f.samples]
-    return found
+    return [b.family for b in families.by_name.values() if b.family.samples]
 
 
 def _device_families(
@@ -216,7 +211,7 @@ def _device_families(
         families.add(
             names.GPU_HEALTHY,
             "1 while the GPU answers NVML and is usable, 0 when it is lost or failing",
-            "gauge",
+            GAUGE,
             _DEVICE_KEYS,
             labels,
             1.0 if ok else 0.0,
@@ -225,7 +220,7 @@ def _device_families(
         names.GPU_PROCESS_UTILIZATION_SUPPORTED,
         "1 where NVML samples utilisation per process (whole GPUs), 0 where it cannot "
         "(MIG devices): per-container utilisation is then not exported",
-        "gauge",
+        GAUGE,
         _DEVICE_KEYS,
         labels,
         0.0 if device.mig else 1.0,
@@ -240,13 +235,13 @@ def _device_families(
             else:
                 value = _value(field, sample, gpm)
             if value is not None:
-                kind = "unknown" if field.counter else "gauge"
+                kind = UNKNOWN if field.counter else GAUGE
                 families.add(field.name, field.help, kind, dcgm_labels, labels, value)
     for field in names.GPU:
         value = _value(field, sample, gpm)
         if value is None:
             continue
-        kind = "counter" if field.counter else "gauge"
+        kind = COUNTER if field.counter else GAUGE
         keys: tuple[str, ...] = _DEVICE_KEYS
         values = labels
         if field.extra_label[0]:
@@ -260,7 +255,7 @@ def _info(families: _Families, device: _Device, identity: tuple[str, ...]) -> No
     families.add(
         names.GPU_INFO,
         "A GPU or MIG device of the node, with what the inventory knows of it (always 1)",
-        "gauge",
+        GAUGE,
         _INFO_KEYS,
         [
             *identity,
@@ -286,13 +281,13 @@ def _xid_counts(
     family = families.get(
         names.GPU_XID_ERRORS_TOTAL,
         "XID errors the driver reported since the agent started, by XID code",
-        "counter",
+        COUNTER,
         (*names.GPU_LABELS, "xid"),
     )
     for (uuid, xid), count in sorted(counts.items()):
         device = by_uuid.get(uuid)
         if device is not None:
-            family.add_metric([*device.identity(hostname, driver), str(xid)], float(count))
+            family.add((*device.identity(hostname, driver), str(xid)), float(count))
 
 
 def _container_families(
@@ -332,7 +327,7 @@ def _container_families(
             names.GPU_UNATTRIBUTED_MEMORY_USED_BYTES,
             "GPU memory of processes that belong to no container of this agent "
             "(host processes, other runtimes)",
-            "gauge",
+            GAUGE,
             names.GPU_LABELS,
             list(by_uuid[device_uuid].identity(hostname, driver)),
             value,
@@ -347,7 +342,7 @@ def _container_families(
         families.add(
             names.GPU_CONTAINER_PROCESSES,
             "Processes of the container with a context on the GPU (or MIG device)",
-            "gauge",
+            GAUGE,
             _DEVICE_KEYS,
             labels,
             float(processes[key]),
@@ -356,7 +351,7 @@ def _container_families(
             families.add(
                 names.GPU_CONTAINER_MEMORY_USED_BYTES,
                 "GPU memory the container's processes use (NVML usedGpuMemory, summed)",
-                "gauge",
+                GAUGE,
                 _DEVICE_KEYS,
                 labels,
                 memory[key],
@@ -366,7 +361,7 @@ def _container_families(
                 names.GPU_CONTAINER_UTILIZATION_RATIO,
                 "SM utilisation of the container's processes since the previous reading "
                 "(NVML per-process samples, summed; not available on MIG devices)",
-                "gauge",
+                GAUGE,
                 _DEVICE_KEYS,
                 labels,
                 utilization[key] / 100.0,

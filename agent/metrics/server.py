@@ -1,11 +1,11 @@
 """The ``/metrics`` HTTP endpoint: content negotiation, gzip, TLS, scrape auth.
 
-One registry is served: Prometheus text (0.0.4) by default, OpenMetrics 1.0 when the
-scraper's ``Accept`` asks for it (Prometheus does), gzip-compressed when
-``Accept-Encoding`` allows. Before each scrape ``prepare`` gathers what the
-scrape-time collectors read (``exporter.NodeMetrics.refresh``), so the
-registry's ``collect`` never blocks on I/O; the encoding runs in a thread.
-``/`` answers a one-line index. Requests are counted by status code.
+A registry and a scrape source are served together: Prometheus text (0.0.4) by
+default, OpenMetrics 1.0 when the scraper's ``Accept`` asks for it (Prometheus
+does), gzip-compressed when ``Accept-Encoding`` allows. Before each scrape the
+source's ``refresh`` gathers what its families read (``exporter.NodeMetrics``), so
+nothing blocks on I/O while encoding; the encoding (``exposition.encode``) runs in
+a thread. ``/`` answers a one-line index. Requests are counted by status code.
 """
 
 from __future__ import annotations
@@ -13,17 +13,18 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.exposition import choose_encoder
 
 from agent.config import MetricsSection
 from agent.metrics import names
 from agent.metrics.access import ScrapeAuth, TlsFiles
+from agent.metrics.exposition import Family, encode
 
-__all__ = ["MetricsServer"]
+__all__ = ["MetricsServer", "ScrapeSource"]
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +32,29 @@ log = logging.getLogger(__name__)
 _GZIP_MIN_BYTES = 1024
 
 
+class ScrapeSource(Protocol):
+    async def refresh(self) -> None:
+        """Gather what ``families`` reads (on the event loop, before each scrape)."""
+        ...
+
+    def families(self) -> Sequence[Family]:
+        """The families of this scrape (called in a thread)."""
+        ...
+
+
 class MetricsServer:
-    """Serves one registry on ``settings.address``; collectors run at scrape time."""
+    """Serves a registry and a scrape source on ``settings.address``."""
 
     def __init__(
         self,
         registry: CollectorRegistry,
         settings: MetricsSection,
         *,
-        prepare: Callable[[], Awaitable[None]] | None = None,
+        source: ScrapeSource | None = None,
     ) -> None:
         self._registry = registry
         self._settings = settings
-        self._prepare = prepare
+        self._source = source
         host, _, port = settings.address.rpartition(":")
         self._host = host.strip("[]")
         self._port = int(port)
@@ -124,23 +135,22 @@ class MetricsServer:
         return response
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        if self._prepare is not None:
-            await self._prepare()
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        if self._source is not None:
+            await self._source.refresh()
+        accept = request.headers.get("Accept", "")
         wants_gzip = "gzip" in request.headers.get("Accept-Encoding", "")
-        body, compressed = await asyncio.to_thread(self._encode, encoder, wants_gzip)
+        body, content_type, compressed = await asyncio.to_thread(self._encode, accept, wants_gzip)
         headers = {"Content-Type": content_type, "Vary": "Accept, Accept-Encoding"}
         if compressed:
             headers["Content-Encoding"] = "gzip"
         return web.Response(body=body, headers=headers)
 
-    def _encode(
-        self, encoder: Callable[[CollectorRegistry], bytes], wants_gzip: bool
-    ) -> tuple[bytes, bool]:
-        body = encoder(self._registry)
+    def _encode(self, accept: str, wants_gzip: bool) -> tuple[bytes, str, bool]:
+        families = self._source.families() if self._source is not None else ()
+        body, content_type = encode(self._registry, families, accept)
         if wants_gzip and len(body) >= _GZIP_MIN_BYTES:
-            return gzip.compress(body, compresslevel=1), True
-        return body, False
+            return gzip.compress(body, compresslevel=1), content_type, True
+        return body, content_type, False
 
     async def _index(self, request: web.Request) -> web.Response:
         return web.Response(text="model-agent: metrics at /metrics\n")

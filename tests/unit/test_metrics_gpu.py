@@ -8,6 +8,7 @@ import tomllib
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent.db import DraPreparedDevice, GpuHolder, MetadataDB
 from agent.gpu.backend import (
@@ -24,6 +25,7 @@ from agent.gpu.backend import (
 from agent.gpu.inventory import Inventory
 from agent.gpu.simulated import SimulatedBackend
 from agent.metrics import names
+from agent.metrics.exposition import Family, render
 from agent.metrics.gpu import ContainerRef, GpuFamilyOptions, gpu_families
 from agent.metrics.gpu_reading import GpuReader, GpuReading, XidTracker, container_of_pid
 from tests.support.gpu_node import GPU0, GPU1, MIG0, simulation_toml
@@ -71,9 +73,14 @@ def holder(cid: str, device: str, *, pod: str = "p", container: str = "c", **kw:
     return GpuHolder(**values)
 
 
+def parsed(found: list[Family]) -> dict[str, Any]:
+    """The families rendered as Prometheus text and parsed back by prometheus_client."""
+    text = render(found, openmetrics=False)
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
 def families(reading: GpuReading, refs: dict[str, ContainerRef], **kw: Any) -> dict[str, Any]:
-    found = gpu_families(reading, refs, {}, {}, kw.pop("options", OPTIONS), **kw)
-    return {f.name: f for f in found}
+    return parsed(gpu_families(reading, refs, {}, {}, kw.pop("options", OPTIONS), **kw))
 
 
 def series(found: dict[str, Any], name: str, **labels: str) -> list[Any]:
@@ -289,9 +296,7 @@ def test_xids_last_value_and_counts():
     assert tracker.last() == {"GPU-a": 79}
     assert tracker.counts() == {("GPU-a", 31): 1, ("GPU-a", 79): 2}
     reading = GpuReading(inventory(GPU_A), samples={"GPU-a": GpuSample("GPU-a", "0")})
-    found = {
-        f.name: f for f in gpu_families(reading, {}, tracker.last(), tracker.counts(), OPTIONS)
-    }
+    found = parsed(gpu_families(reading, {}, tracker.last(), tracker.counts(), OPTIONS))
     assert series(found, "DCGM_FI_DEV_XID_ERRORS")[0].value == 79
     counts = {s.labels["xid"]: s.value for s in series(found, names.GPU_XID_ERRORS_TOTAL)}
     assert counts == {"31": 1, "79": 2}

@@ -7,9 +7,11 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent.metrics import RpcMetrics, RuntimeMetrics
 from agent.metrics.containers import container_families
+from agent.metrics.exposition import render
 from agent.pods import (
     CgroupReading,
     ContainerEvent,
@@ -152,7 +154,8 @@ def test_cadvisor_families_keep_cadvisors_names_under_prometheus_types():
     reading = CgroupReading(cpu_usage_ns=1_500_000_000, memory_failcnt=4, memory_working_set=9)
     usage = ContainerUsage(record, 3 * S, reading, None, None)
     pod = PodUsage(sandbox(), 3 * S, None, None, {}, [usage])
-    found = {f.name: f for f in container_families([pod])}
+    text = render(container_families([pod]), openmetrics=False)
+    found = {f.name: f for f in text_string_to_metric_families(text)}
     cpu = found["container_cpu_usage_seconds"]
     assert cpu.type == "counter"
     assert [s.value for s in cpu.samples] == [1.5]  # exact seconds, not CRI's whole ones

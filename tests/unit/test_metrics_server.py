@@ -22,10 +22,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent.config import MetricsSection
 from agent.errors import ConfigError
 from agent.metrics import MetricsServer
+from agent.metrics.exposition import Family, FamilyBuilder, LabelCache
 from tests.support.scrape import fetch, scrape
 
 Start = Callable[..., Awaitable[MetricsServer]]
@@ -35,15 +40,13 @@ Start = Callable[..., Awaitable[MetricsServer]]
 async def start(tmp_path) -> AsyncIterator[Start]:
     servers: list[MetricsServer] = []
 
-    async def start(
-        prepare: Callable[[], Awaitable[None]] | None = None, **keys: Any
-    ) -> MetricsServer:
+    async def start(source: Any = None, **keys: Any) -> MetricsServer:
         registry = CollectorRegistry()
         hits = Counter("demo_hits", "Hits.", ["path"], registry=registry)
         for i in range(200):  # a body big enough to be worth compressing
             hits.labels(f"/p{i}").inc(i)
         server = MetricsServer(
-            registry, MetricsSection(address="127.0.0.1:0", **keys), prepare=prepare
+            registry, MetricsSection(address="127.0.0.1:0", **keys), source=source
         )
         await server.start()
         servers.append(server)
@@ -64,25 +67,50 @@ async def get(url: str, **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
     return await asyncio.to_thread(fetch, url, **kwargs)
 
 
+class Source:
+    """A scrape source with one family of its own, counting its refreshes."""
+
+    def __init__(self) -> None:
+        self.refreshed = 0
+
+    async def refresh(self) -> None:
+        self.refreshed += 1
+
+    def families(self) -> list[Family]:
+        cache = LabelCache()
+        energy = FamilyBuilder("demo_energy_joules_total", "Energy.", "counter", ("gpu",), cache)
+        energy.add(("0",), 12.5)
+        odd = FamilyBuilder("demo_odd", 'A "quoted"\nhelp.', "unknown", ("v",), cache)
+        odd.add(('a"b\\c\nd',), 1)
+        return [energy.family, odd.family]
+
+
 async def test_text_by_default_openmetrics_when_asked_and_gzip(start):
-    prepared = []
-
-    async def prepare() -> None:
-        prepared.append(1)
-
-    server = await start(prepare)
+    source = Source()
+    server = await start(source)
     status, headers, body = await get(server.url)
     assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    assert 'demo_hits_total{path="/p7"} 7.0' in body.decode()
+    text = body.decode()
+    assert 'demo_hits_total{path="/p7"} 7.0' in text
+    assert "# TYPE demo_energy_joules_total counter\n" in text
+    assert "# TYPE demo_odd untyped\n" in text
     assert "Content-Encoding" not in headers
+    parsed = {f.name: f for f in text_string_to_metric_families(text)}
+    assert parsed["demo_energy_joules"].samples[0].value == 12.5
+    assert parsed["demo_odd"].samples[0].labels == {"v": 'a"b\\c\nd'}
     accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
     status, headers, body = await get(server.url, headers={"Accept": accept})
     assert headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
-    assert body.decode().endswith("# EOF\n")
+    text = body.decode()
+    assert text.endswith("# EOF\n") and text.count("# EOF") == 1
+    assert "# TYPE demo_energy_joules counter\ndemo_energy_joules_total" in text
+    om = {f.name: f for f in openmetrics_families(text)}  # OpenMetrics' own, stricter parser
+    assert om["demo_energy_joules"].type == "counter" and om["demo_odd"].type == "unknown"
+    assert om["demo_hits"].samples[0].value == 0
     status, headers, body = await get(server.url, headers={"Accept-Encoding": "gzip"})
     assert headers["Content-Encoding"] == "gzip"  # fetch() decompressed it
     assert 'demo_hits_total{path="/p199"} 199.0' in body.decode()
-    assert len(prepared) == 3  # each scrape gathered first
+    assert source.refreshed == 3  # each scrape gathered first
     metrics = await asyncio.to_thread(scrape, server.url)
     assert metrics.value("model_agent_metrics_requests_total", code="200") == 3
 
