@@ -7,7 +7,7 @@ CRI metric values are unsigned integers, so the CRI conversion truncates
 "seconds" counters to whole seconds, as CRI-O sends them. Labels follow
 cAdvisor: ``container``, ``id``, ``image``, ``name``, ``namespace``, ``pod`` (and
 ``interface`` for network metrics); pod-level metrics (network) carry an empty
-``container``.
+``container``. Imports only ``pods`` types (never ``cri``: the CRI conversion imports this).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ values. Where cAdvisor's name and type disagree with Prometheus's naming rules (
 counter ``container_memory_failcnt`` has no ``_total``, the gauge
 ``container_fs_inodes_total`` has one) the family is exposed untyped: a Prometheus
 client names every counter ``*_total``, ``promtool`` refuses a gauge named so, and
-the names must stay as dashboards know them.
+the names must stay as dashboards know them. Imports ``pods`` types only.
 """
 
 from __future__ import annotations

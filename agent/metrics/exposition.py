@@ -10,7 +10,7 @@ which cost more than reading the cgroups (``bench/metrics.py``).
 
 ``encode`` serves a scrape: the registry's own metrics (counters, histograms,
 ``process_*``…) through ``prometheus_client``'s encoder for the negotiated format,
-then these families, then OpenMetrics' ``# EOF``.
+then these families, then OpenMetrics' ``# EOF``. Imports nothing of the agent.
 """
 
 from __future__ import annotations

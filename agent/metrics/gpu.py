@@ -22,6 +22,7 @@ container). NVML has no per-process utilisation on MIG devices: there the
 utilisation series is absent and ``model_agent_gpu_process_utilization_supported``
 is 0, rather than a copy of a device value. Memory of processes that belong to no
 container of this agent is ``model_agent_gpu_unattributed_memory_used_bytes``.
+Imports ``gpu`` and ``db`` types only (never ``pods``: containers come as ``ContainerRef``).
 """
 
 from __future__ import annotations

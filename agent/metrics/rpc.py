@@ -7,6 +7,7 @@ the kubelet keeps open for the agent's lifetime) are not: one endless call would
 land in the top bucket and say nothing. They show up as open calls in
 ``..._in_flight`` while they last, their messages in ``..._stream_messages_total``,
 and in ``..._operations_total`` when they end (usually ``CANCELLED``: the client went).
+Imports nothing of the agent but ``names`` (``cri.rpc`` calls it, not the reverse).
 """
 
 from __future__ import annotations

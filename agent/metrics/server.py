@@ -6,6 +6,7 @@ does), gzip-compressed when ``Accept-Encoding`` allows. Before each scrape the
 source's ``refresh`` gathers what its families read (``exporter.NodeMetrics``), so
 nothing blocks on I/O while encoding; the encoding (``exposition.encode``) runs in
 a thread. ``/`` answers a one-line index. Requests are counted by status code.
+Imports ``config`` and this package only (the source is any ``ScrapeSource``).
 """
 
 from __future__ import annotations
