@@ -108,10 +108,88 @@ class AgentSection:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MetricsSection:
+    """The ``/metrics`` endpoint: where it listens, who may scrape it, what it collects."""
+
     address: str = field(
         default="127.0.0.1:9464",
         metadata=_doc("host:port of the Prometheus endpoint (/metrics); empty disables it."),
     )
+    tls_cert_file: str = field(
+        default="",
+        metadata=_doc(
+            "PEM certificate (chain) to serve /metrics over HTTPS; with tls_key_file. Re-read "
+            "when the file changes."
+        ),
+    )
+    tls_key_file: str = field(default="", metadata=_doc("PEM private key of tls_cert_file."))
+    tls_client_ca_file: str = field(
+        default="",
+        metadata=_doc("PEM CA bundle: when set, scrapers must present a client certificate."),
+    )
+    bearer_token_file: str = field(
+        default="",
+        metadata=_doc(
+            "File holding the token scrapers send as 'Authorization: Bearer <token>'; empty: "
+            "no token auth. Re-read when it changes."
+        ),
+    )
+    basic_auth_username_file: str = field(
+        default="",
+        metadata=_doc("File holding the basic-auth user name (with basic_auth_password_file)."),
+    )
+    basic_auth_password_file: str = field(
+        default="",
+        metadata=_doc("File holding the basic-auth password."),
+    )
+    min_collect_interval_seconds: float = field(
+        default=1.0,
+        metadata=_doc(
+            "Scrapes closer together than this reuse the previous reading of NVML and the "
+            "cgroups (several Prometheus replicas cost one collection)."
+        ),
+    )
+    dcgm_names: bool = field(
+        default=True,
+        metadata=_doc(
+            "Also export GPU metrics under the DCGM-exporter names and labels "
+            "(DCGM_FI_DEV_GPU_UTIL, ...)."
+        ),
+    )
+    container_metrics: bool = field(
+        default=True,
+        metadata=_doc(
+            "Export container and pod metrics under the cAdvisor names (container_*); turn "
+            "off where Prometheus also scrapes the kubelet's /metrics/cadvisor."
+        ),
+    )
+    hostname: str = field(
+        default="",
+        metadata=_doc("The Hostname label of GPU metrics; empty: this host's name."),
+    )
+
+    def __post_init__(self) -> None:
+        files = (
+            "tls_cert_file",
+            "tls_key_file",
+            "tls_client_ca_file",
+            "bearer_token_file",
+            "basic_auth_username_file",
+            "basic_auth_password_file",
+        )
+        for key in files:
+            value = getattr(self, key)
+            if value and not os.path.isabs(value):
+                raise ConfigError(f"metrics.{key}: '{value}' is not an absolute path")
+        for one, other in (
+            ("tls_cert_file", "tls_key_file"),
+            ("basic_auth_username_file", "basic_auth_password_file"),
+        ):
+            if bool(getattr(self, one)) != bool(getattr(self, other)):
+                raise ConfigError(f"metrics.{one} and metrics.{other}: set both or neither")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigError("metrics.tls_client_ca_file: needs tls_cert_file and tls_key_file")
+        if self.min_collect_interval_seconds < 0:
+            raise ConfigError("metrics.min_collect_interval_seconds: must not be negative")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

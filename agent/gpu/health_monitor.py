@@ -32,6 +32,8 @@ class HealthMonitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._stream: GpuEventStream | None = None
+        #: Also handed every batch of driver events (the metrics count XIDs from them).
+        self.observers: list[Callable[[list[GpuEvent]], None]] = []
 
     def start(self) -> None:
         """Observe once now (so health knows every GPU), then keep watching in a thread."""
@@ -56,8 +58,11 @@ class HealthMonitor:
         next_check = time.monotonic() + self._interval
         while not self._stop.is_set():
             wait = max(0.0, next_check - time.monotonic())
-            for event in self._wait(wait):
+            events = self._wait(wait)
+            for event in events:
                 self._record(event)
+            if events:
+                self._tell(events)
             if time.monotonic() >= next_check:
                 self._observe(self._backend())
                 next_check = time.monotonic() + self._interval
@@ -78,6 +83,13 @@ class HealthMonitor:
             self._health.record(event)
         except Exception:
             log.exception("GPU health: recording %s failed", event)
+
+    def _tell(self, events: list[GpuEvent]) -> None:
+        for observer in list(self.observers):
+            try:
+                observer(events)
+            except Exception:
+                log.exception("GPU health: an event observer failed")
 
     def _observe(self, backend: GpuBackend) -> None:
         try:

@@ -25,7 +25,7 @@ from typing import Any
 
 from agent.config import GpuSection
 from agent.db import MetadataDB
-from agent.gpu.backend import STATE_OK, GpuInfo
+from agent.gpu.backend import STATE_OK, GpuEvent, GpuInfo
 from agent.gpu.deviceplugin.manager import DevicePlugins
 from agent.gpu.dra.driver import DraDriver
 from agent.gpu.dra.kube import ResourceApi
@@ -133,6 +133,15 @@ class KubeletPlugins:
         if self._monitoring:
             await asyncio.to_thread(self._monitor.stop)
             self._monitoring = False
+
+    @property
+    def watching_events(self) -> bool:
+        """Whether the health monitor reads the driver's event stream (it runs)."""
+        return self._monitoring
+
+    def observe_events(self, callback: Callable[[list[GpuEvent]], None]) -> None:
+        """Hand ``callback`` every batch of driver events the health monitor reads."""
+        self._monitor.observers.append(callback)
 
     # -- for CreateContainer and Status ---------------------------------
 

@@ -246,6 +246,11 @@ class PodService:
         current = [self._containers.status(r.id, listing=True) for r in candidates]
         return select(current, selector)
 
+    def records(self) -> tuple[list[SandboxRecord], list[ContainerRecord]]:
+        """Every sandbox and container as recorded, without re-checking their processes
+        (the exit watcher keeps the records current): cheap enough for every scrape."""
+        return self._store.sandboxes(), self._store.containers()
+
     async def update_container_resources(self, container_id: str, resources: Resources) -> None:
         await self._containers.update_resources(container_id, resources)
 

@@ -41,12 +41,12 @@ check PASS "python" "$("$PY" -V 2>&1) at $PY"
 
 SITE=$WORK/site
 export PYTHONPATH=$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH}
-need='import grpc, google.protobuf, yaml, pytest, pytest_asyncio, pytest_timeout'
+need='import grpc, google.protobuf, yaml, pytest, pytest_asyncio, pytest_timeout, prometheus_client'
 if ! "$PY" -c "$need" 2>/dev/null; then
     wheels=$REPO/tests/gpu/deps/wheels
     if [[ -d $wheels ]]; then
         if ! "$PY" -m pip install --quiet --no-index --find-links "$wheels" --target "$SITE" \
-            grpcio protobuf PyYAML pytest pytest-asyncio pytest-timeout 2>"$WORK/pip.err"; then
+            grpcio protobuf PyYAML pytest pytest-asyncio pytest-timeout prometheus-client 2>"$WORK/pip.err"; then
             # No pip: a wheel is a zip archive; unpacking it into a path entry installs it.
             "$PY" - "$wheels" "$SITE" <<'EOF'
 import pathlib, sys, zipfile
@@ -57,7 +57,7 @@ EOF
     fi
 fi
 if "$PY" -c "$need" 2>"$WORK/import.err"; then
-    check PASS "test dependencies" "grpcio, protobuf, PyYAML, pytest"
+    check PASS "test dependencies" "grpcio, protobuf, PyYAML, pytest, prometheus_client"
 else
     check FAIL "test dependencies" "$(tail -1 "$WORK/import.err") (run tests/gpu/fetch-deps.sh first)"
     exit 1

@@ -79,10 +79,10 @@ async def test_list_and_watch_follows_xids_loss_and_recovery_and_a_kubelet_resta
     node.write_simulation(simulation_toml(events=events(13) + events(63)))
     sick = await plugin.wait_update(lambda u: health_of(u)[GPU1] == "Unhealthy", after=seen)
     assert health_of(sick)[GPU0] == "Healthy"
-    assert await metric(agent, GPU1) == "0.0"
+    assert float(await metric(agent, GPU1)) == 0.0
     seen = len(plugin.updates)
     await plugin.wait_update(lambda u: health_of(u)[GPU1] == "Healthy", after=seen)
-    assert await metric(agent, GPU1) == "1.0"
+    assert float(await metric(agent, GPU1)) == 1.0
 
     # XID 79 needs a reset: quiet for longer than recovery_seconds, it stays unhealthy.
     seen = len(plugin.updates)

@@ -51,6 +51,13 @@ VALUES_SETS: dict[str, dict[str, Any]] = {
         },
         "metricsAuth": {"type": "bearer", "token": "s3cret"},
         "installer": {"extraArgs": ["--cgroup-driver=systemd"]},
+        "agent": {
+            "metricsScheme": "https",
+            "metricsTlsConfig": {
+                "ca": {"secret": {"name": "agent-ca", "key": "ca.crt"}},
+                "serverName": "model-agent",
+            },
+        },
     },
     "device-plugin": {"gpu": {"mode": "devicePlugin", "selectNodes": True}},
     "autoscaling": {
@@ -89,6 +96,7 @@ VALUES_SETS: dict[str, dict[str, Any]] = {
             "scrapeConfig": {"enabled": True, "nodeLabelSelector": "nvidia.com/gpu.present=true"}
         },
         "metricsAuth": {"type": "basic", "existingSecret": "agent-scrape"},
+        "agent": {"metricsScheme": "https", "metricsTlsConfig": {"insecureSkipVerify": True}},
         "runtimeClasses": {"enabled": False},
         "gpu": {"mode": "none"},
     },
@@ -272,6 +280,11 @@ def test_gpu_nodes_with_dra_and_bearer_auth():
         "type": "Bearer",
         "credentials": {"name": secret["metadata"]["name"], "key": "token"},
     }
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"] == {
+        "ca": {"secret": {"name": "agent-ca", "key": "ca.crt"}},
+        "serverName": "model-agent",
+    }
     names = sorted(m["metadata"]["name"] for m in r.manifests if m["kind"] == "DeviceClass")
     assert names == ["gpu.model-agent.io", "h200.gpu.model-agent.io", "mig.gpu.model-agent.io"]
 
@@ -334,4 +347,20 @@ def test_monitoring_off_and_scrape_config_alternative():
         "username": {"name": "agent-scrape", "key": "username"},
         "password": {"name": "agent-scrape", "key": "password"},
     }
+    assert (spec["scheme"], spec["tlsConfig"]) == ("HTTPS", {"insecureSkipVerify": True})
     assert "Secret" not in r.kinds()  # an existing one is used
+
+
+def test_the_charts_metric_names_are_the_ones_the_agent_exports():
+    """metricNames (alerts, dashboard, autoscaling) name series the agent really serves,
+    except the model server's own (scraped from the model's pods)."""
+    from agent.metrics import cadvisor, names
+
+    exported = {getattr(names, n) for n in names.__all__ if isinstance(getattr(names, n), str)}
+    exported |= {f.name for f in (*names.DCGM, *names.GPU)}
+    exported |= {d.name for d in cadvisor.DESCRIPTORS}
+    with open(os.path.join(CHART, "values.yaml")) as f:
+        metric_names = yaml.safe_load(f)["metricNames"]
+    ours = {k: v for k, v in metric_names.items() if not v.startswith("model_server_")}
+    assert set(ours) >= {"gpuHealthy", "recoveryDuration", "gpuContainerUtilization"}
+    assert {k: v for k, v in ours.items() if v not in exported} == {}
