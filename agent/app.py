@@ -6,10 +6,12 @@ Start order matters and is the contract with the kubelet:
 2. open the metadata database (migrating its schema);
 3. bind the CRI socket: from here ``Version`` and ``Status`` answer, every
    other RPC answers ``UNAVAILABLE`` ("recovering");
-4. start the metrics endpoint;
-5. run the recovery steps (reconcile pods, containers, images with disk and
-   with conmon's exit files), then mark the agent ready and tell systemd
-   (``READY=1`` via sd_notify, when ``$NOTIFY_SOCKET`` is set).
+4. start the metrics endpoint and follow container events for the runtime metrics;
+5. run the recovery steps (GPUs, images, pods and containers reconciled with
+   disk and with conmon's exit files, then the kubelet's GPU plugins: the DRA
+   driver and device plugin sockets, and the GPU events the metrics count), then
+   mark the agent ready and tell systemd (``READY=1`` via sd_notify, when
+   ``$NOTIFY_SOCKET`` is set).
 
 Stopping reverses it. Containers are never stopped by stopping the agent:
 conmon keeps them running and the next start re-adopts them.
@@ -18,9 +20,12 @@ conmon keeps them running and the next start re-adopts them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry
@@ -32,10 +37,11 @@ from agent.config import Config
 from agent.cri import CriServer, ImageService, RpcInterceptor, RuntimeService
 from agent.db import MetadataDB
 from agent.errors import FailedPrecondition
+from agent.gpu import GpuService, KubeletPlugins
 from agent.health import NodeHealth
 from agent.images import ImageManager
-from agent.metrics import MetricsServer, PullMetrics, RpcMetrics
-from agent.pods import PodService
+from agent.metrics import MetricsServer, NodeMetrics, PullMetrics, RpcMetrics, RuntimeMetrics
+from agent.pods import PodService, Selector
 from agent.streaming import StreamingServer, StreamingTimeouts
 
 __all__ = ["Agent"]
@@ -54,6 +60,9 @@ class Agent:
         self.registry = CollectorRegistry(auto_describe=True)
         self.metrics = RpcMetrics(self.registry, __version__)
         self.pull_metrics = PullMetrics(self.registry)
+        self.runtime_metrics = RuntimeMetrics(self.registry)
+        self.node_metrics: NodeMetrics | None = None
+        self._metrics_events: asyncio.Task[None] | None = None
         self.health = health or NodeHealth(
             config, own_conf_dir=os.path.join(config.agent.root_dir, "cni", "net.d")
         )
@@ -61,6 +70,9 @@ class Agent:
         self.db: MetadataDB | None = None
         self.images: ImageManager | None = None
         self.pods: PodService | None = None
+        self.gpu = GpuService(config.gpu)
+        self._gpu_refresh: asyncio.Task[None] | None = None
+        self.kubelet_plugins: KubeletPlugins | None = None
         self.cri: CriServer | None = None
         self.streaming: StreamingServer | None = None
         self.metrics_server: MetricsServer | None = None
@@ -72,8 +84,33 @@ class Agent:
     def _build(self, db: MetadataDB) -> CriServer:
         """Create the subsystems over the open database, and the server over them."""
         images = self.images = ImageManager(self.config, db, self.pull_metrics)
-        pods = self.pods = PodService(self.config, db, images)
-        self.recovery_steps[:0] = [("images", images.recover), ("pods", pods.start)]
+        plugins = self.kubelet_plugins = KubeletPlugins(
+            self.config.gpu, gpu=self.gpu, db=db, state_dir=self.config.agent.state_dir
+        )
+        pods = self.pods = PodService(
+            self.config,
+            db,
+            images,
+            gpu=self.gpu,
+            # The device plugin's env fallback: the GPUs its token in the env names.
+            allocated=lambda c: plugins.allocated(dict(c.envs), c.labels),
+        )
+        self.node_metrics = NodeMetrics(
+            self.registry,
+            self.config.metrics,
+            pods=pods,
+            gpu=self.gpu,
+            db=db,
+            image_usage=lambda: (images.image_fs_usage().used_bytes, len(images.all())),
+            health=plugins.health,
+        )
+        self.recovery_steps[:0] = [
+            ("gpus", self._start_gpus),
+            ("images", images.recover),
+            ("pods", pods.start),
+            ("kubelet GPU plugins", plugins.start),
+            ("GPU events for the metrics", self._follow_gpu_events),
+        ]
         # RPCs a servicer does not define yet are answered UNIMPLEMENTED by the
         # interceptor; the generated stubs declare every RPC abstract.
         streaming = self.streaming = StreamingServer(
@@ -91,39 +128,77 @@ class Agent:
             ready=self.ready,
             version=__version__,
             pulls=images.pulls_in_progress,
+            gpus=lambda: self._gpu_status(db),
             pods=pods,
             streaming=streaming,
         )
         return CriServer(
             self.socket_path,
             runtime=runtime,
-            images=ImageService(images),
+            images=ImageService(images, on_pull=self.runtime_metrics.pull_requested),
             interceptor=RpcInterceptor(self.metrics, self.ready, __version__),
         )
 
     async def start(self) -> None:
         agent = self.config.agent
         ensure_dir(agent.root_dir, 0o711)
-        ensure_dir(agent.state_dir, 0o700)
+        # 0711, not 0700: a user-namespaced container's runtime (root of its namespace only)
+        # must traverse to its rootfs; nothing here is listable, and what holds secrets
+        # (bundles, conmon's and the exit dirs, the socket's dir) is 0700 below it.
+        ensure_dir(agent.state_dir, 0o711)
         self._lock_state_dir()
         try:
             self.db = MetadataDB(os.path.join(agent.root_dir, "metadata.db"))
             if self.db.get_info("first_start_version") is None:
                 self.db.set_info("first_start_version", __version__)
             self.db.set_info("last_start_version", __version__)
+            previous_starts = int(self.db.get_info("start_count") or 0)
+            self.db.set_info("start_count", str(previous_starts + 1))
+            self.runtime_metrics.agent_started(previous_starts)
             self.cri = self._build(self.db)
             assert self.streaming is not None
             await self.streaming.start()
             await self.cri.start()
             if self.config.metrics.address:
-                self.metrics_server = MetricsServer(self.registry, self.config.metrics.address)
+                self.metrics_server = MetricsServer(
+                    self.registry,
+                    self.config.metrics,
+                    source=self.node_metrics,
+                )
                 await self.metrics_server.start()
+            assert self.pods is not None
+            self._metrics_events = asyncio.get_running_loop().create_task(
+                self.runtime_metrics.watch(self.pods.subscribe_events)
+            )
             await self.recover()
         except BaseException:
             await self.stop(grace=0)
             raise
         log.info("model-agent %s ready on unix://%s", __version__, self.socket_path)
         self.notifier.ready(f"serving CRI on unix://{self.socket_path}")
+
+    def _gpu_status(self, db: MetadataDB) -> dict[str, object]:
+        """``Status`` verbose ``gpu``: the service's view plus who holds which GPU."""
+        holders = [dataclasses.asdict(h) for h in db.gpu_holders()]
+        kubelet = self.kubelet_plugins.status_info() if self.kubelet_plugins else None
+        return {**self.gpu.status_info(), "holders": holders, "kubelet": kubelet}
+
+    async def _start_gpus(self) -> None:
+        """Open NVML (or the configured backend), read the inventory, write the node's
+        CDI spec; then keep it current. No GPU or no NVML is a normal, logged state."""
+        await asyncio.to_thread(self.gpu.start)
+        self._gpu_refresh = asyncio.get_running_loop().create_task(self.gpu.run())
+
+    async def _follow_gpu_events(self) -> None:
+        """XIDs for the metrics: from the GPU health monitor's event stream when it runs
+        (a simulated backend hands each event to one reader), else from a stream of
+        their own."""
+        if self.node_metrics is None or self.kubelet_plugins is None:
+            return
+        if self.kubelet_plugins.watching_events:
+            self.kubelet_plugins.observe_events(self.node_metrics.xids.observe)
+        else:
+            await asyncio.to_thread(self.node_metrics.follow_gpu_events)
 
     async def recover(self) -> None:
         """Reconcile persisted state with the host, then open for business.
@@ -133,10 +208,24 @@ class Agent:
         and the metadata database say what happened. Each step must be
         idempotent: a crash during recovery re-runs it on the next start.
         """
+        started = time.monotonic()
         for name, step in self.recovery_steps:
             log.info("recovery: %s", name)
             await step()
+        self.runtime_metrics.recovery_finished(time.monotonic() - started, self._recovered())
         self.ready.set()
+
+    def _recovered(self) -> dict[str, int]:
+        """What the agent found and adopted, for ``model_agent_recovered_objects``."""
+        if self.pods is None or self.images is None:
+            return {}
+        containers = self.pods.list_containers(Selector())
+        return {
+            "pods": len(self.pods.list_sandboxes(Selector())),
+            "containers": len(containers),
+            "running_containers": sum(1 for c in containers if c.state.is_running()),
+            "images": len(self.images.all()),
+        }
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop serving; in-flight RPCs get ``grace`` seconds. Containers keep running."""
@@ -148,10 +237,25 @@ class Agent:
             await self.cri.stop(grace)
         if self.streaming is not None:
             await self.streaming.stop()  # ends every session; exec'd processes die with them
+        if self._metrics_events is not None:
+            self._metrics_events.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._metrics_events
+            self._metrics_events = None
+        if self.node_metrics is not None:
+            await asyncio.to_thread(self.node_metrics.stop_gpu_events)
         if self.pods is not None:
             await self.pods.close()
         if self.images is not None:
             await self.images.close()
+        if self.kubelet_plugins is not None:
+            await self.kubelet_plugins.stop()  # their sockets go; the kubelet sees them leave
+        if self._gpu_refresh is not None:
+            self._gpu_refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._gpu_refresh
+            self._gpu_refresh = None
+            await asyncio.to_thread(self.gpu.close)
         if self.metrics_server is not None:
             await self.metrics_server.stop()
             self.metrics_server = None

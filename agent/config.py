@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 import types
 import typing
@@ -31,10 +32,18 @@ from agent.errors import ConfigError
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "DEFAULT_IGNORED_XIDS",
+    "DEFAULT_RESET_XIDS",
     "ENV_OVERRIDES",
+    "KUBELET_APIS",
     "AgentSection",
     "Config",
+    "GpuDevicePluginSection",
+    "GpuDraSection",
+    "GpuHealthSection",
+    "GpuKubeletSection",
     "GpuSection",
+    "GpuSharingSection",
     "ImageSection",
     "MetricsSection",
     "NetworkSection",
@@ -47,6 +56,8 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG_PATH = "/etc/model-agent/config.toml"
+
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 #: Environment variables that override one key each (flags override them in turn).
 ENV_OVERRIDES: Mapping[str, str] = {
@@ -97,10 +108,88 @@ class AgentSection:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MetricsSection:
+    """The ``/metrics`` endpoint: where it listens, who may scrape it, what it collects."""
+
     address: str = field(
         default="127.0.0.1:9464",
         metadata=_doc("host:port of the Prometheus endpoint (/metrics); empty disables it."),
     )
+    tls_cert_file: str = field(
+        default="",
+        metadata=_doc(
+            "PEM certificate (chain) to serve /metrics over HTTPS; with tls_key_file. Re-read "
+            "when the file changes."
+        ),
+    )
+    tls_key_file: str = field(default="", metadata=_doc("PEM private key of tls_cert_file."))
+    tls_client_ca_file: str = field(
+        default="",
+        metadata=_doc("PEM CA bundle: when set, scrapers must present a client certificate."),
+    )
+    bearer_token_file: str = field(
+        default="",
+        metadata=_doc(
+            "File holding the token scrapers send as 'Authorization: Bearer <token>'; empty: "
+            "no token auth. Re-read when it changes."
+        ),
+    )
+    basic_auth_username_file: str = field(
+        default="",
+        metadata=_doc("File holding the basic-auth user name (with basic_auth_password_file)."),
+    )
+    basic_auth_password_file: str = field(
+        default="",
+        metadata=_doc("File holding the basic-auth password."),
+    )
+    min_collect_interval_seconds: float = field(
+        default=1.0,
+        metadata=_doc(
+            "Scrapes closer together than this reuse the previous reading of NVML and the "
+            "cgroups (several Prometheus replicas cost one collection)."
+        ),
+    )
+    dcgm_names: bool = field(
+        default=True,
+        metadata=_doc(
+            "Also export GPU metrics under the DCGM-exporter names and labels "
+            "(DCGM_FI_DEV_GPU_UTIL, ...)."
+        ),
+    )
+    container_metrics: bool = field(
+        default=True,
+        metadata=_doc(
+            "Export container and pod metrics under the cAdvisor names (container_*); turn "
+            "off where Prometheus also scrapes the kubelet's /metrics/cadvisor."
+        ),
+    )
+    hostname: str = field(
+        default="",
+        metadata=_doc("The Hostname label of GPU metrics; empty: this host's name."),
+    )
+
+    def __post_init__(self) -> None:
+        files = (
+            "tls_cert_file",
+            "tls_key_file",
+            "tls_client_ca_file",
+            "bearer_token_file",
+            "basic_auth_username_file",
+            "basic_auth_password_file",
+        )
+        for key in files:
+            value = getattr(self, key)
+            if value and not os.path.isabs(value):
+                raise ConfigError(f"metrics.{key}: '{value}' is not an absolute path")
+        for one, other in (
+            ("tls_cert_file", "tls_key_file"),
+            ("basic_auth_username_file", "basic_auth_password_file"),
+        ):
+            if bool(getattr(self, one)) != bool(getattr(self, other)):
+                raise ConfigError(f"metrics.{one} and metrics.{other}: set both or neither")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigError("metrics.tls_client_ca_file: needs tls_cert_file and tls_key_file")
+        if self.min_collect_interval_seconds < 0:
+            raise ConfigError("metrics.min_collect_interval_seconds: must not be negative")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -131,6 +220,14 @@ class RuntimeSection:
     )
     conmon_path: str = field(
         default="conmon", metadata=_doc("The conmon binary (a name is looked up in PATH).")
+    )
+    default_masked_paths: bool = field(
+        default=True,
+        metadata=_doc(
+            "Give a container whose request lists no masked and no read-only paths the "
+            "runtime's defaults (/proc/keys, /proc/sys read-only, ...), as CRI-O does; the "
+            "kubelet always sends them, other clients may not."
+        ),
     )
     default_cgroup_parent: str = field(
         default="/model-agent",
@@ -291,6 +388,125 @@ class StreamingSection:
     )
 
 
+#: XIDs an application causes (bad memory access, illegal instruction, a kill, MMU faults on
+#: the app's own context, ...): they say nothing about the GPU, so they never mark it unhealthy.
+DEFAULT_IGNORED_XIDS = (13, 31, 43, 45, 68, 109)
+#: XIDs after which NVIDIA says the GPU needs a reset: it stays unhealthy until one is seen.
+DEFAULT_RESET_XIDS = (48, 62, 64, 74, 79, 95, 119, 120)
+KUBELET_APIS = ("device-plugin", "dra", "split", "none")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GpuKubeletSection:
+    dir: str = field(
+        default="/var/lib/kubelet",
+        metadata=_doc(
+            "The kubelet's root directory: plugins_registry/, plugins/ and device-plugins/ "
+            "are under it."
+        ),
+    )
+    dra_gpus: list[str] = field(
+        default_factory=list,
+        metadata=_doc(
+            "With gpu.kubelet_api = split: the GPUs (index or UUID) offered through DRA; every "
+            "other GPU goes through the device plugin."
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GpuDraSection:
+    driver_name: str = field(
+        default="gpu.model-agent.io",
+        metadata=_doc(
+            "The DRA driver name (ResourceSlices, DeviceClass selectors, the kubelet plugin); "
+            "gpu.nvidia.com replaces NVIDIA's driver with the same attribute names."
+        ),
+    )
+    node_name: str = field(
+        default="",
+        metadata=_doc("This node's Kubernetes name (the ResourceSlice pool); empty: the hostname."),
+    )
+    kubeconfig: str = field(
+        default="",
+        metadata=_doc("kubeconfig for the API server; empty: the in-cluster service account."),
+    )
+    delete_slices_on_stop: bool = field(
+        default=False,
+        metadata=_doc(
+            "Delete this node's ResourceSlices when the agent stops (false: keep them across "
+            "restarts and upgrades; model-agent uninstall deletes them)."
+        ),
+    )
+    retry_max_seconds: float = field(
+        default=60.0,
+        metadata=_doc("The longest wait between two tries of a failed API server call."),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GpuDevicePluginSection:
+    resource_name: str = field(
+        default="nvidia.com/gpu",
+        metadata=_doc(
+            "Extended resource name of whole GPUs (and of MIG devices with mig_strategy single)."
+        ),
+    )
+    mig_strategy: str = field(
+        default="none",
+        metadata=_doc(
+            "MIG devices: none (GPUs only), single (every GPU's MIG devices as resource_name), "
+            "mixed (one nvidia.com/mig-<profile> resource per profile).",
+            choices=("none", "single", "mixed"),
+        ),
+    )
+    env_fallback: bool = field(
+        default=True,
+        metadata=_doc(
+            "Allocate also answers NVIDIA_VISIBLE_DEVICES and an allocation token, for kubelets "
+            "that do not pass CDI devices on; only the token's devices are honoured."
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GpuSharingSection:
+    replicas: int = field(
+        default=1,
+        metadata=_doc(
+            "Time-slicing: offer each GPU N times (device plugin and DRA). No isolation: the "
+            "sharers see each other's memory use and compete for the GPU."
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GpuHealthSection:
+    enabled: bool = field(
+        default=True,
+        metadata=_doc("Watch NVML events (XID, ECC, GPU lost) and mark GPUs unhealthy."),
+    )
+    ignored_xids: list[int] = field(
+        default_factory=lambda: list(DEFAULT_IGNORED_XIDS),
+        metadata=_doc("XIDs an application causes; they never mark a GPU unhealthy."),
+    )
+    reset_xids: list[int] = field(
+        default_factory=lambda: list(DEFAULT_RESET_XIDS),
+        metadata=_doc("XIDs after which a GPU stays unhealthy until a reset is seen."),
+    )
+    recovery_seconds: float = field(
+        default=300.0,
+        metadata=_doc(
+            "A GPU is healthy again after this long with no critical event while NVML answers "
+            "for it; 0 never recovers without a restart."
+        ),
+    )
+    check_interval_seconds: float = field(
+        default=5.0,
+        metadata=_doc("How often NVML is asked whether each GPU still answers."),
+    )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GpuSection:
     """NVIDIA GPUs: the NVML backend, CDI spec dirs, the node's own spec, env policy.
@@ -382,6 +598,20 @@ class GpuSection:
         default=30.0,
         metadata=_doc("How often the GPU inventory is re-read (the node spec follows changes)."),
     )
+    kubelet_api: str = field(
+        default="device-plugin",
+        metadata=_doc(
+            "How the kubelet gets GPUs: device-plugin (nvidia.com/gpu), dra (ResourceSlices and "
+            "claims), split (gpu.kubelet.dra_gpus through DRA, the rest through the device "
+            "plugin) or none. A GPU is never offered through both.",
+            choices=KUBELET_APIS,
+        ),
+    )
+    kubelet: GpuKubeletSection = field(default_factory=GpuKubeletSection)
+    dra: GpuDraSection = field(default_factory=GpuDraSection)
+    device_plugin: GpuDevicePluginSection = field(default_factory=GpuDevicePluginSection)
+    sharing: GpuSharingSection = field(default_factory=GpuSharingSection)
+    health: GpuHealthSection = field(default_factory=GpuHealthSection)
 
     def __post_init__(self) -> None:
         for key in ("driver_root", "container_driver_root", "dev_root", "proc_root"):
@@ -404,6 +634,42 @@ class GpuSection:
             raise ConfigError("gpu.simulated_file: required when gpu.backend = simulated")
         if self.inventory_refresh_seconds <= 0:
             raise ConfigError("gpu.inventory_refresh_seconds: must be positive")
+        self._check_kubelet_plugins()
+
+    def _check_kubelet_plugins(self) -> None:
+        if not os.path.isabs(self.kubelet.dir):
+            raise ConfigError(f"gpu.kubelet.dir: '{self.kubelet.dir}' is not an absolute path")
+        if os.path.realpath(self.kubelet.dir) == "/":
+            raise ConfigError("gpu.kubelet.dir: must not be /")
+        if self.kubelet.dra_gpus and self.kubelet_api != "split":
+            raise ConfigError("gpu.kubelet.dra_gpus: only with gpu.kubelet_api = split")
+        driver = self.dra.driver_name
+        if not _DNS_SUBDOMAIN.match(driver) or len(driver) > 63:
+            raise ConfigError(
+                f"gpu.dra.driver_name: '{driver}' is not a DNS subdomain of at most 63 characters"
+            )
+        if self.dra.node_name and (
+            not _DNS_SUBDOMAIN.match(self.dra.node_name) or len(self.dra.node_name) > 253
+        ):
+            raise ConfigError(f"gpu.dra.node_name: '{self.dra.node_name}' is not a node name")
+        if self.dra.retry_max_seconds <= 0:
+            raise ConfigError("gpu.dra.retry_max_seconds: must be positive")
+        domain, sep, name = self.device_plugin.resource_name.partition("/")
+        if not sep or not _DNS_SUBDOMAIN.match(domain) or "kubernetes.io" in domain or not name:
+            raise ConfigError(
+                f"gpu.device_plugin.resource_name: '{self.device_plugin.resource_name}' is not "
+                "an extended resource name (<domain>/<name>, outside kubernetes.io)"
+            )
+        if not 1 <= self.sharing.replicas <= 64:
+            raise ConfigError("gpu.sharing.replicas: must be between 1 and 64")
+        health = self.health
+        if health.recovery_seconds < 0:
+            raise ConfigError("gpu.health.recovery_seconds: must not be negative")
+        if health.check_interval_seconds <= 0:
+            raise ConfigError("gpu.health.check_interval_seconds: must be positive")
+        for key in ("ignored_xids", "reset_xids"):
+            if any(x <= 0 for x in getattr(health, key)):
+                raise ConfigError(f"gpu.health.{key}: XIDs are positive numbers")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

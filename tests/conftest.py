@@ -6,6 +6,7 @@ Unix socket paths are limited to 107 bytes, so agent dirs live under a short
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -26,6 +27,9 @@ _RUN_SUBNET = str(run.subnet("10.251.0.0/16"))
 @pytest.fixture
 def short_dir() -> Iterator[str]:
     path = tempfile.mkdtemp(prefix=run.dir_prefix(), dir="/tmp")
+    # Like /var/lib and /run above a node's agent dirs: traversable, so a user-namespaced
+    # container's runtime (root of its namespace, not of the host) reaches its rootfs.
+    os.chmod(path, 0o711)
     try:
         yield path
     finally:
@@ -46,6 +50,11 @@ def make_config(base: str, **overrides: Any) -> Config:
         "network.bridge": _RUN_BRIDGE,
         "network.pod_cidr": _RUN_SUBNET,
         "runtime.default_cgroup_parent": f"/ma-test-{run.RUN_ID}",
+        # CDI specs (and the node's own) in the test's dirs, never the host's /etc/cdi.
+        "gpu.cdi_spec_dirs": [f"{base}/cdi/etc", f"{base}/cdi/run"],
+        "gpu.node_spec_dir": f"{base}/cdi/run",
+        # The kubelet's plugin dirs in the test's dir, never the host's /var/lib/kubelet.
+        "gpu.kubelet.dir": f"{base}/kubelet",
     }
     values.update(overrides)
     path = f"{base}/config.toml"  # explicit and empty: the host's /etc file never leaks in

@@ -18,7 +18,16 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 #: Processes a test may start and must stop.
-WATCHED_COMMANDS = {"conmon", "runc", "crun", "catatonit", "docker-registry", "registry", "skopeo"}
+WATCHED_COMMANDS = {
+    "conmon",
+    "runc",
+    "crun",
+    "catatonit",
+    "docker-registry",
+    "registry",
+    "skopeo",
+    "prometheus",
+}
 #: cgroup directories the agent creates (under any controller).
 CGROUP_ROOT = "/sys/fs/cgroup"
 CGROUP_MARKERS = ("model-agent", "ma-test")

@@ -17,8 +17,13 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, data: bytes, *, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` via temp file + fsync + rename + dir fsync."""
+def atomic_write(path: str, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` via temp file + fsync + rename + dir fsync.
+
+    ``durable=False`` skips the fsyncs: the file is still never seen half-written (by
+    another process, or after the agent crashed), only a power loss may lose it. For
+    files that do not outlive a reboot anyway (a bundle's spec, a pod's /etc/hosts).
+    """
     directory = os.path.dirname(path) or "."
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -27,18 +32,21 @@ def atomic_write(path: str, data: bytes, *, mode: int = 0o644) -> None:
         while view:
             written = os.write(fd, view)
             view = view[written:]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         os.unlink(tmp)
         raise
     os.close(fd)
     os.replace(tmp, path)
-    fsync_dir(directory)
+    if durable:
+        fsync_dir(directory)
 
 
-def atomic_write_json(path: str, obj: Any, *, mode: int = 0o644) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n", mode=mode)
+def atomic_write_json(path: str, obj: Any, *, mode: int = 0o644, durable: bool = True) -> None:
+    data = json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n"
+    atomic_write(path, data, mode=mode, durable=durable)
 
 
 def ensure_dir(path: str, mode: int) -> None:

@@ -10,9 +10,10 @@ import grpc
 from agent.api.cri.runtime.v1 import api_pb2 as pb
 from agent.cri import convert
 from agent.cri.batches import batches
+from agent.cri.converted import Converted
 from agent.cri.validate import require, require_id
 from agent.errors import InvalidArgument
-from agent.pods import PodService
+from agent.pods import ContainerRecord, PodService
 
 __all__ = ["ContainerRpcs"]
 
@@ -23,6 +24,7 @@ class ContainerRpcs:
     """Mixed into ``RuntimeService``."""
 
     _pods: PodService
+    _listed_containers: Converted[ContainerRecord, pb.Container]
 
     async def CreateContainer(
         self, request: pb.CreateContainerRequest, context: Context
@@ -71,7 +73,7 @@ class ContainerRpcs:
         self, request: pb.ListContainersRequest | pb.StreamContainersRequest
     ) -> list[pb.Container]:
         records = self._pods.list_containers(convert.container_selector(request.filter))
-        return [convert.container_to_pb(r) for r in records]
+        return self._listed_containers.all(records)
 
     async def ListContainers(
         self, request: pb.ListContainersRequest, context: Context

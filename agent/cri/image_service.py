@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -19,8 +19,12 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class ImageService(pb_grpc.ImageServiceServicer):
-    def __init__(self, images: ImageManager) -> None:
+    def __init__(
+        self, images: ImageManager, *, on_pull: Callable[[str], None] | None = None
+    ) -> None:
+        """``on_pull(pod_uid)`` hears of each pull made for a pod (cold-start metrics)."""
         self._images = images
+        self._on_pull = on_pull
 
     def _filtered(self, request: pb.ListImagesRequest | pb.StreamImagesRequest) -> list[pb.Image]:
         wanted = request.filter.image.image if request.HasField("filter") else ""
@@ -58,6 +62,8 @@ class ImageService(pb_grpc.ImageServiceServicer):
         self, request: pb.PullImageRequest, context: Context
     ) -> pb.PullImageResponse:
         image = require_image(request)
+        if self._on_pull is not None and request.HasField("sandbox_config"):
+            self._on_pull(request.sandbox_config.metadata.uid)
         image_id = await self._images.pull(image, convert.credentials_from_pb(request))
         return pb.PullImageResponse(image_ref=image_id)
 

@@ -9,7 +9,9 @@ For each call it
 * maps :class:`~agent.errors.AgentError` to its gRPC code, a missing servicer
   method to ``UNIMPLEMENTED``, and any other exception to ``INTERNAL`` with a
   short message (the traceback goes to the log, never on the wire),
-* records ``model_agent_cri_operations_total`` / ``..._duration_seconds``.
+* records ``model_agent_cri_operations_total`` / ``..._duration_seconds`` /
+  ``..._in_flight`` and, for server streams, the messages sent; long-lived streams
+  (``GetContainerEvents``) are counted but not timed (``metrics.rpc``).
 
 This is the only module that calls ``context.abort``.
 """
@@ -128,11 +130,14 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                     result = behavior(request, context)
                     if inspect.isawaitable(result):
                         result = await result
+                    metrics = self._metrics
                     if hasattr(result, "__aiter__"):
                         async for item in result:
+                            metrics.message_sent(operation)
                             yield item
                     elif result is not None:
                         for item in result:
+                            metrics.message_sent(operation)
                             yield item
                 except BaseException as exc:
                     await rpc.fail(exc, context)
@@ -155,7 +160,7 @@ class _Call:
         self.request_id = secrets.token_hex(4)
         self._token = current_rpc.set(RpcContext(self.operation, self.request_id))
         self._start = time.monotonic()
-        self._interceptor._metrics.in_flight.labels(self.operation).inc()
+        self._interceptor._metrics.started(self.operation)
         log.log(logging.DEBUG if self.quiet else logging.INFO, "request")
         return self
 
@@ -168,9 +173,7 @@ class _Call:
 
     def __exit__(self, *exc_info: object) -> None:
         elapsed = time.monotonic() - self._start
-        metrics = self._interceptor._metrics
-        metrics.in_flight.labels(self.operation).dec()
-        metrics.observe(self.operation, self.code.name, elapsed)
+        self._interceptor._metrics.finished(self.operation, self.code.name, elapsed)
         if self.code is grpc.StatusCode.OK:
             log.log(logging.DEBUG if self.quiet else logging.INFO, "done in %.3fs", elapsed)
         current_rpc.reset(self._token)

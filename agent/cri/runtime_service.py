@@ -19,7 +19,9 @@ import grpc
 
 from agent.api.cri.runtime.v1 import api_pb2 as pb, api_pb2_grpc as pb_grpc
 from agent.config import Config
+from agent.cri import convert
 from agent.cri.container_rpcs import ContainerRpcs
+from agent.cri.converted import Converted
 from agent.cri.sandbox_rpcs import SandboxRpcs
 from agent.cri.stats_rpcs import StatsRpcs
 from agent.cri.streaming_rpcs import StreamingRpcs
@@ -50,6 +52,7 @@ class RuntimeService(
         version: str,
         pulls: Callable[[], list[dict[str, object]]],
         pods: PodService,
+        gpus: Callable[[], dict[str, object]] = dict,
         streaming: StreamingServer,
     ) -> None:
         self._streaming = streaming
@@ -58,7 +61,10 @@ class RuntimeService(
         self._ready = ready
         self._version = version
         self._pulls = pulls
+        self._gpus = gpus
         self._pods = pods
+        self._listed_containers = Converted(convert.container_to_pb, lambda r: r.id)
+        self._listed_sandboxes = Converted(convert.sandbox_to_pb, lambda r: r.id)
 
     async def Version(self, request: pb.VersionRequest, context: Context) -> pb.VersionResponse:
         return pb.VersionResponse(
@@ -90,9 +96,11 @@ class RuntimeService(
         # The default handler is listed under "" as the kubelet expects, then by name.
         default = self._config.runtime.default_handler
         names = ([""] if default in report.handlers else []) + sorted(report.handlers)
-        handlers = [
-            pb.RuntimeHandler(name=name, features=pb.RuntimeHandlerFeatures()) for name in names
-        ]
+        features = pb.RuntimeHandlerFeatures(
+            recursive_read_only_mounts=self._pods.supports_recursive_read_only,
+            user_namespaces=self._pods.supports_user_namespaces,
+        )
+        handlers = [pb.RuntimeHandler(name=name, features=features) for name in names]
         info: dict[str, str] = {}
         if request.verbose:
             info = {
@@ -100,12 +108,13 @@ class RuntimeService(
                 "versions": json.dumps(report.versions, sort_keys=True),
                 "cniConfig": report.network_config,
                 "pulls": json.dumps(self._pulls()),
+                "gpu": json.dumps(self._gpus(), sort_keys=True),
             }
         return pb.StatusResponse(
             status=pb.RuntimeStatus(conditions=conditions),
             info=info,
             runtime_handlers=handlers,
-            features=pb.RuntimeFeatures(),
+            features=pb.RuntimeFeatures(supplemental_groups_policy=True),
         )
 
     async def RuntimeConfig(

@@ -11,8 +11,9 @@ import grpc
 from agent.api.cri.runtime.v1 import api_pb2 as pb
 from agent.cri import convert
 from agent.cri.batches import batches
+from agent.cri.converted import Converted
 from agent.cri.validate import require, require_id
-from agent.pods import PodService
+from agent.pods import PodService, SandboxRecord
 
 __all__ = ["SandboxRpcs"]
 
@@ -23,6 +24,7 @@ class SandboxRpcs:
     """Mixed into ``RuntimeService``."""
 
     _pods: PodService
+    _listed_sandboxes: Converted[SandboxRecord, pb.PodSandbox]
 
     async def RunPodSandbox(
         self, request: pb.RunPodSandboxRequest, context: Context
@@ -64,7 +66,7 @@ class SandboxRpcs:
         self, request: pb.ListPodSandboxRequest | pb.StreamPodSandboxesRequest
     ) -> list[pb.PodSandbox]:
         records = self._pods.list_sandboxes(convert.sandbox_selector(request.filter))
-        return [convert.sandbox_to_pb(r) for r in records]
+        return self._listed_sandboxes.all(records)
 
     async def ListPodSandbox(
         self, request: pb.ListPodSandboxRequest, context: Context

@@ -7,13 +7,22 @@ required ones are checked with ``HasField``; every failure is
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from google.protobuf.message import Message
 
 from agent.errors import InvalidArgument
 
-__all__ = ["absolute", "enum_name", "require", "require_id", "require_image"]
+__all__ = [
+    "absolute",
+    "container_target",
+    "enum_name",
+    "object_name",
+    "require",
+    "require_id",
+    "require_image",
+]
 
 
 def require(message: Message, *fields: str) -> None:
@@ -52,6 +61,39 @@ def absolute(path: str, field: str, *, required: bool = True) -> str:
     if "\x00" in path:
         raise InvalidArgument(f"{field}: contains a NUL byte")
     return path
+
+
+def container_target(path: str, field: str) -> str:
+    """A path inside the container (a mount or device target): absolute, and not the root
+    filesystem itself (``/``, ``/.``, ``//``, ``/a/..``), which a mount would replace."""
+    absolute(path, field)
+    depth = 0
+    for part in path.split("/"):
+        if part == "..":
+            depth = max(0, depth - 1)
+        elif part not in ("", "."):
+            depth += 1
+    if depth == 0:
+        raise InvalidArgument(f"{field}: '{path}' is the container's root filesystem")
+    return path
+
+
+#: What an object name may be: the kubelet sends DNS-1123 labels (containers) and
+#: subdomains (pods, with dots), critest sends upper case too; never a path separator,
+#: never "." or "..", never a leading dot or dash.
+_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")
+
+
+def object_name(value: str, field: str) -> str:
+    """A metadata name, namespace or uid: required, and safe wherever it is used."""
+    if not value:
+        raise InvalidArgument(f"{field} is required")
+    if not _NAME.fullmatch(value) or ".." in value:
+        raise InvalidArgument(
+            f"{field}: {value[:80]!r} is not a valid name (letters, digits, '-', '_' and '.', "
+            "at most 253, starting and ending with a letter or digit)"
+        )
+    return value
 
 
 def require_id(value: str, field: str) -> None:

@@ -16,6 +16,7 @@ import contextlib
 import getpass
 import json
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -216,12 +217,25 @@ async def _inspecti(cri: CriClient, args: argparse.Namespace) -> int:
                 print(f"Digest: {digest}")
             print(f"Size: {human_size(resp.image.size, 3)}")
             if not args.quiet:
+                _print_labels(resp.info)
                 print(f"Info: {dict(resp.info)}")
             continue
         documents.append(status_document(message_dict(resp.image), resp.info))
     if documents:
         emit(documents[0] if len(documents) == 1 else documents, fmt, sort_keys=True)
     return 0
+
+
+def _print_labels(info: Mapping[str, str]) -> None:
+    """The image's labels (an artifact's annotations): a model image's say what it serves."""
+    try:
+        details = json.loads(info.get("info", "{}"))
+    except ValueError:
+        return
+    if details.get("artifactType"):
+        print(f"Artifact: {details['artifactType']}")
+    for key, value in sorted((details.get("labels") or {}).items()):
+        print(f"Label: {key}={value}")
 
 
 async def _images_in_use(cri: CriClient) -> set[str]:

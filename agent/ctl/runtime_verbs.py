@@ -1,4 +1,4 @@
-"""Verbs about the runtime itself: ``version`` and ``info``.
+"""Verbs about the runtime itself: ``version``, ``info`` and ``gpus``.
 
 ``info`` prints crictl's document: the status, ``runtimeHandlers`` and
 ``features`` (snake_case, as crictl marshals them with Go's ``encoding/json``)
@@ -8,6 +8,7 @@ and each verbose info key parsed. Imports no other family of verbs.
 from __future__ import annotations
 
 import argparse
+import json
 
 from google.protobuf.json_format import MessageToDict
 
@@ -56,9 +57,41 @@ async def _info(cri: CriClient, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _gpus(cri: CriClient, args: argparse.Namespace) -> int:
+    """The node's GPUs (and MIG devices) with the pods and containers holding them."""
+    fmt = output_format(args, "table", ("table", "json", "yaml"))
+    resp = await cri.runtime.Status(pb.StatusRequest(verbose=True), timeout=cri.timeout)
+    report = json.loads(resp.info.get("gpu") or "{}")
+    if fmt != "table":
+        emit(report, fmt, sort_keys=True)
+        return 0
+    backend = report.get("backend", {})
+    if not report.get("gpus"):
+        print(f"no GPUs ({backend.get('name', 'none')}: {backend.get('reason') or 'none found'})")
+        return 0
+    held: dict[str, list[str]] = {}
+    for h in report.get("holders", []):
+        who = f"{h['pod_namespace']}/{h['pod_name']}/{h['container_name']}"
+        held.setdefault(h["device_uuid"], []).append(f"{who} ({h['container_id'][:13]})")
+    rows = Table(["GPU", "UUID", "NAME", "MEMORY", "STATE", "HELD BY"])
+    for gpu in report["gpus"]:
+        devices = [(str(gpu["index"]), gpu["uuid"], gpu["name"], gpu["memoryBytes"])]
+        devices += [(m["index"], m["uuid"], m["profile"], 0) for m in gpu.get("migDevices", [])]
+        for index, uuid, name, memory in devices:
+            holders = ", ".join(held.get(uuid, [])) or "-"
+            size = f"{memory / (1 << 30):.0f}GiB" if memory else ""
+            rows.add([index, uuid, name, size, gpu.get("state", ""), holders])
+    rows.write()
+    if backend.get("simulated"):
+        print("\n(simulated GPU backend: for tests and demos)")
+    return 0
+
+
 def register(verbs: Verbs) -> None:
     p = verbs.add("version", _version, "runtime name and versions")
     add_output_flag(p, ("table", "json", "yaml"))
     p = verbs.add("info", _info, "runtime conditions, handlers and details (Status)")
     add_output_flag(p, ("json", "yaml", "table"))
     p.add_argument("-q", "--quiet", action="store_true", help="without the verbose info")
+    p = verbs.add("gpus", _gpus, "GPUs and the pods/containers holding them")
+    add_output_flag(p, ("table", "json", "yaml"))

@@ -9,6 +9,10 @@
 * ``env`` — NVIDIA_VISIBLE_DEVICES / _DRIVER_CAPABILITIES / _REQUIRE_* and the
   secure-default policy; ``assignment`` — what a container holds.
 * ``service.GpuService`` — the facade ``pods/`` and ``cri/`` call.
+* ``health`` (+ ``health_monitor``) — which GPUs are healthy, for every kubelet path
+  and the metrics; ``kubelet_split`` — which path offers each GPU; ``dra/`` — the DRA
+  driver; ``deviceplugin/`` — the device plugin; ``sockets`` — their unix-socket
+  servers; ``kubelet_plugins.KubeletPlugins`` — all of it, for ``app.py``.
 
 Nothing here imports ``pods``, ``cri`` or protobuf types.
 """
@@ -19,30 +23,66 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from agent.gpu.assignment import Assignment, GpuGrant
-    from agent.gpu.backend import GpuBackend, GpuInfo, GpuSample
+    from agent.gpu.backend import (
+        STATE_OK,
+        GpmSample,
+        GpuBackend,
+        GpuEvent,
+        GpuEventStream,
+        GpuInfo,
+        GpuProcess,
+        GpuSample,
+        MigInfo,
+        ProcessUtilization,
+    )
+    from agent.gpu.cdi.spec import ContainerEdits
+    from agent.gpu.health import DeviceHealth, GpuHealth
     from agent.gpu.inventory import Device, Inventory
+    from agent.gpu.kubelet_plugins import KubeletPlugins
     from agent.gpu.service import GpuService, env_from_list
 
 _EXPORTS = {
+    "STATE_OK": "agent.gpu.backend",
     "Assignment": "agent.gpu.assignment",
+    "ContainerEdits": "agent.gpu.cdi.spec",
     "Device": "agent.gpu.inventory",
+    "DeviceHealth": "agent.gpu.health",
+    "GpmSample": "agent.gpu.backend",
     "GpuBackend": "agent.gpu.backend",
+    "GpuEvent": "agent.gpu.backend",
+    "GpuEventStream": "agent.gpu.backend",
     "GpuGrant": "agent.gpu.assignment",
+    "GpuHealth": "agent.gpu.health",
     "GpuInfo": "agent.gpu.backend",
+    "GpuProcess": "agent.gpu.backend",
     "GpuSample": "agent.gpu.backend",
     "GpuService": "agent.gpu.service",
     "Inventory": "agent.gpu.inventory",
+    "KubeletPlugins": "agent.gpu.kubelet_plugins",
+    "MigInfo": "agent.gpu.backend",
+    "ProcessUtilization": "agent.gpu.backend",
     "env_from_list": "agent.gpu.service",
 }
 __all__ = [
+    "STATE_OK",
     "Assignment",
+    "ContainerEdits",
     "Device",
+    "DeviceHealth",
+    "GpmSample",
     "GpuBackend",
+    "GpuEvent",
+    "GpuEventStream",
     "GpuGrant",
+    "GpuHealth",
     "GpuInfo",
+    "GpuProcess",
     "GpuSample",
     "GpuService",
     "Inventory",
+    "KubeletPlugins",
+    "MigInfo",
+    "ProcessUtilization",
     "env_from_list",
 ]
 

@@ -50,7 +50,7 @@ from agent.gpu.cdi.nodespec import (
     write_node_spec,
 )
 from agent.gpu.cdi.registry import CdiRegistry, CdiSnapshot, ResolvedDevice
-from agent.gpu.cdi.spec import ContainerEdits, DeviceNode
+from agent.gpu.cdi.spec import ContainerEdits, DeviceNode, Spec
 from agent.gpu.env import (
     DEFAULT_CAPABILITIES,
     DRIVER_CAPABILITIES,
@@ -190,6 +190,10 @@ class GpuService:
 
     def cdi(self) -> CdiSnapshot:
         return self._registry.snapshot()
+
+    def node_spec(self) -> Spec | None:
+        """The node's own CDI spec as last built (None: no usable GPU, or not written)."""
+        return self._node_spec.spec
 
     # -- containers -----------------------------------------------------
 

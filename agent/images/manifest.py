@@ -16,6 +16,8 @@ from agent.images.reference import parse_digest
 
 __all__ = [
     "ACCEPT",
+    "CONFIG_TYPES",
+    "EMPTY_CONFIG",
     "INDEX_TYPES",
     "LAYER_TYPES",
     "MANIFEST_TYPES",
@@ -42,6 +44,8 @@ ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST])
 CONFIG_TYPES = frozenset(
     {"application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"}
 )
+#: The config of an artifact that has none (image-spec 1.1 "empty descriptor").
+EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"
 
 #: layer media type -> compression ("gzip", "zstd", "" for none)
 LAYER_TYPES: dict[str, str] = {
@@ -74,6 +78,7 @@ class Descriptor:
     size: int
     platform: Platform | None = None
     urls: tuple[str, ...] = ()
+    annotations: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +89,22 @@ class Index:
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
+    """An image manifest, or an OCI artifact's (``artifact_type`` set).
+
+    An artifact is an OCI manifest whose config is not an image config (an ORAS push, a
+    ModelPack model, a Helm chart); its type is the manifest's ``artifactType``, else the
+    config's media type (image-spec 1.1), and its layers may be of any media type.
+    """
+
     media_type: str
     config: Descriptor
     layers: tuple[Descriptor, ...]
+    artifact_type: str = ""
+    annotations: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_artifact(self) -> bool:
+        return bool(self.artifact_type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +163,24 @@ def _descriptor(raw: Any, what: str) -> Descriptor:
             str(p.get("os", "")), str(p.get("architecture", "")), str(p.get("variant", ""))
         )
     urls = raw.get("urls") or ()
-    return Descriptor(media_type, parse_digest(digest), size, plat, tuple(map(str, urls)))
+    return Descriptor(
+        media_type,
+        parse_digest(digest),
+        size,
+        plat,
+        tuple(map(str, urls)),
+        _annotations(raw.get("annotations"), what),
+    )
+
+
+def _annotations(raw: Any, what: str) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
+    ):
+        raise InvalidArgument(f"{what}: annotations are not a map of strings")
+    return dict(raw)
 
 
 def media_type_of(data: bytes, content_type: str) -> str:
@@ -177,16 +212,25 @@ def parse_manifest(data: bytes, media_type: str) -> Manifest:
     if doc.get("schemaVersion") != 2:
         raise InvalidArgument("image manifest is not schemaVersion 2 (schema1 is not supported)")
     config = _descriptor(doc.get("config"), "image manifest config")
+    declared = doc.get("artifactType") or ""
+    if not isinstance(declared, str):
+        raise InvalidArgument("image manifest: artifactType is not a string")
+    artifact_type = ""
     if config.media_type not in CONFIG_TYPES:
-        raise InvalidArgument(f"unsupported image config media type '{config.media_type}'")
+        if media_type != OCI_MANIFEST:
+            raise InvalidArgument(f"unsupported image config media type '{config.media_type}'")
+        # image-spec 1.1: artifactType, else the config's media type, names the artifact.
+        artifact_type = declared or config.media_type
     layers_raw = doc.get("layers")
     if not isinstance(layers_raw, list):
         raise InvalidArgument("image manifest has no layers list")
     layers = tuple(_descriptor(layer, "image manifest layer") for layer in layers_raw)
-    for layer in layers:
-        if layer.media_type not in LAYER_TYPES:
-            raise InvalidArgument(f"unsupported layer media type '{layer.media_type}'")
-    return Manifest(media_type, config, layers)
+    if not artifact_type:
+        for layer in layers:
+            if layer.media_type not in LAYER_TYPES:
+                raise InvalidArgument(f"unsupported layer media type '{layer.media_type}'")
+    annotations = _annotations(doc.get("annotations"), "image manifest")
+    return Manifest(media_type, config, layers, artifact_type, annotations)
 
 
 def _strings(value: Any, what: str) -> tuple[str, ...]:

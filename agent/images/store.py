@@ -4,6 +4,11 @@ Every change is one transaction, so an image is either fully recorded (its
 snapshots committed, its names pointing at it) or absent. Names are unique:
 pulling ``app:v2`` moves the tag from the image that had it; that image keeps
 its other names (at least its digest name) and stays until removed.
+
+OCI artifacts are rows here too (``artifact_type`` set): their id is the manifest
+digest (many share one empty config), their layers are their file and tar snapshots,
+and their ``config`` is their own description (``artifactType``, the manifest's
+``annotations``, the artifact's config document when it is JSON, the ``files``).
 """
 
 from __future__ import annotations
@@ -38,9 +43,18 @@ class ImageRecord:
     created_at: int
     names: tuple[str, ...]
     layers: tuple[str, ...]
+    artifact_type: str = ""
+
+    @property
+    def is_artifact(self) -> bool:
+        return bool(self.artifact_type)
 
     @property
     def config(self) -> ImageConfig:
+        """The image config; an artifact's has no layers and its annotations as labels."""
+        if self.artifact_type:
+            doc = json.loads(self.config_json)
+            return ImageConfig(diff_ids=(), labels=dict(doc.get("annotations") or {}), raw=doc)
         return parse_config(self.config_json.encode())
 
     @property
@@ -82,6 +96,7 @@ class ImageStore:
             created_at=row["created_at"],
             names=tuple(names),
             layers=tuple(layers),
+            artifact_type=row["artifact_type"],
         )
 
     def get(self, image_id: str) -> ImageRecord | None:
@@ -132,7 +147,7 @@ class ImageStore:
     # -- writes --------------------------------------------------------------
 
     def add_snapshot(self, snapshot: SnapshotRecord) -> None:
-        with self._db.transaction() as conn:
+        with self._db.transaction(durable=True) as conn:
             conn.execute(
                 "INSERT INTO snapshots (chain_id, name, diff_id, size_bytes, inodes, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(chain_id) DO UPDATE SET "
@@ -159,12 +174,14 @@ class ImageStore:
         layers: list[str],
         blobs: list[str],
         names: list[str],
+        artifact_type: str = "",
     ) -> None:
         """Record a pulled image and point ``names`` at it, in one transaction."""
-        with self._db.transaction() as conn:
+        with self._db.transaction(durable=True) as conn:
             conn.execute(
                 "INSERT INTO images (id, manifest_digest, manifest_media_type, config, size_bytes, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "created_at, artifact_type) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET "
                 "manifest_digest = excluded.manifest_digest, "
                 "manifest_media_type = excluded.manifest_media_type",
                 (
@@ -174,6 +191,7 @@ class ImageStore:
                     json.dumps(config, sort_keys=True),
                     size_bytes,
                     time.time_ns(),
+                    artifact_type,
                 ),
             )
             conn.execute("DELETE FROM image_layers WHERE image_id = ?", (image_id,))
@@ -193,7 +211,7 @@ class ImageStore:
 
     def remove_image(self, image_id: str) -> tuple[list[SnapshotRecord], set[str]]:
         """Forget an image; return the snapshots no image uses now, and the blobs still used."""
-        with self._db.transaction() as conn:
+        with self._db.transaction(durable=True) as conn:
             conn.execute("DELETE FROM images WHERE id = ?", (image_id,))
             rows = conn.execute(
                 "SELECT * FROM snapshots WHERE chain_id NOT IN (SELECT chain_id FROM image_layers)"
@@ -206,7 +224,7 @@ class ImageStore:
         return orphans, kept
 
     def remove_snapshots(self, chain_ids: list[str]) -> None:
-        with self._db.transaction() as conn:
+        with self._db.transaction(durable=True) as conn:
             conn.executemany(
                 "DELETE FROM snapshots WHERE chain_id = ? AND chain_id NOT IN "
                 "(SELECT chain_id FROM image_layers)",

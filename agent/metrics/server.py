@@ -1,36 +1,91 @@
-"""The ``/metrics`` HTTP endpoint (Prometheus text or OpenMetrics on request)."""
+"""The ``/metrics`` HTTP endpoint: content negotiation, gzip, TLS, scrape auth.
+
+A registry and a scrape source are served together: Prometheus text (0.0.4) by
+default, OpenMetrics 1.0 when the scraper's ``Accept`` asks for it (Prometheus
+does), gzip-compressed when ``Accept-Encoding`` allows. Before each scrape the
+source's ``refresh`` gathers what its families read (``exporter.NodeMetrics``), so
+nothing blocks on I/O while encoding; the encoding (``exposition.encode``) runs in
+a thread. ``/`` answers a one-line index. Requests are counted by status code.
+Imports ``config`` and this package only (the source is any ``ScrapeSource``).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
+from prometheus_client import CollectorRegistry, Counter
 
-__all__ = ["MetricsServer"]
+from agent.config import MetricsSection
+from agent.metrics import names
+from agent.metrics.access import ScrapeAuth, TlsFiles
+from agent.metrics.exposition import Family, encode
+
+__all__ = ["MetricsServer", "ScrapeSource"]
 
 log = logging.getLogger(__name__)
 
+#: Bodies smaller than this go uncompressed: gzip would not pay for its header.
+_GZIP_MIN_BYTES = 1024
+
+
+class ScrapeSource(Protocol):
+    async def refresh(self) -> None:
+        """Gather what ``families`` reads (on the event loop, before each scrape)."""
+        ...
+
+    def families(self) -> Sequence[Family]:
+        """The families of this scrape (called in a thread)."""
+        ...
+
 
 class MetricsServer:
-    """Serves one registry on ``host:port``; collectors run at scrape time."""
+    """Serves a registry and a scrape source on ``settings.address``."""
 
-    def __init__(self, registry: CollectorRegistry, address: str) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        settings: MetricsSection,
+        *,
+        source: ScrapeSource | None = None,
+    ) -> None:
         self._registry = registry
-        host, _, port = address.rpartition(":")
+        self._settings = settings
+        self._source = source
+        host, _, port = settings.address.rpartition(":")
         self._host = host.strip("[]")
         self._port = int(port)
         self._runner: web.AppRunner | None = None
+        self._auth: ScrapeAuth | None = None
+        self._tls: TlsFiles | None = None
+        self._requests = Counter(
+            names.METRICS_REQUESTS_TOTAL.removesuffix("_total"),
+            "Requests to the metrics endpoint, by HTTP status code",
+            ["code"],
+            registry=registry,
+        )
         self.url = ""
 
     async def start(self) -> None:
-        app = web.Application()
+        """Bind and serve; unreadable auth or TLS files are a ``ConfigError`` naming the key."""
+        self._auth = ScrapeAuth(self._settings)
+        self._tls = TlsFiles(self._settings) if self._settings.tls_cert_file else None
+        app = web.Application(middlewares=[self._guard])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/", self._index)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port, reuse_address=True)
+        site = web.TCPSite(
+            runner,
+            self._host,
+            self._port,
+            reuse_address=True,
+            ssl_context=self._tls.context if self._tls else None,
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -42,18 +97,61 @@ class MetricsServer:
         sockets = getattr(server, "sockets", None) or []
         port = sockets[0].getsockname()[1] if sockets else self._port
         host = f"[{self._host}]" if ":" in self._host else self._host
-        self.url = f"http://{host}:{port}/metrics"
-        log.info("metrics served on %s", self.url)
+        scheme = "https" if self._tls else "http"
+        self.url = f"{scheme}://{host}:{port}/metrics"
+        auth = " (scrape auth required)" if self._auth.enabled else ""
+        log.info("metrics served on %s%s", self.url, auth)
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Auth first, then the handler; every answer is counted by its status."""
+        if self._tls is not None:
+            self._tls.refresh()  # applies to the next handshake
+        assert self._auth is not None
+        verdict = self._auth.check(request.headers.get("Authorization", ""))
+        if not verdict.allowed:
+            self._requests.labels("401").inc()
+            return web.Response(
+                status=401,
+                text="401 Unauthorized: this endpoint needs scrape credentials\n",
+                headers={"WWW-Authenticate": verdict.challenge},
+            )
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            self._requests.labels(str(exc.status)).inc()
+            raise
+        except Exception:
+            self._requests.labels("500").inc()
+            log.exception("metrics: scrape failed")
+            return web.Response(status=500, text="500: the scrape failed; see the agent log\n")
+        self._requests.labels(str(response.status)).inc()
+        return response
+
     async def _metrics(self, request: web.Request) -> web.Response:
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        body = encoder(self._registry)
-        return web.Response(body=body, headers={"Content-Type": content_type})
+        if self._source is not None:
+            await self._source.refresh()
+        accept = request.headers.get("Accept", "")
+        wants_gzip = "gzip" in request.headers.get("Accept-Encoding", "")
+        body, content_type, compressed = await asyncio.to_thread(self._encode, accept, wants_gzip)
+        headers = {"Content-Type": content_type, "Vary": "Accept, Accept-Encoding"}
+        if compressed:
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(body=body, headers=headers)
+
+    def _encode(self, accept: str, wants_gzip: bool) -> tuple[bytes, str, bool]:
+        families = self._source.families() if self._source is not None else ()
+        body, content_type = encode(self._registry, families, accept)
+        if wants_gzip and len(body) >= _GZIP_MIN_BYTES:
+            return gzip.compress(body, compresslevel=1), content_type, True
+        return body, content_type, False
 
     async def _index(self, request: web.Request) -> web.Response:
         return web.Response(text="model-agent: metrics at /metrics\n")

@@ -26,6 +26,7 @@ import weakref
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+from agent._util.nspin import pin_new_namespace
 from agent._util.proc import Completed, run
 from agent.errors import AgentError, AlreadyExists, InvalidArgument, NotFound
 
@@ -166,10 +167,14 @@ async def prepare_dir(pin_dir: str, *, timeout: float = _MOUNT_TIMEOUT) -> None:
             await run(["mount", "--make-private", pin_dir], timeout=timeout)
 
 
-async def create(pin_dir: str, name: str, *, timeout: float = _MOUNT_TIMEOUT) -> str:
+async def create(
+    pin_dir: str, name: str, *, userns: str = "", timeout: float = _MOUNT_TIMEOUT
+) -> str:
     """Create a new, empty network namespace pinned at ``<pin_dir>/<name>``; its path.
 
-    Only ``lo`` exists in it, down; CNI (the loopback plugin) brings it up.
+    Only ``lo`` exists in it, down; CNI (the loopback plugin) brings it up. With
+    ``userns`` (a pinned user namespace) the network namespace is owned by it, so a
+    pod's root there may mount its sysfs (runc does), as in containerd and CRI-O.
     """
     _check_name(name)
     await prepare_dir(pin_dir, timeout=timeout)
@@ -180,8 +185,12 @@ async def create(pin_dir: str, name: str, *, timeout: float = _MOUNT_TIMEOUT) ->
         raise AlreadyExists(f"network namespace pin {path} already exists") from None
     os.close(fd)
     try:
-        # unshare creates the namespace and bind-mounts its nsfs file onto the pin.
-        await run(["unshare", f"--net={path}", "true"], timeout=timeout)
+        if userns:
+            holder = ["nsenter", f"--user={userns}", "unshare", "--net", "sleep", "60"]
+            await pin_new_namespace(holder, "net", path, timeout=timeout)
+        else:
+            # unshare creates the namespace and bind-mounts its nsfs file onto the pin.
+            await run(["unshare", f"--net={path}", "true"], timeout=timeout)
     except BaseException:
         with contextlib.suppress(AgentError, OSError):
             await remove(path, timeout=timeout)

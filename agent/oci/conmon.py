@@ -27,7 +27,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent._util.proc import spawn, stderr_tail
-from agent.errors import AgentError, DeadlineExceeded
+from agent.errors import (
+    AgentError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+)
 
 __all__ = [
     "CONMON_PIDFILE",
@@ -35,7 +41,11 @@ __all__ = [
     "PROCESS_PIDFILE",
     "ConmonCommand",
     "CreateFailed",
+    "ExecutableMissing",
+    "ExecutableNotPermitted",
+    "MountFailed",
     "SyncPipe",
+    "create_failure",
     "read_pid",
     "runtime_message",
     "spawn_container",
@@ -53,6 +63,51 @@ _PARENT_EXIT_WAIT = 10.0
 
 class CreateFailed(AgentError):
     """The OCI runtime refused to create the container; the message is its stderr."""
+
+
+class ExecutableMissing(CreateFailed, InvalidArgument):
+    """The process to run is not in the image (or not on its PATH)."""
+
+
+class ExecutableNotPermitted(CreateFailed, PermissionDenied):
+    """The process to run exists but may not be executed (mode, noexec, a directory)."""
+
+
+class MountFailed(CreateFailed, FailedPrecondition):
+    """A mount of the spec could not be made (its source, its target, its options)."""
+
+
+#: runc's wording (libcontainer) for the failures a user can act on, first match wins.
+_CAUSES: tuple[tuple[type[CreateFailed], tuple[str, ...], str], ...] = (
+    (
+        ExecutableMissing,
+        ("executable file not found", "no such file or directory"),
+        "the command is not in the image; check the container's command/args and the image",
+    ),
+    (
+        ExecutableNotPermitted,
+        ("permission denied",),
+        "the command may not be executed (not executable, a directory, or on a noexec mount)",
+    ),
+    (
+        MountFailed,
+        ("error mounting", "mount src", "mount destination", "mountpoint"),
+        "a mount of the container could not be made; check its source and target",
+    ),
+)
+
+
+def create_failure(message: str) -> CreateFailed:
+    """runc's refusal as the error that says what to fix (with runc's own words after)."""
+    lowered = message.lower()
+    if "exec:" in lowered or "starting container process" in lowered:
+        for cls, phrases, advice in _CAUSES[:2]:
+            if any(p in lowered for p in phrases):
+                return cls(f"{advice}: {message}")
+    cls, phrases, advice = _CAUSES[2]
+    if any(p in lowered for p in phrases):
+        return cls(f"{advice}: {message}")
+    return CreateFailed(message)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -165,7 +220,7 @@ async def spawn_container(command: ConmonCommand, *, timeout: float) -> int:
         raise CreateFailed(f"conmon exited without reporting the container: {stderr}")
     pid = int(message.get("data", message.get("pid", -1)))
     if pid < 0:
-        raise CreateFailed(runtime_message(str(message.get("message", "unknown error"))))
+        raise create_failure(runtime_message(str(message.get("message", "unknown error"))))
     return pid
 
 

@@ -22,13 +22,15 @@ import secrets
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from agent._util.fs import atomic_write_json
 from agent._util.locks import KeyedLock
+from agent._util.securejoin import resolve_in_root
 from agent.config import Config
+from agent.db import GpuHolder
 from agent.errors import (
     AgentError,
     DeadlineExceeded,
@@ -36,12 +38,14 @@ from agent.errors import (
     InvalidArgument,
     NotFound,
 )
+from agent.gpu import Assignment, ContainerEdits, GpuService, env_from_list
 from agent.images import ImageConfig, ImageRecord
 from agent.oci import CreateFailed, CreateOptions, ExecFailed, ExecSession, Runtime
 from agent.pods import spec
+from agent.pods.apparmor import AppArmor
 from agent.pods.events import EventKind
 from agent.pods.exits import MONITOR_DIED, ExitTracker
-from agent.pods.model import ContainerConfig, Resources
+from agent.pods.model import ContainerConfig, Mount, Resources
 from agent.pods.mounts import Mounter
 from agent.pods.oom import OomPolicy
 from agent.pods.podfiles import PodDirs, pod_hostname
@@ -54,6 +58,8 @@ __all__ = ["AttachTarget", "ContainerManager", "ExecOutput", "ImageSource"]
 
 log = logging.getLogger(__name__)
 
+#: Prefix of a removed container's directories until they are deleted.
+_TRASH = ".trash-"
 #: After SIGKILL, how long to wait for conmon to report the exit.
 _KILL_WAIT = 30.0
 #: The exit code recorded for a container killed while its monitor was gone.
@@ -116,7 +122,12 @@ class ContainerManager:
         pod_dirs: PodDirs,
         on_change: Callable[[EventKind, str], None] = lambda kind, cid: None,
         kill_wait: float = _KILL_WAIT,
+        gpu: GpuService | None = None,
+        apparmor: AppArmor | None = None,
+        allocated: Callable[[ContainerConfig], Collection[str]] = lambda config: (),
     ) -> None:
+        self._gpu = gpu
+        self._allocated = allocated
         self._pod_dirs = pod_dirs
         self._kill_wait = kill_wait
         self._config = config
@@ -131,11 +142,13 @@ class ContainerManager:
         self.exits = ExitTracker(
             store=store, runtimes=runtimes, locks=self._locks, on_change=on_change
         )
-        self._apparmor_warned = False
+        self._apparmor = apparmor or AppArmor()
+        self._deletions: set[asyncio.Task[None]] = set()
         self.root = os.path.join(config.agent.root_dir, "containers")
         self.state = os.path.join(config.agent.state_dir, "containers")
         os.makedirs(self.root, mode=0o711, exist_ok=True)
-        os.makedirs(self.state, mode=0o700, exist_ok=True)
+        os.makedirs(self.state, mode=0o711, exist_ok=True)  # traversed to the rootfs (userns)
+        os.chmod(self.state, 0o711)
 
     # -- paths -----------------------------------------------------------------
 
@@ -157,9 +170,14 @@ class ContainerManager:
         image = self._images.find(config.image)
         if image is None:
             raise NotFound(f"image '{config.image}' not found; pull it first")
+        if image.is_artifact:
+            raise InvalidArgument(
+                f"'{config.image}' is an OCI artifact ({image.artifact_type}), not a container "
+                "image: mount it as an image volume instead"
+            )
         runtime = self._runtimes[sandbox.handler]
-        log_path = self._log_path(sandbox, config)
         cid = new_id()
+        log_path = self._log_path(sandbox, config, cid)
         record = ContainerRecord(
             id=cid,
             sandbox_id=sandbox.id,
@@ -172,6 +190,18 @@ class ContainerManager:
             handler=sandbox.handler,
         )
         self._store.check_container_name(record)
+        self._check_target(config, sandbox)
+        self._check_mounts(config, sandbox)
+        image_ids = self._image_volumes(config)
+        config = self._with_protective_paths(config, sandbox)
+        record = replace(record, config=config)
+        # Devices and profiles first: a CDI name or profile that cannot be had creates nothing.
+        edits, assignment = await self._resolve_devices(config, image.config)
+        apparmor = (
+            None
+            if config.security.privileged and not config.security.apparmor.startswith("localhost/")
+            else await self._apparmor.profile_for(config.security.apparmor)
+        )
         async with contextlib.AsyncExitStack() as undo:
             upper = os.path.join(self.root, cid, "upper")
             work = os.path.join(self.root, cid, "work")
@@ -182,13 +212,18 @@ class ContainerManager:
             os.makedirs(rootfs, mode=0o755)
             os.makedirs(self.bundle(cid), mode=0o700)
             undo.callback(shutil.rmtree, os.path.join(self.state, cid), True)
-            lower_root, lowers = self._images.layer_dirs(image)
-            await self._mounter.overlay(
-                rootfs, lower_root=lower_root, lowers=lowers, upper=upper, work=work
-            )
+            # Staging mounts (id-mapped layers, special volumes) go before the rootfs in the
+            # undo stack, so the rootfs overlay is unmounted first.
+            undo.push_async_callback(self._mounter.unmount_tree, os.path.join(self.state, cid))
+            await self._mount_rootfs(cid, sandbox, image, upper, work)
             undo.push_async_callback(self._mounter.unmount, rootfs)
-            oci, user = self._spec(cid, sandbox, config, image.config, rootfs)
-            atomic_write_json(os.path.join(self.bundle(cid), "config.json"), oci, mode=0o600)
+            spec_config = await self._stage_mounts(cid, sandbox, config)
+            oci, user = self._spec(cid, sandbox, spec_config, image.config, rootfs, apparmor)
+            if self._gpu is not None and edits is not None:
+                self._gpu.apply(oci, edits)
+            # The state dir does not outlive a reboot: no fsync on the create path.
+            spec_file = os.path.join(self.bundle(cid), "config.json")
+            atomic_write_json(spec_file, oci, mode=0o600, durable=False)
             os.makedirs(os.path.dirname(log_path), mode=0o755, exist_ok=True)
             self.exits.watch(cid)
             undo.callback(self.exits.forget, cid)
@@ -200,7 +235,8 @@ class ContainerManager:
             try:
                 pid = await runtime.create(cid, self.bundle(cid), options)
             except CreateFailed as exc:
-                raise AgentError(f"create container {config.name}: {exc}") from None
+                # The same class (so the same code): a missing command stays INVALID_ARGUMENT.
+                raise type(exc)(f"create container {config.name}: {exc}") from None
             record = replace(
                 record,
                 pid=pid,
@@ -210,27 +246,231 @@ class ContainerManager:
                 mounts=tuple(
                     (m.container_path, m.host_path, m.readonly, m.propagation)
                     for m in config.mounts
+                    if not m.image
                 ),
+                image_mounts=tuple(
+                    (m.container_path, m.image, image_ids[m.image], m.image_sub_path)
+                    for m in config.mounts
+                    if m.image
+                ),
+                # Kept when it holds nothing but was refused something: that says why.
+                gpu=json.dumps(assignment.to_dict())
+                if not assignment.empty or assignment.denied
+                else "",
             )
-            self._store.add_container(record)
+            self._store.add_container(record, _holders(record, sandbox, assignment))
             undo.pop_all()
         log.info("created container %s (%s) in pod %s", cid, config.name, sandbox.id)
         self._on_change(EventKind.CREATED, cid)
         return cid
 
-    def _log_path(self, sandbox: SandboxRecord, config: ContainerConfig) -> str:
+    async def _mount_rootfs(
+        self, cid: str, sandbox: SandboxRecord, image: ImageRecord, upper: str, work: str
+    ) -> None:
+        """The image's layers under the container's writable layer, as one overlay.
+
+        In a user-namespaced pod each layer is an idmapped bind of its snapshot (its files
+        appear owned by the container's own ids, nothing is copied or chowned), and the
+        empty upper and work dirs belong to the container's root.
+        """
+        lower_root, lowers = self._images.layer_dirs(image)
+        userns = sandbox.config.security.namespaces.userns
+        if userns is not None:
+            layers = os.path.join(self.state, cid, "layers")
+            mapped = []
+            for i, lower in enumerate(lowers):
+                target = os.path.join(layers, str(i))
+                os.makedirs(target)
+                await self._mounter.bind_special(
+                    os.path.join(lower_root, lower), target, userns=sandbox.userns
+                )
+                mapped.append(str(i))
+            for path in (upper, work):
+                os.chown(path, userns.root_uid, userns.root_gid)
+            lower_root, lowers = layers, mapped
+        await self._mounter.overlay(
+            self.rootfs(cid), lower_root=lower_root, lowers=lowers, upper=upper, work=work
+        )
+
+    async def _stage_mounts(
+        self, cid: str, sandbox: SandboxRecord, config: ContainerConfig
+    ) -> ContainerConfig:
+        """Volumes runc 1.1 cannot make itself, made here: recursive read-only ones and
+        id-mapped ones. The spec then binds the staged mount; the record keeps the
+        kubelet's host path."""
+        mounts = []
+        for i, mount in enumerate(config.mounts):
+            if mount.image:
+                source = await self._mount_image_volume(cid, i, sandbox, mount)
+                mounts.append(replace(mount, host_path=source))
+                continue
+            if not (mount.recursive_read_only or mount.uid_mappings):
+                mounts.append(mount)
+                continue
+            staged = os.path.join(self.state, cid, "volumes", str(i))
+            _make_target(staged, directory=_is_dir(mount.host_path))
+            await self._mounter.bind_special(
+                mount.host_path,
+                staged,
+                readonly=mount.recursive_read_only,
+                userns=sandbox.userns if mount.uid_mappings else "",
+            )
+            mounts.append(replace(mount, host_path=staged))
+        return replace(config, mounts=tuple(mounts))
+
+    def _image_volumes(self, config: ContainerConfig) -> dict[str, str]:
+        """The image id of every image volume (each must be pulled: the kubelet does)."""
+        ids = {}
+        for i, mount in enumerate(config.mounts):
+            if not mount.image:
+                continue
+            found = self._images.find(mount.image)
+            if found is None:
+                raise NotFound(
+                    f"config.mounts[{i}]: image '{mount.image}' of an image volume not found; "
+                    "pull it first"
+                )
+            ids[mount.image] = found.id
+        return ids
+
+    async def _mount_image_volume(
+        self, cid: str, index: int, sandbox: SandboxRecord, mount: Mount
+    ) -> str:
+        """An image's content, read-only (nosuid, nodev) under the container's state dir:
+        its one layer's snapshot bound, or an overlay of its layers with no upper dir
+        (idmapped in a user-namespaced pod); ``image_sub_path`` inside it. No copy."""
+        image = self._images.find(mount.image)
+        assert image is not None  # checked by _image_volumes before anything was made
+        lower_root, lowers = self._images.layer_dirs(image)
+        base = os.path.join(self.state, cid, "images", str(index))
+        userns = sandbox.userns if sandbox.config.security.namespaces.userns else ""
+        if not lowers:  # an artifact with no layers: an empty read-only directory
+            empty = os.path.join(self.state, cid, "images", f"{index}-empty")
+            _make_target(empty, directory=True)
+            lower_root, lowers = empty, ["."]
+        if len(lowers) == 1:
+            _make_target(base, directory=True)
+            await self._mounter.bind_special(
+                os.path.join(lower_root, lowers[0]), base, readonly=True, userns=userns
+            )
+        else:
+            if userns:
+                mapped_root = os.path.join(self.state, cid, "images", f"{index}-layers")
+                mapped = []
+                for i, lower in enumerate(lowers):
+                    _make_target(os.path.join(mapped_root, str(i)), directory=True)
+                    await self._mounter.bind_special(
+                        os.path.join(lower_root, lower),
+                        os.path.join(mapped_root, str(i)),
+                        userns=userns,
+                    )
+                    mapped.append(str(i))
+                lower_root, lowers = mapped_root, mapped
+            _make_target(base, directory=True)
+            await self._mounter.overlay(
+                base, lower_root=lower_root, lowers=lowers, upper="", work=""
+            )
+        if not mount.image_sub_path:
+            return base
+        source = resolve_in_root(base, mount.image_sub_path)
+        if not _exists_path(source):
+            raise InvalidArgument(
+                f"image volume {mount.image}: image_sub_path '{mount.image_sub_path}' does not "
+                "exist in the image"
+            )
+        return source
+
+    def _check_mounts(self, config: ContainerConfig, sandbox: SandboxRecord) -> None:
+        """An id-mapped volume maps through the pod's own user namespace, nothing else."""
+        userns = sandbox.config.security.namespaces.userns
+        for i, mount in enumerate(config.mounts):
+            if not mount.uid_mappings:
+                continue
+            if userns is None:
+                raise InvalidArgument(
+                    f"config.mounts[{i}]: an id-mapped mount needs a pod in a user namespace"
+                )
+            if (mount.uid_mappings, mount.gid_mappings) != (userns.uids, userns.gids):
+                raise InvalidArgument(
+                    f"config.mounts[{i}]: its id mappings differ from the pod's user namespace"
+                )
+
+    def _check_target(self, config: ContainerConfig, sandbox: SandboxRecord) -> None:
+        """``pid: TARGET`` joins another container's PID namespace: only within its own pod."""
+        namespaces = config.security.namespaces
+        if namespaces.pid != "TARGET":
+            return
+        target = self._store.container(namespaces.target_id)
+        if target.sandbox_id != sandbox.id:
+            raise InvalidArgument(
+                f"namespace_options.target_id {target.id} is a container of another pod; "
+                "a container may only join the PID namespace of one in its own pod"
+            )
+
+    def _with_protective_paths(
+        self, config: ContainerConfig, sandbox: SandboxRecord
+    ) -> ContainerConfig:
+        """A request with no masked and no read-only paths gets the runtime's defaults.
+
+        The kubelet always sends them (and sends none for ``procMount: Unmasked``, which
+        only user-namespaced pods may use); other clients send nothing, and then
+        ``/proc/sys/kernel/core_pattern`` would be a way to host root. CRI-O's choice;
+        ``runtime.default_masked_paths = false`` turns it off.
+        """
+        security = config.security
+        if (
+            not self._config.runtime.default_masked_paths
+            or sandbox.config.security.namespaces.userns is not None
+            or security.privileged
+            or security.masked_paths
+            or security.readonly_paths
+        ):
+            return config
+        protected = replace(
+            security,
+            masked_paths=spec.DEFAULT_MASKED_PATHS,
+            readonly_paths=spec.DEFAULT_READONLY_PATHS,
+        )
+        return replace(config, security=protected)
+
+    async def _resolve_devices(
+        self, config: ContainerConfig, image: ImageConfig
+    ) -> tuple[ContainerEdits | None, Assignment]:
+        """CDI names, ``cdi.k8s.io/*`` annotations, NVIDIA_VISIBLE_DEVICES and CRI devices
+        → the container's edits and GPU assignment (``gpu.GpuService.resolve``)."""
+        if self._gpu is None:
+            if config.cdi_devices:
+                raise FailedPrecondition("CDI devices need the GPU service, which is off")
+            return None, Assignment()
+        return await asyncio.to_thread(
+            self._gpu.resolve,
+            cdi_devices=config.cdi_devices,
+            annotations=config.annotations,
+            image_env=env_from_list(image.env),
+            cri_env=dict(config.envs),
+            allocated=self._allocated(config),
+            devices=[d.host_path for d in config.devices],
+        )
+
+    def _log_path(self, sandbox: SandboxRecord, config: ContainerConfig, cid: str) -> str:
+        """Where conmon writes the CRI log.
+
+        The kubelet's ``<log_directory>/<log_path>`` (joined with every symlink resolved
+        inside the directory, so a name never leads out of it); without them, the
+        container's own file in its pod's directory, gone with the pod — never a path
+        made of the container's name.
+        """
         directory = sandbox.config.log_directory
         relative = config.log_path
         if not relative:
-            return os.path.join(self.state, "_logs", f"{config.name}.log")
+            return os.path.join(self._pod_dirs.persistent(sandbox.id), "logs", f"{cid}.log")
         if os.path.isabs(relative) and not directory:
             return relative
         if os.path.isabs(relative):
             raise InvalidArgument("log_path must be relative to the sandbox's log_directory")
-        full = os.path.normpath(os.path.join(directory, relative))
-        if not directory or not full.startswith(os.path.normpath(directory) + "/"):
+        if not directory or ".." in relative.split("/"):
             raise InvalidArgument(f"log_path '{relative}' escapes the log directory")
-        return full
+        return resolve_in_root(directory, relative)
 
     def _spec(
         self,
@@ -239,6 +479,7 @@ class ContainerManager:
         config: ContainerConfig,
         image: ImageConfig,
         rootfs: str,
+        apparmor: str | None,
     ) -> tuple[dict[str, Any], User]:
         security = config.security
         user = resolve_user(
@@ -248,6 +489,7 @@ class ContainerManager:
             run_as_username=security.run_as_username,
             run_as_group=security.run_as_group,
             supplemental_groups=security.supplemental_groups,
+            strict_groups=security.supplemental_groups_policy == "Strict",
         )
         caps = spec.effective_capabilities(security.capabilities, privileged=security.privileged)
         seccomp = self._seccomp.profile(security.seccomp, caps)
@@ -275,15 +517,11 @@ class ContainerManager:
             oom_score_adj=self._oom.clamp(config.resources.oom_score_adj),
             target_pid=target_pid,
         )
-        if security.apparmor and not self._apparmor_warned:
-            # No AppArmor profile is loaded by the agent; the kubelet's request is noted.
-            self._apparmor_warned = True
-            host = "has" if os.path.isdir("/sys/kernel/security/apparmor") else "lacks"
-            log.info(
-                "AppArmor profile '%s' ignored (the host %s AppArmor; model-agent applies none)",
-                security.apparmor,
-                host,
-            )
+        if apparmor is not None:
+            oci["process"]["apparmorProfile"] = apparmor
+        pod_userns = sandbox.config.security.namespaces.userns
+        if pod_userns is not None:
+            spec.join_user_namespace(oci, pod_userns, sandbox.userns)
         if config.stop_signal == "" and image.stop_signal:
             oci["annotations"]["io.kubernetes.cri.stop-signal"] = image.stop_signal
         return oci, user
@@ -398,10 +636,37 @@ class ContainerManager:
         log.info("removed container %s", record.id)
 
     async def remove_files(self, container_id: str) -> None:
-        """Unmount the rootfs and delete the container's directories (not its log)."""
+        """Unmount the rootfs and delete the container's directories (not its log).
+
+        The directories are renamed into the trash at once (the id is free again, and
+        nothing lists them) and deleted in the background: a writable layer can hold
+        gigabytes, and RemoveContainer need not wait for that.
+        """
         await self._mounter.unmount(self.rootfs(container_id))
-        await asyncio.to_thread(shutil.rmtree, os.path.join(self.state, container_id), True)
-        await asyncio.to_thread(shutil.rmtree, os.path.join(self.root, container_id), True)
+        # Then what the rootfs and the volumes were made of (id-mapped layers, staged binds).
+        await self._mounter.unmount_tree(os.path.join(self.state, container_id))
+        for base in (self.state, self.root):
+            source = os.path.join(base, container_id)
+            trash = os.path.join(base, f"{_TRASH}{container_id}-{secrets.token_hex(4)}")
+            try:
+                os.rename(source, trash)
+            except FileNotFoundError:
+                continue
+            self._delete_later(trash)
+
+    def _delete_later(self, path: str) -> None:
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(shutil.rmtree, path, True))
+        self._deletions.add(task)
+        task.add_done_callback(self._deletions.discard)
+
+    def empty_trash(self) -> None:
+        """Delete, in the background, what earlier removals left in the trash (the agent
+        stopped meanwhile): recovery does not wait for it."""
+        for base in (self.state, self.root):
+            with contextlib.suppress(FileNotFoundError):
+                for name in os.listdir(base):
+                    if name.startswith(_TRASH):
+                        self._delete_later(os.path.join(base, name))
 
     def leftover_ids(self) -> list[str]:
         """Container directories no record names (a crash inside CreateContainer)."""
@@ -417,8 +682,10 @@ class ContainerManager:
 
     # -- status, exec, update, logs ------------------------------------------------
 
-    def status(self, container_id: str) -> ContainerRecord:
-        return self.exits.refresh(container_id)
+    def status(self, container_id: str, *, listing: bool = False) -> ContainerRecord:
+        """The current record. ``listing``: a list call, which checks each container's
+        monitor at most once a second (an exit is still noticed at once)."""
+        return self.exits.refresh(container_id, monitor_every=1.0 if listing else 0.0)
 
     async def exec_sync(self, container_id: str, cmd: list[str], timeout: float) -> ExecOutput:
         record = self._running(container_id)
@@ -495,4 +762,47 @@ class ContainerManager:
         await self.runtime_of(record).reopen_log(record.id, record.log_path)
 
     async def close(self) -> None:
+        """Finish deleting removed containers' directories (they would be trash on disk)."""
+        await asyncio.gather(*self._deletions, return_exceptions=True)
         await self.exits.close()
+
+
+def _holders(
+    record: ContainerRecord, sandbox: SandboxRecord, assignment: Assignment
+) -> list[GpuHolder]:
+    """The ``gpu_assignments`` rows of a new container."""
+    m = sandbox.config.metadata
+    return [
+        GpuHolder(
+            container_id=record.id,
+            sandbox_id=sandbox.id,
+            pod_namespace=m.namespace,
+            pod_name=m.name,
+            pod_uid=m.uid,
+            container_name=record.config.name,
+            device_uuid=grant.uuid,
+            gpu_uuid=grant.gpu_uuid,
+            device_index=grant.index,
+            mig_profile=grant.profile,
+            via=grant.via,
+            request=grant.request,
+        )
+        for grant in assignment.grants
+    ]
+
+
+def _is_dir(path: str) -> bool:
+    return os.path.isdir(path)
+
+
+def _make_target(path: str, *, directory: bool) -> None:
+    """An empty dir or file to mount on (a mount's target matches its source's type)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if directory:
+        os.mkdir(path)
+    else:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def _exists_path(path: str) -> bool:
+    return os.path.lexists(path)

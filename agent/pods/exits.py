@@ -58,6 +58,8 @@ class ExitTracker:
         self._locks = locks
         self._on_change = on_change
         self._exited: dict[str, asyncio.Event] = {}
+        #: when each container's monitor was last looked at (see ``check_monitor``)
+        self._monitor_checked: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def runtime_of(self, record: ContainerRecord) -> Runtime:
@@ -72,6 +74,7 @@ class ExitTracker:
 
     def forget(self, container_id: str) -> None:
         self._exited.pop(container_id, None)
+        self._monitor_checked.pop(container_id, None)
 
     def notice(self, container_id: str) -> None:
         """conmon wrote the exit file (from the exit watcher): record it under the lock."""
@@ -143,10 +146,18 @@ class ExitTracker:
         )
         self._on_change(EventKind.STOPPED, container_id)
 
-    def check_monitor(self, record: ContainerRecord) -> None:
-        """A running container whose conmon died: UNKNOWN while its process lives, else EXITED."""
+    def check_monitor(self, record: ContainerRecord, *, at_most_every: float = 0.0) -> None:
+        """A running container whose conmon died: UNKNOWN while its process lives, else EXITED.
+
+        ``at_most_every``: skip the check (two /proc reads) if it was made that recently;
+        the kubelet lists every container every second.
+        """
         if not record.state.is_running():
             return
+        now = time.monotonic()
+        if now - self._monitor_checked.get(record.id, -1e9) < at_most_every:
+            return
+        self._monitor_checked[record.id] = now
         runtime = self._runtimes.get(record.handler)
         if runtime is None or runtime.monitor_alive(record.id) is not False:
             return
@@ -164,12 +175,12 @@ class ExitTracker:
         else:
             self.mark_lost(record.id, code=LOST_EXIT_CODE, message=MONITOR_DIED)
 
-    def refresh(self, container_id: str) -> ContainerRecord:
+    def refresh(self, container_id: str, *, monitor_every: float = 0.0) -> ContainerRecord:
         """The record, with an exit or a dead monitor noticed first (status, lists)."""
         record = self._store.container(container_id)
         if not record.state.is_exited():
             if not self.apply(record.id):
-                self.check_monitor(record)
+                self.check_monitor(record, at_most_every=monitor_every)
             record = self._store.container(record.id)
         return record
 

@@ -17,6 +17,7 @@ __all__ = [
     "Device",
     "DnsConfig",
     "HugepageLimit",
+    "IdMapping",
     "Mount",
     "NamespaceOptions",
     "PodMetadata",
@@ -25,6 +26,7 @@ __all__ = [
     "Resources",
     "SandboxConfig",
     "SecurityProfile",
+    "UserNamespace",
 ]
 
 
@@ -52,11 +54,44 @@ class DnsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class IdMapping:
+    """One range of a user namespace's uid or gid map (``/proc/<pid>/uid_map`` line)."""
+
+    container_id: int
+    host_id: int
+    length: int
+
+    def host(self, container_id: int) -> int | None:
+        """The host id of ``container_id``, or None when it is outside the range."""
+        offset = container_id - self.container_id
+        return self.host_id + offset if 0 <= offset < self.length else None
+
+
+@dataclass(frozen=True, slots=True)
+class UserNamespace:
+    """``hostUsers: false``: the pod's processes run in a user namespace of these maps."""
+
+    uids: tuple[IdMapping, ...]
+    gids: tuple[IdMapping, ...]
+
+    @property
+    def root_uid(self) -> int:
+        """The host uid of the container's root."""
+        return next(h for m in self.uids if (h := m.host(0)) is not None)
+
+    @property
+    def root_gid(self) -> int:
+        return next(h for m in self.gids if (h := m.host(0)) is not None)
+
+
+@dataclass(frozen=True, slots=True)
 class NamespaceOptions:
     network: str = "POD"  # POD or NODE
     pid: str = "CONTAINER"  # POD, CONTAINER, NODE or TARGET
     ipc: str = "POD"  # POD or NODE
     target_id: str = ""
+    #: the pod's user namespace (None: the host's, ``hostUsers: true``)
+    userns: UserNamespace | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +154,12 @@ class Mount:
     readonly: bool = False
     propagation: str = "PRIVATE"  # PRIVATE, HOST_TO_CONTAINER, BIDIRECTIONAL
     recursive_read_only: bool = False
+    #: an id-mapped mount (the kubelet asks for one for volumes of a user-namespaced pod)
+    uid_mappings: tuple[IdMapping, ...] = ()
+    gid_mappings: tuple[IdMapping, ...] = ()
+    #: an image volume: the image (as the kubelet names it) instead of a host path
+    image: str = ""
+    image_sub_path: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +186,8 @@ class ContainerSecurity:
     run_as_username: str = ""
     readonly_rootfs: bool = False
     supplemental_groups: tuple[int, ...] = ()
+    #: Merge: the image's /etc/group memberships of the user too; Strict: only the pod's
+    supplemental_groups_policy: str = "Merge"
     no_new_privs: bool = False
     masked_paths: tuple[str, ...] = ()
     readonly_paths: tuple[str, ...] = ()

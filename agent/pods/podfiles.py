@@ -35,7 +35,8 @@ class PodDirs:
         self.root = os.path.join(root_dir, "sandboxes")
         self.state = os.path.join(state_dir, "sandboxes")
         os.makedirs(self.root, mode=0o711, exist_ok=True)
-        os.makedirs(self.state, mode=0o700, exist_ok=True)
+        os.makedirs(self.state, mode=0o711, exist_ok=True)  # traversed to /dev/shm (userns)
+        os.chmod(self.state, 0o711)
 
     def persistent(self, sandbox_id: str) -> str:
         return os.path.join(self.root, sandbox_id)
@@ -73,9 +74,12 @@ class PodDirs:
         base = self.persistent(sandbox_id)
         host_network = config.security.namespaces.network == "NODE"
         hostname = pod_hostname(config)
-        atomic_write(os.path.join(base, "hostname"), f"{hostname}\n".encode())
-        atomic_write(os.path.join(base, "resolv.conf"), self._resolv_conf(config).encode())
-        atomic_write(os.path.join(base, "hosts"), self._hosts(hostname, ips, host_network))
+        # A pod does not outlive a reboot (it is NOTREADY after one): no fsync needed.
+        atomic_write(os.path.join(base, "hostname"), f"{hostname}\n".encode(), durable=False)
+        resolv = self._resolv_conf(config).encode()
+        atomic_write(os.path.join(base, "resolv.conf"), resolv, durable=False)
+        hosts = self._hosts(hostname, ips, host_network)
+        atomic_write(os.path.join(base, "hosts"), hosts, durable=False)
 
     @staticmethod
     def _resolv_conf(config: SandboxConfig) -> str:

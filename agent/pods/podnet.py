@@ -103,14 +103,17 @@ class PodNetwork:
         sandbox_id: str,
         config: SandboxConfig,
         prepared: Callable[[str, str], None] = lambda netns_path, network_conf: None,
+        *,
+        userns: str = "",
     ) -> Attachment:
         """A new namespace attached to the network; undone completely if any step fails.
 
         ``prepared(netns_path, network_conf)`` runs before CNI ADD, so the caller
-        can record what must be detached if the agent dies in the middle.
+        can record what must be detached if the agent dies in the middle. ``userns``:
+        the pod's pinned user namespace, which then owns the network namespace.
         """
         network = self.current()
-        path = await netns.create(self.pin_dir, sandbox_id)
+        path = await netns.create(self.pin_dir, sandbox_id, userns=userns)
         network_conf = json.dumps(
             {
                 "path": network.path,

@@ -115,6 +115,7 @@ class Recovery:
 
     async def leftovers(self) -> None:
         """Delete what no record names: container files, runc state, pod dirs, pins."""
+        self._containers.empty_trash()
         for cid in self._containers.leftover_ids():
             for runtime in self._runtimes.values():
                 await runtime.destroy(cid)
@@ -132,6 +133,8 @@ class Recovery:
                 if len(name) == 64 and self._store.get_sandbox(name) is None:
                     await self._mounter.unmount(self._dirs.shm(name))
                     await asyncio.to_thread(self._dirs.delete, name)
+        for stale in self._sandboxes.remove_stale_userns():
+            log.info("removed user namespace pin %s of no known pod", stale)
         if self._network is not None:
             pins = {os.path.basename(s.netns) for s in self._store.sandboxes() if s.netns}
             for removed in await netns.cleanup_dir(self._network.pin_dir, keep=pins):

@@ -33,13 +33,14 @@ from agent.pods import spec
 from agent.pods.containers import ContainerManager
 from agent.pods.events import EventKind
 from agent.pods.model import Resources, SandboxConfig
-from agent.pods.mounts import Mounter
+from agent.pods.mounts import Mounter, idmapped_mounts_supported
 from agent.pods.oom import OomPolicy
 from agent.pods.podfiles import PodDirs, pod_hostname
 from agent.pods.podnet import PodNetwork
 from agent.pods.seccomp_profiles import SeccompProfiles
 from agent.pods.state import SandboxRecord, SandboxState
 from agent.pods.store import PodStore
+from agent.pods.userns import UsernsPins
 
 __all__ = ["SandboxManager"]
 
@@ -63,6 +64,7 @@ class SandboxManager:
         oom: OomPolicy,
         seccomp: SeccompProfiles,
         infra_rootfs: str,
+        userns: UsernsPins | None = None,
         on_change: Callable[[EventKind, str], None] = lambda kind, sid: None,
     ) -> None:
         self._config = config
@@ -75,6 +77,7 @@ class SandboxManager:
         self._oom = oom
         self._seccomp = seccomp
         self._infra_rootfs = infra_rootfs
+        self._userns = userns or UsernsPins(os.path.join(config.agent.state_dir, "userns"))
         self._on_change = on_change
         self._locks = KeyedLock()
         self._stopping: set[str] = set()
@@ -105,11 +108,21 @@ class SandboxManager:
                 default_parent=self._config.runtime.default_cgroup_parent,
             ),
         )
+        userns = config.security.namespaces.userns
+        self._check_userns(config)
         self._store.add_sandbox(record)  # reserves the name, or ALREADY_EXISTS
         async with self._locks.hold(sandbox_id), contextlib.AsyncExitStack() as undo:
             undo.callback(self._store.remove_sandbox, sandbox_id)
             self._dirs.create(sandbox_id)
             undo.callback(self._dirs.delete, sandbox_id)
+            userns_pin = ""
+            if userns is not None:
+                # First: the pod's network namespace is made inside it.
+                userns_pin = await self._userns.create(sandbox_id, userns)
+                undo.callback(self._userns.remove, sandbox_id)
+                record = self._store.update_sandbox(
+                    sandbox_id, lambda r: replace(r, userns=userns_pin)
+                )
             if config.security.namespaces.network != "NODE":
 
                 def prepared(netns_path: str, network_conf: str) -> None:
@@ -119,7 +132,9 @@ class SandboxManager:
                         lambda r: replace(r, netns=netns_path, network_conf=network_conf),
                     )
 
-                attachment = await self.network.attach(sandbox_id, config, prepared)
+                attachment = await self.network.attach(
+                    sandbox_id, config, prepared, userns=userns_pin
+                )
                 undo.push_async_callback(
                     self.network.detach,
                     sandbox_id,
@@ -158,6 +173,31 @@ class SandboxManager:
         self._on_change(EventKind.STARTED, sandbox_id)
         return sandbox_id
 
+    def remove_stale_userns(self) -> list[str]:
+        """Unpin user namespaces no sandbox record names (recovery)."""
+        keep = {s.id for s in self._store.sandboxes() if s.userns}
+        stale = self._userns.leftovers(keep)
+        for name in stale:
+            self._userns.remove(name)
+        return stale
+
+    @staticmethod
+    def _check_userns(config: SandboxConfig) -> None:
+        """A user-namespaced pod shares no namespace with the host (as the kubelet requires)."""
+        ns = config.security.namespaces
+        if ns.userns is None:
+            return
+        shared = [name for name in ("network", "pid", "ipc") if getattr(ns, name) == "NODE"]
+        if shared:
+            raise InvalidArgument(
+                f"a pod in a user namespace cannot use the host's {', '.join(shared)} namespace"
+            )
+        if not idmapped_mounts_supported():
+            raise FailedPrecondition(
+                "user namespaces need idmapped overlay layers (Linux 5.19 or newer); this "
+                f"kernel is {os.uname().release}"
+            )
+
     async def _start_infra(
         self, record: SandboxRecord, runtime: Runtime, undo: contextlib.AsyncExitStack
     ) -> int:
@@ -177,8 +217,10 @@ class SandboxManager:
             privileged=security.privileged,
             run_as_user=security.run_as_user,
         )
+        if security.namespaces.userns is not None:
+            spec.join_user_namespace(oci, security.namespaces.userns, record.userns)
         bundle = self._dirs.bundle(record.id)
-        atomic_write_json(os.path.join(bundle, "config.json"), oci, mode=0o600)
+        atomic_write_json(os.path.join(bundle, "config.json"), oci, mode=0o600, durable=False)
         log_path = os.path.join(self._dirs.volatile(record.id), "infra.log")
         # Before create: a failed create leaves runtime files (conmon's dirs) too.
         undo.push_async_callback(runtime.destroy, record.id)
@@ -223,6 +265,8 @@ class SandboxManager:
                 result=record.cni_result,
             )
         await self._mounter.unmount(self._dirs.shm(record.id))
+        if record.userns:
+            self._userns.remove(record.id)
         was_ready = record.state.is_ready()
         self._store.update_sandbox(
             record.id,
@@ -233,6 +277,7 @@ class SandboxManager:
                 network_conf="",
                 cni_result="",
                 ips=(),
+                userns="",
                 message=r.message or "stopped",
             ),
         )

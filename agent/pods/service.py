@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any
 
 from agent.config import Config
 from agent.db import MetadataDB
+from agent.gpu import GpuService
 from agent.images import ImageManager
 from agent.network import netns
 from agent.oci import ConmonRuntime, ExecSession, ExitWatcher, Runtime, resolve_binary
@@ -68,6 +69,8 @@ class PodService:
         db: MetadataDB,
         images: ImageManager,
         *,
+        gpu: GpuService | None = None,
+        allocated: Callable[[ContainerConfig], Collection[str]] = lambda config: (),
         runtimes: dict[str, Runtime] | None = None,
         mounter: mounts.Mounter = mounts.HOST,
     ) -> None:
@@ -91,6 +94,8 @@ class PodService:
             seccomp=seccomp,
             pod_dirs=self._dirs,
             on_change=lambda kind, cid: self._publish(kind, container_id=cid),
+            gpu=gpu,
+            allocated=allocated,
         )
         self._network = PodNetwork(config)
         self._sandboxes = SandboxManager(
@@ -120,6 +125,15 @@ class PodService:
         exit_dir = os.path.join(config.agent.state_dir, "exits")
         os.makedirs(exit_dir, mode=0o700, exist_ok=True)
         self._watcher = ExitWatcher(exit_dir, self._on_exit)
+
+    @property
+    def supports_user_namespaces(self) -> bool:
+        """``RuntimeHandlerFeatures.user_namespaces`` (idmapped overlay layers needed)."""
+        return mounts.idmapped_mounts_supported()
+
+    @property
+    def supports_recursive_read_only(self) -> bool:
+        return mounts.recursive_readonly_supported()
 
     @property
     def runtime_handlers(self) -> list[str]:
@@ -185,7 +199,10 @@ class PodService:
         return self._sandboxes.status(sandbox_id)
 
     def sandbox_containers(self, sandbox_id: str) -> list[ContainerRecord]:
-        return [self._containers.status(c.id) for c in self._store.containers_of(sandbox_id)]
+        return [
+            self._containers.status(c.id, listing=True)
+            for c in self._store.containers_of(sandbox_id)
+        ]
 
     def list_sandboxes(self, selector: Selector) -> list[SandboxRecord]:
         candidates = select(self._store.sandboxes(), Selector(id_prefix=selector.id_prefix))
@@ -225,10 +242,14 @@ class PodService:
 
     def list_containers(self, selector: Selector) -> list[ContainerRecord]:
         prefixes = Selector(id_prefix=selector.id_prefix, sandbox_prefix=selector.sandbox_prefix)
-        current = [
-            self._containers.status(r.id) for r in select(self._store.containers(), prefixes)
-        ]
+        candidates = select(self._store.containers(), prefixes)
+        current = [self._containers.status(r.id, listing=True) for r in candidates]
         return select(current, selector)
+
+    def records(self) -> tuple[list[SandboxRecord], list[ContainerRecord]]:
+        """Every sandbox and container as recorded, without re-checking their processes
+        (the exit watcher keeps the records current): cheap enough for every scrape."""
+        return self._store.sandboxes(), self._store.containers()
 
     async def update_container_resources(self, container_id: str, resources: Resources) -> None:
         await self._containers.update_resources(container_id, resources)

@@ -27,6 +27,7 @@ from agent.pods.model import (
     ContainerConfig,
     NamespaceOptions,
     Resources,
+    UserNamespace,
 )
 from agent.pods.spec_mounts import (
     cri_mounts,
@@ -39,6 +40,8 @@ from agent.pods.users import User
 
 __all__ = [
     "DEFAULT_CAPABILITIES",
+    "DEFAULT_MASKED_PATHS",
+    "DEFAULT_READONLY_PATHS",
     "OCI_VERSION",
     "PodFiles",
     "all_capabilities",
@@ -46,11 +49,37 @@ __all__ = [
     "container_spec",
     "effective_capabilities",
     "infra_spec",
+    "join_user_namespace",
     "resources_to_oci",
 ]
 
 OCI_VERSION = "1.0.2-dev"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+#: The runtime's masked and read-only paths (containerd's and CRI-O's defaults, which
+#: are the kubelet's too): applied when a request has none.
+DEFAULT_MASKED_PATHS = (
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/sys/devices/virtual/powercap",
+    "/sys/firmware",
+)
+DEFAULT_READONLY_PATHS = (
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +184,20 @@ def _namespaces(
         namespaces.append({"type": "uts", "path": f"{proc}/uts"})
         namespaces.append({"type": "network", "path": netns})
     return namespaces
+
+
+def join_user_namespace(oci: dict[str, Any], userns: UserNamespace, pin: str) -> None:
+    """Put a spec's process in the pod's user namespace (pinned at ``pin``), with its maps.
+
+    runc joins the namespace by path; it still wants the maps (to know the host uid
+    of the container's root).
+    """
+    linux = oci["linux"]
+    linux["namespaces"].append({"type": "user", "path": pin})
+    for key, maps in (("uidMappings", userns.uids), ("gidMappings", userns.gids)):
+        linux[key] = [
+            {"containerID": m.container_id, "hostID": m.host_id, "size": m.length} for m in maps
+        ]
 
 
 def container_spec(

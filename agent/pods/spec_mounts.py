@@ -151,6 +151,8 @@ def cri_mounts(mounts: Sequence[Mount]) -> tuple[list[dict[str, Any]], str]:
             if propagation == "rshared" or not rootfs_propagation:
                 rootfs_propagation = propagation
         options = ["rbind", propagation, "ro" if mount.readonly else "rw"]
+        if mount.image:
+            options += ["nosuid", "nodev"]  # an image's content: never setuid, no devices
         result.append(
             {
                 "destination": mount.container_path,

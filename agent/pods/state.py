@@ -100,6 +100,8 @@ class SandboxRecord:
     network_conf: str = ""
     infra_pid: int = 0
     cgroup_path: str = ""
+    #: the pinned user namespace of a ``hostUsers: false`` pod, "" for the host's
+    userns: str = ""
     #: why the sandbox is NOTREADY (for verbose status)
     message: str = ""
 
@@ -132,6 +134,11 @@ class ContainerRecord:
     additional_gids: tuple[int, ...] = ()
     #: effective mounts (container path, host path, readonly, propagation)
     mounts: tuple[tuple[str, str, bool, str], ...] = field(default_factory=tuple)
+    #: the GPU assignment (``gpu.Assignment`` as JSON), "" when it holds none
+    gpu: str = ""
+    #: image volumes: (container path, image as named, image id, sub path); the images
+    #: count as in use while the container exists
+    image_mounts: tuple[tuple[str, str, str, str], ...] = field(default_factory=tuple)
 
 
 def mark_exited(

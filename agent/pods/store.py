@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TypeVar
 
 from agent._util.serde import from_dict, to_dict
-from agent.db import MetadataDB
+from agent.db import GpuHolder, MetadataDB
 from agent.errors import AlreadyExists, InvalidArgument, NotFound
 from agent.pods.state import ContainerRecord, SandboxRecord, SandboxState
 
@@ -91,7 +91,11 @@ class PodStore:
         return [c for c in self._containers.values() if c.sandbox_id == sandbox_id]
 
     def image_in_use(self, image_id: str) -> bool:
-        return any(c.image_id == image_id for c in self._containers.values())
+        """A container runs the image, or mounts it as an image volume."""
+        return any(
+            c.image_id == image_id or any(m[2] == image_id for m in c.image_mounts)
+            for c in self._containers.values()
+        )
 
     # -- changes -------------------------------------------------------------
 
@@ -120,6 +124,7 @@ class PodStore:
 
     def remove_sandbox(self, sandbox_id: str) -> None:
         with self._db.transaction() as conn:
+            conn.execute("DELETE FROM gpu_assignments WHERE sandbox_id = ?", (sandbox_id,))
             conn.execute("DELETE FROM containers WHERE sandbox_id = ?", (sandbox_id,))
             conn.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))
         self._sandboxes.pop(sandbox_id, None)
@@ -138,9 +143,15 @@ class PodStore:
                     f"{sandbox.config.metadata.name} by {other.id}"
                 )
 
-    def add_container(self, container: ContainerRecord) -> None:
+    def add_container(self, container: ContainerRecord, gpus: Sequence[GpuHolder] = ()) -> None:
+        """Insert the record, and the GPUs it holds, in one transaction."""
         sandbox = self._sandboxes[container.sandbox_id]
         name = _container_name(container, sandbox)
+        columns = GpuHolder.columns()
+        insert_gpu = (
+            f"INSERT INTO gpu_assignments ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' for _ in columns)})"
+        )
         try:
             with self._db.transaction() as conn:
                 conn.execute(
@@ -154,6 +165,8 @@ class PodStore:
                         json.dumps(to_dict(container)),
                     ),
                 )
+                for holder in gpus:
+                    conn.execute(insert_gpu, tuple(getattr(holder, c) for c in columns))
         except sqlite3.IntegrityError:
             raise AlreadyExists(
                 f"container name '{container.config.name}' (attempt {container.config.attempt}) "

@@ -45,8 +45,13 @@ def resolve_user(
     run_as_username: str,
     run_as_group: int | None,
     supplemental_groups: tuple[int, ...],
+    strict_groups: bool = False,
 ) -> User:
-    """The effective user; an unknown user *name* is an error, unknown ids are fine."""
+    """The effective user; an unknown user *name* is an error, unknown ids are fine.
+
+    ``strict_groups`` (SupplementalGroupsPolicy ``Strict``): the groups are only the
+    pod's ``supplemental_groups``, not the user's memberships in the image's /etc/group.
+    """
     passwd = _read(rootfs, "/etc/passwd")
     group = _read(rootfs, "/etc/group")
     group_spec = ""
@@ -83,7 +88,11 @@ def resolve_user(
     extra = [
         int(g[2])
         for g in group
-        if username and len(g) >= 4 and username in g[3].split(",") and g[2].isdigit()
+        if not strict_groups
+        and username
+        and len(g) >= 4
+        and username in g[3].split(",")
+        and g[2].isdigit()
     ]
     extra.extend(supplemental_groups)
     groups = tuple(dict.fromkeys(g for g in extra if g != gid))

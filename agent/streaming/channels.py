@@ -7,6 +7,14 @@ followed by the base64 of the payload. For remotecommand the channels are
 for the data / error of the i-th port. Channels have no half-close in these
 protocols, except v5 (``[255, channel]`` closes a channel): otherwise a
 stream ends with the connection.
+
+Memory: messages are routed piece by piece as the WebSocket delivers them,
+into an ``Inbox`` per input channel the session reads; all inboxes of a
+connection share one budget, and the router stops reading the WebSocket
+while the target is full. Messages for any other channel (stdout, the
+resize channel of an exec without a tty, a channel nobody named) are
+dropped unread, as the kubelet's ``wsstream`` does for its ignored channels.
+When the connection ends every inbox is aborted and what it held released.
 """
 
 from __future__ import annotations
@@ -14,40 +22,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 
-from agent.streaming.websocket import BINARY, TEXT, WebSocket
+from agent.streaming.inbox import Inbox, InboxBudget
+from agent.streaming.websocket import Piece, WebSocket
 
-__all__ = ["ChannelInput", "ChannelOutput", "WsChannels"]
+__all__ = ["ChannelOutput", "WsChannels"]
 
-#: Messages queued per input channel before the connection stops reading.
-_QUEUE_DEPTH = 64
-_EOF = b""
 _CLOSE_SIGNAL = 255
-
-
-class ChannelInput:
-    def __init__(self) -> None:
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue(_QUEUE_DEPTH)
-        self._closed = False
-
-    async def read(self) -> bytes:
-        if self._closed and self._queue.empty():
-            return _EOF
-        data = await self._queue.get()
-        if data is _EOF:
-            self._closed = True
-        return data
-
-    async def _put(self, data: bytes) -> None:
-        if data and not self._closed:
-            await self._queue.put(data)
-
-    def _close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            with contextlib.suppress(asyncio.QueueFull):
-                self._queue.put_nowait(_EOF)
 
 
 class ChannelOutput:
@@ -60,6 +41,28 @@ class ChannelOutput:
 
     async def close(self) -> None:
         """No per-channel close in v1-v4: the end is the connection's."""
+
+
+class _Base64Pieces:
+    """Decodes one message's base64 text as it arrives, four characters at a time."""
+
+    def __init__(self) -> None:
+        self._tail = b""
+        self._padded = False
+
+    def decode(self, text: bytes, last: bool) -> bytes:
+        """The bytes of the complete groups so far; ValueError if it is not base64."""
+        text = self._tail + text
+        cut = len(text) if last else len(text) - len(text) % 4
+        self._tail = text[cut:]
+        if self._padded and cut:
+            raise ValueError("base64 data after its padding")
+        group = text[:cut]
+        self._padded = group.endswith(b"=")
+        try:
+            return base64.b64decode(group, validate=True)
+        except binascii.Error as exc:
+            raise ValueError(str(exc)) from None
 
 
 class WsChannels:
@@ -76,9 +79,15 @@ class WsChannels:
         #: v5: a binary message [255, channel] half-closes that channel
         self.close_signals = close_signals
         self.gone = asyncio.Event()
-        self._inputs = {channel: ChannelInput() for channel in inputs}
+        self.budget = InboxBudget()
+        self._inputs = {channel: Inbox(self.budget) for channel in inputs}
+        # The message being routed.
+        self._channel: int | None = None
+        self._target: Inbox | None = None
+        self._decoder: _Base64Pieces | None = None
+        self._signal = b""
 
-    def input(self, channel: int) -> ChannelInput:
+    def input(self, channel: int) -> Inbox:
         return self._inputs[channel]
 
     def output(self, channel: int) -> ChannelOutput:
@@ -86,35 +95,61 @@ class WsChannels:
 
     async def send(self, channel: int, data: bytes) -> None:
         if self.base64:
-            await self.ws.send(TEXT, bytes([0x30 + channel]) + base64.b64encode(data))
+            await self.ws.send(bytes([0x30 + channel]), base64.b64encode(data), text=True)
         else:
-            await self.ws.send(BINARY, bytes([channel]) + data)
+            await self.ws.send(bytes([channel]), data)
 
     async def run(self) -> None:
         """Route incoming messages to their channels until the connection ends."""
         try:
-            while (message := await self.ws.receive()) is not None:
-                _, payload = message
-                if not payload:
-                    continue
-                channel, data = payload[0], payload[1:]
-                if self.close_signals and channel == _CLOSE_SIGNAL and len(data) == 1:
-                    if (closing := self._inputs.get(data[0])) is not None:
-                        closing._close()
-                    continue
-                if self.base64:
-                    channel -= 0x30
-                    try:
-                        data = base64.b64decode(data, validate=True)
-                    except (binascii.Error, ValueError):
-                        continue
-                target = self._inputs.get(channel)
-                if target is not None:
-                    await target._put(data)
+            while (piece := await self.ws.receive()) is not None:
+                await self._route(piece)
+        except ConnectionError:
+            pass  # the client went away while its channels were full
         finally:
             for target in self._inputs.values():
-                target._close()
+                target.abort()
             self.gone.set()
+
+    async def _route(self, piece: Piece) -> None:
+        data = piece.data
+        if piece.first:
+            self._channel = None
+        if self._channel is None and data:  # the message's first byte names its channel
+            self._start(data[0])
+            data = data[1:]
+        if self._channel == _CLOSE_SIGNAL and self.close_signals:
+            self._signal = (self._signal + data)[:2]
+            if piece.last and len(self._signal) == 1:
+                closing = self._inputs.get(self._signal[0])
+                if closing is not None:
+                    closing.end()
+        elif self._target is not None:
+            if self._decoder is not None:
+                try:
+                    data = self._decoder.decode(data, piece.last)
+                except ValueError:
+                    self._target = None  # not base64: the rest of the message is dropped
+                    data = b""
+            if data and self._target is not None:
+                self._target.feed(data)
+                await self.ws.wait_for_room(self._target)
+        if piece.last:
+            self._channel = self._target = self._decoder = None
+
+    def _start(self, first: int) -> None:
+        self._channel = first
+        self._signal = b""
+        self._decoder = None
+        if self.close_signals and first == _CLOSE_SIGNAL:
+            self._target = None
+            return
+        if self.base64:
+            self._channel = first - 0x30
+            self._decoder = _Base64Pieces()
+        self._target = self._inputs.get(self._channel)
+        if self._target is not None and (self._target.ended or self._target.discarding):
+            self._target = None
 
     async def close(self) -> None:
         await self.ws.close()

@@ -6,6 +6,11 @@ with the same ``port`` and ``requestid`` headers; once both are here we dial
 ``127.0.0.1:<port>`` (``[::1]`` as a fallback) inside the pod's namespace and
 copy bytes both ways, half-closes included. A failure is written as text on
 the error stream. A pair left incomplete past the creation timeout is failed.
+``SpdyPairs.accept`` refuses, before they exist, streams that do not fit a
+pair: another type, a bad port, a second ``error`` or ``data`` for a request
+id, or a half naming another port than its partner. What a client sends on an
+error stream is dropped unread, and so is what comes on a data stream after
+its forward ended.
 
 WebSocket (``v4.channel.k8s.io`` family): one TCP connection per port named in
 the URL query; channel 2i carries port i's data and 2i+1 its errors, and the
@@ -21,14 +26,15 @@ import os
 import socket
 import struct
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from agent.network import netns
-from agent.streaming.channels import ChannelInput, ChannelOutput, WsChannels
+from agent.streaming.channels import ChannelOutput, WsChannels
+from agent.streaming.inbox import Inbox
 from agent.streaming.spdy import SpdyConnection, SpdyStream
 
-__all__ = ["dial", "serve_spdy", "serve_websocket", "valid_port"]
+__all__ = ["SpdyPairs", "dial", "serve_spdy", "serve_websocket", "valid_port"]
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +74,14 @@ async def dial(netns_path: str, port: int) -> socket.socket:
     raise failure
 
 
-async def _copy_in(source: SpdyStream | ChannelInput, writer: asyncio.StreamWriter) -> None:
+async def _copy_in(source: SpdyStream | Inbox, writer: asyncio.StreamWriter) -> None:
     """Client → pod; the client's EOF half-closes the TCP connection."""
-    while data := await source.read():
-        writer.write(data)
-        await writer.drain()
+    try:
+        while data := await source.read():
+            writer.write(data)
+            await writer.drain()
+    finally:
+        source.discard()  # whatever comes now has nowhere to go
     if writer.can_write_eof():
         writer.write_eof()
 
@@ -85,7 +94,7 @@ async def _copy_out(reader: asyncio.StreamReader, sink: SpdyStream | ChannelOutp
 
 
 async def _forward(
-    sock: socket.socket, source: SpdyStream | ChannelInput, sink: SpdyStream | ChannelOutput
+    sock: socket.socket, source: SpdyStream | Inbox, sink: SpdyStream | ChannelOutput
 ) -> None:
     reader, writer = await asyncio.open_connection(sock=sock, limit=_COPY_CHUNK)
     try:
@@ -102,17 +111,14 @@ async def _forward(
 @dataclass(slots=True)
 class _Pair:
     port: int
+    #: when its first half came through the queue: the creation timeout runs from then
+    #: (the kubelet starts its pair timer there too)
+    created: float | None = None
     data: SpdyStream | None = None
     error: SpdyStream | None = None
+    #: halves that came through the connection's queue (their SYN_REPLY is out)
+    replied: int = 0
     started: bool = False
-    created: float = field(default=0.0)
-
-
-def accept_stream(stream: SpdyStream) -> bool:
-    """Only data/error streams for a valid port are accepted (others get RST_STREAM)."""
-    return stream.header("streamtype") in ("data", "error") and (
-        valid_port(stream.header("port")) is not None
-    )
 
 
 def _request_id(stream: SpdyStream) -> str:
@@ -123,11 +129,39 @@ def _request_id(stream: SpdyStream) -> str:
     return str(stream.id if stream.header("streamtype") == "error" else stream.id - 2)
 
 
+class SpdyPairs:
+    """The error+data pairs of one connection, as the client opens their streams."""
+
+    def __init__(self) -> None:
+        self.pairs: dict[str, _Pair] = {}
+
+    def accept(self, stream: SpdyStream) -> bool:
+        """Take a stream into its pair, or refuse it (RST_STREAM) if it fits none."""
+        kind = stream.header("streamtype")
+        port = valid_port(stream.header("port"))
+        if kind not in ("data", "error") or port is None:
+            return False
+        request_id = _request_id(stream)
+        pair = self.pairs.get(request_id)
+        if pair is None:
+            pair = self.pairs[request_id] = _Pair(port)
+        elif getattr(pair, kind) is not None or pair.port != port:
+            return False  # a second half of one kind, or halves naming two ports
+        setattr(pair, kind, stream)
+        if kind == "error":
+            stream.discard()  # the client never writes to it
+        return True
+
+
 async def serve_spdy(
-    connection: SpdyConnection, dialer: Dialer, *, creation_timeout: float, describe: str
+    connection: SpdyConnection,
+    pairs: SpdyPairs,
+    dialer: Dialer,
+    *,
+    creation_timeout: float,
+    describe: str,
 ) -> None:
-    """Pair the streams the client opens and forward each pair, until the connection ends."""
-    pairs: dict[str, _Pair] = {}
+    """Forward each pair the client completes, until the connection ends."""
     tasks: set[asyncio.Task[None]] = set()
     loop = asyncio.get_running_loop()
 
@@ -150,17 +184,19 @@ async def serve_spdy(
                 with contextlib.suppress(ConnectionError):
                     await pair.error.write(message.encode())
         finally:
-            pairs.pop(request_id, None)
+            pairs.pairs.pop(request_id, None)
             for stream in (pair.data, pair.error):
+                stream.discard()
                 await stream.close()
 
     async def expire_incomplete() -> None:
         while True:
             await asyncio.sleep(min(creation_timeout, 1.0))
             now = loop.time()
-            for request_id, pair in list(pairs.items()):
-                if not pair.started and now - pair.created > creation_timeout:
-                    pairs.pop(request_id, None)
+            for request_id, pair in list(pairs.pairs.items()):
+                late = pair.created is not None and now - pair.created > creation_timeout
+                if late and not pair.started:
+                    pairs.pairs.pop(request_id, None)
                     message = f"timed out waiting for the streams of request {request_id}"
                     for stream in (pair.error, pair.data):
                         if stream is not None:
@@ -179,17 +215,14 @@ async def serve_spdy(
                 break
             stream = incoming.result()
             request_id = _request_id(stream)
-            port = valid_port(stream.header("port"))
-            assert port is not None
-            pair = pairs.get(request_id)
-            if pair is None:
-                pair = pairs[request_id] = _Pair(port, created=loop.time())
-            kind = stream.header("streamtype")
-            if getattr(pair, kind) is not None or pair.port != port:
-                await stream.cancel()  # a duplicate, or the other half names another port
-                continue
-            setattr(pair, kind, stream)
-            if pair.data is not None and pair.error is not None and not pair.started:
+            pair = pairs.pairs.get(request_id)
+            if pair is None or (stream is not pair.data and stream is not pair.error):
+                continue  # its pair expired meanwhile
+            pair.replied += 1
+            if pair.created is None:
+                pair.created = loop.time()
+            # No DATA before a SYN_REPLY: start once both halves came through the queue.
+            if pair.replied == 2 and not pair.started:
                 pair.started = True
                 task = asyncio.ensure_future(run_pair(request_id, pair))
                 tasks.add(task)
@@ -215,6 +248,7 @@ async def serve_websocket(
         try:
             sock = await dialer(port)
         except OSError as exc:
+            channels.input(2 * index).discard()
             message = f"error forwarding port {port} to pod {describe}: {exc}"
             with contextlib.suppress(ConnectionError):
                 await error_out.write(message.encode())
@@ -239,6 +273,6 @@ async def serve_websocket(
     except ConnectionError:
         pass
     finally:
-        await channels.close()
-        router.cancel()
+        router.cancel()  # close() reads the client's answer itself
         await asyncio.gather(router, return_exceptions=True)
+        await channels.close()

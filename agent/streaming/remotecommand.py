@@ -25,12 +25,14 @@ from agent.errors import AgentError
 from agent.oci import STDERR, ConsoleConnection, ExecSession, resize_terminal
 
 __all__ = [
+    "ExpectedStreams",
     "Input",
     "Output",
     "Streams",
     "failure_status",
     "run_attach",
     "run_exec",
+    "stream_kinds",
     "success_status",
 ]
 
@@ -46,6 +48,10 @@ class Input(Protocol):
     async def read(self) -> bytes:
         """The next chunk; b"" once the client closed it."""
         ...
+
+    def discard(self) -> None:
+        """Nobody reads on: drop what is held and what comes (it would hold memory, and
+        a full input stops its connection's reader)."""
 
 
 class Output(Protocol):
@@ -68,6 +74,62 @@ class Streams:
     #: v4 and later write a JSON metav1.Status on the error stream; older, a text error
     json_status: bool = True
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+
+# -- the streams a session needs (SPDY) ----------------------------------------------
+
+#: Streams the server only writes to: whatever a client sends on them is dropped unread.
+_SERVER_WRITES = frozenset({"error", "stdout", "stderr"})
+
+
+class _Options(Protocol):
+    @property
+    def stdin(self) -> bool: ...
+    @property
+    def stdout(self) -> bool: ...
+    @property
+    def stderr(self) -> bool: ...
+    @property
+    def tty(self) -> bool: ...
+
+
+def stream_kinds(options: _Options, *, v1_or_v2: bool) -> set[str]:
+    """The ``streamtype``s one exec or attach needs (protocols.md §3.5): the error stream,
+    those the request asked for, and resize with a tty from v3 on."""
+    kinds = {"error"}
+    if options.stdin:
+        kinds.add("stdin")
+    if options.stdout:
+        kinds.add("stdout")
+    if options.stderr and not options.tty:
+        kinds.add("stderr")
+    if options.tty and not v1_or_v2:
+        kinds.add("resize")
+    return kinds
+
+
+class _OpenedStream(Protocol):
+    def header(self, name: str) -> str: ...
+    def discard(self) -> None: ...
+
+
+class ExpectedStreams:
+    """Accepts each stream a session needs once and refuses every other (the connection
+    answers RST_STREAM); the kubelet library accepts any stream and leaves those it does
+    not want unread, which is how they held memory."""
+
+    def __init__(self, kinds: set[str]) -> None:
+        self.kinds = frozenset(kinds)
+        self._accepted: set[str] = set()
+
+    def accept(self, stream: _OpenedStream) -> bool:
+        kind = stream.header("streamtype")
+        if kind not in self.kinds or kind in self._accepted:
+            return False
+        self._accepted.add(kind)
+        if kind in _SERVER_WRITES:
+            stream.discard()
+        return True
 
 
 # -- metav1.Status ------------------------------------------------------------------
@@ -133,26 +195,38 @@ async def _pump_stdin(stdin: Input, console: ConsoleConnection) -> None:
             await console.write(data)
     except OSError:
         return  # the process closed its stdin or ended
+    finally:
+        stdin.discard()
     console.close_stdin()
 
 
 async def _read_sizes(resize: Input, sizes: asyncio.Queue[tuple[int, int]]) -> None:
-    """Decode the JSON objects kubectl sends on the resize stream into (width, height)."""
+    """Decode the JSON objects kubectl sends on the resize stream into (width, height).
+
+    Only the newest size matters: one not yet applied is replaced, so a client that sends
+    sizes faster than they are applied queues nothing.
+    """
     decoder = json.JSONDecoder()
     buffer = ""
-    while data := await resize.read():
-        buffer += data.decode(errors="replace")
-        while buffer.strip():
-            try:
-                size, end = decoder.raw_decode(buffer.lstrip())
-            except ValueError:
-                if len(buffer) > 4096:
-                    return  # not JSON: stop listening rather than buffer forever
-                break
-            buffer = buffer.lstrip()[end:]
-            if isinstance(size, dict):
-                with contextlib.suppress(TypeError, ValueError):
-                    sizes.put_nowait((int(size.get("Width", 0)), int(size.get("Height", 0))))
+    try:
+        while data := await resize.read():
+            buffer += data.decode(errors="replace")
+            while buffer.strip():
+                try:
+                    size, end = decoder.raw_decode(buffer.lstrip())
+                except ValueError:
+                    if len(buffer) > 4096:
+                        return  # not JSON: stop listening rather than buffer forever
+                    break
+                buffer = buffer.lstrip()[end:]
+                if isinstance(size, dict):
+                    with contextlib.suppress(TypeError, ValueError):
+                        latest = (int(size.get("Width", 0)), int(size.get("Height", 0)))
+                        if sizes.full():
+                            sizes.get_nowait()
+                        sizes.put_nowait(latest)
+    finally:
+        resize.discard()
 
 
 async def _apply_sizes(sizes: asyncio.Queue[tuple[int, int]], control_fifo: str) -> None:
@@ -198,7 +272,7 @@ async def run_exec(
     waited for briefly and given to ``start``, so the process starts with the
     right size instead of being resized just after it may have looked.
     """
-    sizes: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+    sizes: asyncio.Queue[tuple[int, int]] = asyncio.Queue(1)
     first_size = None
     if streams.resize is not None:
         _start(streams, _read_sizes(streams.resize, sizes))
@@ -250,7 +324,7 @@ async def run_attach(
         if streams.stdin is not None:
             stdin_done = _start(streams, _pump_stdin(streams.stdin, console))
         if streams.resize is not None:
-            sizes: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+            sizes: asyncio.Queue[tuple[int, int]] = asyncio.Queue(1)
             _start(streams, _read_sizes(streams.resize, sizes))
             _start(streams, _apply_sizes(sizes, control_fifo))
         output = _start(streams, _pump_output(console, streams))

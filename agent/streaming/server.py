@@ -73,7 +73,10 @@ _WS_PORTFORWARD = {
     "v4.base64.channel.k8s.io": (True, True, False),
 }
 _STDIN, _STDOUT, _STDERR, _ERROR, _RESIZE = range(5)
-_REMOTECOMMAND_STREAMS = frozenset({"error", "stdin", "stdout", "stderr", "resize"})
+#: Port i takes channels 2i and 2i+1, and a channel is one byte.
+_MAX_WS_PORTS = 128
+#: SPDY protocols without a resize stream.
+_NO_RESIZE_PROTOCOLS = frozenset({"v2.channel.k8s.io", "channel.k8s.io"})
 
 
 class AttachTarget(Protocol):
@@ -252,11 +255,13 @@ class StreamingServer:
         protocol = await self._spdy_handshake(request, writer, supported)
         if protocol is None:
             return
-        accept: Callable[[SpdyStream], bool] = (
-            portforward.accept_stream
-            if is_forward
-            else lambda s: s.header("streamtype") in _REMOTECOMMAND_STREAMS
+        pairs = portforward.SpdyPairs()
+        expected = remotecommand.ExpectedStreams(
+            set()
+            if isinstance(parked, PortForwardRequest)
+            else remotecommand.stream_kinds(parked, v1_or_v2=protocol in _NO_RESIZE_PROTOCOLS)
         )
+        accept: Callable[[SpdyStream], bool] = pairs.accept if is_forward else expected.accept
         connection = SpdyConnection(
             reader, writer, server=True, accept=accept, idle_timeout=self.timeouts.idle
         )
@@ -266,12 +271,13 @@ class StreamingServer:
                 netns_path = self._backend.network_namespace(parked.sandbox_id)
                 await portforward.serve_spdy(
                     connection,
+                    pairs,
                     lambda port: portforward.dial(netns_path, port),
                     creation_timeout=self.timeouts.creation,
                     describe=parked.sandbox_id,
                 )
             else:
-                streams = await self._spdy_streams(connection, protocol, parked)
+                streams = await self._spdy_streams(connection, expected, protocol, parked)
                 if streams is not None:
                     await self._run_remotecommand(streams, parked)
         except AgentError as exc:
@@ -282,30 +288,22 @@ class StreamingServer:
             await asyncio.gather(reading, return_exceptions=True)
 
     async def _spdy_streams(
-        self, connection: SpdyConnection, protocol: str, parked: ExecRequest | AttachRequest
+        self,
+        connection: SpdyConnection,
+        expected: remotecommand.ExpectedStreams,
+        protocol: str,
+        parked: ExecRequest | AttachRequest,
     ) -> Streams | None:
-        """Wait (up to the creation timeout) for every stream the request needs."""
-        expected = {"error"}
-        if parked.stdin:
-            expected.add("stdin")
-        if parked.stdout:
-            expected.add("stdout")
-        if parked.stderr and not parked.tty:
-            expected.add("stderr")
-        if parked.tty and protocol not in ("v2.channel.k8s.io", "channel.k8s.io"):
-            expected.add("resize")
+        """Wait (up to the creation timeout) for every stream the request needs; the
+        connection refuses any other (``expected.accept``)."""
         got: dict[str, SpdyStream] = {}
         try:
             async with asyncio.timeout(self.timeouts.creation):
-                while not expected <= got.keys():
+                while not expected.kinds <= got.keys():  # each one's SYN_REPLY is out
                     stream = await _next_stream(connection)
                     if stream is None:
                         return None
-                    kind = stream.header("streamtype")
-                    if kind in got:
-                        await stream.cancel()
-                    else:
-                        got[kind] = stream
+                    got[stream.header("streamtype")] = stream
         except TimeoutError:
             log.info("streaming client did not open its streams in time; closing")
             return None
@@ -350,6 +348,11 @@ class StreamingServer:
             if not ports:
                 await write_response(writer, 400, body='query parameter "port" is required\n')
                 return
+            if len(ports) > _MAX_WS_PORTS:  # channel 2i+1 must fit its byte
+                await write_response(
+                    writer, 400, body=f"at most {_MAX_WS_PORTS} ports on one WebSocket\n"
+                )
+                return
         headers = [
             ("Upgrade", "websocket"),
             ("Connection", "Upgrade"),
@@ -373,10 +376,13 @@ class StreamingServer:
                     describe=parked.sandbox_id,
                 )
             else:
+                inputs = [_STDIN] if parked.stdin else []
+                if parked.tty:
+                    inputs.append(_RESIZE)  # without a tty nobody reads it: dropped
                 channels = WsChannels(
                     ws,
                     base64_framing=base64_framing,
-                    inputs=[_STDIN, _RESIZE],
+                    inputs=inputs,
                     close_signals=close_signals,
                 )
                 await self._serve_ws_remotecommand(channels, parked, json_status)
@@ -430,9 +436,11 @@ class StreamingServer:
         except AgentError as exc:
             await remotecommand.write_status(streams, remotecommand.failure_status(str(exc)))
             return
-        if not target.stdin:
-            streams.stdin = None  # the container has no stdin to write to
-        if not target.tty:
+        if not target.stdin and streams.stdin is not None:
+            streams.stdin.discard()  # the container has no stdin to write to
+            streams.stdin = None
+        if not target.tty and streams.resize is not None:
+            streams.resize.discard()
             streams.resize = None
         await remotecommand.run_attach(
             streams, lambda: ConsoleConnection.connect(target.socket), target.control_fifo

@@ -15,10 +15,17 @@ is ours. What Go peers expect (protocols.md §3.4):
   ``close()`` sends GOAWAY.
 
 Anything malformed (wrong version, a header block that does not decompress,
-a frame whose length does not fit its type, a data frame too large) ends the
-connection with GOAWAY(PROTOCOL_ERROR); nothing a peer sends can crash the
-agent. A stream's unread data is bounded: a reader that does not keep up
-pauses reading the connection (TCP pushes back on the sender).
+a frame whose length does not fit its type) ends the connection with
+GOAWAY(PROTOCOL_ERROR); nothing a peer sends can crash the agent.
+
+Memory: a stream the owner's ``accept`` filter does not want is refused with
+RST_STREAM(REFUSED_STREAM) before it exists, and its DATA is dropped unread.
+A DATA frame (up to 16 MiB) is read in ``READ_PIECE`` pieces into its
+stream's ``Inbox``; when a stream or the whole connection holds its limit of
+unread data, the connection stops reading (TCP pushes back on the sender;
+while it waits it PINGs the peer now and then, so a peer that went away is
+noticed). When the connection ends every stream is aborted and what it held
+is released.
 """
 
 from __future__ import annotations
@@ -28,10 +35,10 @@ import contextlib
 import logging
 import struct
 import zlib
-from collections import deque
 from collections.abc import Callable
 
 from agent.streaming.dictionary import DICTIONARY
+from agent.streaming.inbox import READ_PIECE, Inbox, InboxBudget, wait_for_room
 
 __all__ = [
     "FLAG_FIN",
@@ -60,8 +67,8 @@ _CONTROL_TYPES = frozenset(
 MAX_SEND_CHUNK = 64 * 1024
 #: A header block larger than this (compressed or not) is hostile.
 MAX_HEADER_BLOCK = 256 * 1024
-#: Unread bytes buffered per stream before the connection stops reading.
-STREAM_BUFFER_LIMIT = 8 << 20
+#: Header pairs per block (the streaming protocols send three).
+MAX_HEADER_PAIRS = 64
 #: Open streams per connection; more are refused (RST_STREAM REFUSED_STREAM).
 MAX_STREAMS = 4096
 _HEADER = struct.Struct(">II")
@@ -90,6 +97,8 @@ def decode_headers(block: bytes) -> dict[str, str]:
     if len(view) < 4:
         raise ProtocolError("header block too short")
     (count,) = struct.unpack_from(">I", view)
+    if count > MAX_HEADER_PAIRS:
+        raise ProtocolError(f"header block with {count} pairs")
     offset = 4
     headers: dict[str, str] = {}
     for _ in range(count):
@@ -108,59 +117,46 @@ def decode_headers(block: bytes) -> dict[str, str]:
 
 
 class SpdyStream:
-    """One stream: headers from its SYN_STREAM, an inbound byte queue, a writer."""
+    """One stream: headers from its SYN_STREAM, an inbound ``Inbox``, a writer."""
 
     def __init__(self, connection: SpdyConnection, stream_id: int, headers: dict[str, str]):
         self.connection = connection
         self.id = stream_id
         self.headers = headers
-        self._chunks: deque[bytes] = deque()
-        self._buffered = 0
-        self._readable = asyncio.Event()
-        self._drained = asyncio.Event()
-        self._drained.set()
-        self.remote_closed = False  # the peer sent FIN
+        self.inbox = Inbox(connection.budget)
         self.local_closed = False  # we sent FIN
         self.reset = False
 
     def header(self, name: str) -> str:
         return self.headers.get(name.lower(), "")
 
+    @property
+    def remote_closed(self) -> bool:
+        """The peer sent FIN (or the stream or connection died)."""
+        return self.inbox.ended
+
     # -- inbound ---------------------------------------------------------------
 
-    def _feed(self, data: bytes) -> None:
-        if data:
-            self._chunks.append(data)
-            self._buffered += len(data)
-            if self._buffered > STREAM_BUFFER_LIMIT:
-                self._drained.clear()
-        self._readable.set()
-
     def _end(self) -> None:
-        self.remote_closed = True
-        self._readable.set()
+        self.inbox.end()
         self.connection._forget_if_done(self)
 
     def _abort(self) -> None:
         self.reset = True
-        self.remote_closed = True
         self.local_closed = True
-        self._readable.set()
-        self._drained.set()
+        self.inbox.abort()
 
     async def read(self) -> bytes:
         """The next chunk the peer sent; b"" once it half-closed (or the stream died)."""
-        while not self._chunks:
-            if self.remote_closed:
-                self.connection._forget_if_done(self)
-                return b""
-            self._readable.clear()
-            await self._readable.wait()
-        data = self._chunks.popleft()
-        self._buffered -= len(data)
-        if self._buffered <= STREAM_BUFFER_LIMIT // 2:
-            self._drained.set()
+        data = await self.inbox.read()
+        if not data:
+            self.connection._forget_if_done(self)
         return data
+
+    def discard(self) -> None:
+        """Nobody will read this stream: drop what it holds and whatever comes."""
+        self.inbox.discard()
+        self.connection._forget_if_done(self)
 
     async def read_all(self, limit: int = 1 << 20) -> bytes:
         out = bytearray()
@@ -214,7 +210,10 @@ class SpdyConnection:
         accept: StreamFilter | None = None,
         idle_timeout: float = 4 * 3600,
         max_streams: int = MAX_STREAMS,
+        budget: InboxBudget | None = None,
     ) -> None:
+        #: What all this connection's streams may hold unread, together.
+        self.budget = budget or InboxBudget()
         self._reader = reader
         self._writer = writer
         self._server = server
@@ -233,6 +232,7 @@ class SpdyConnection:
         self._last_peer_id = 0
         self._replies: dict[int, asyncio.Future[None]] = {}
         self._pings: dict[int, asyncio.Future[None]] = {}
+        self._stall_pings = 0
         self.closed = asyncio.Event()
         self.close_reason = ""
 
@@ -255,7 +255,7 @@ class SpdyConnection:
 
     def _forget_if_done(self, stream: SpdyStream) -> None:
         """Drop a stream both sides have closed (a long port-forward opens thousands)."""
-        if stream.local_closed and stream.remote_closed and not stream._chunks:
+        if stream.local_closed and stream.remote_closed and stream.inbox.empty:
             self.streams.pop(stream.id, None)
 
     def _compress(self, headers: dict[str, str]) -> bytes:
@@ -313,7 +313,10 @@ class SpdyConnection:
         self.close_reason = reason
         self.closed.set()
         for stream in self.streams.values():
-            stream._abort()
+            stream._abort()  # releases what each held
+        self.streams.clear()
+        while not self.incoming.empty():
+            self.incoming.get_nowait()._abort()
         for future in [*self._replies.values(), *self._pings.values()]:
             if not future.done():
                 future.set_exception(ConnectionResetError(reason))
@@ -342,7 +345,7 @@ class SpdyConnection:
             self._shutdown("connection ended")
 
     async def _read_frame(self) -> None:
-        head = await asyncio.wait_for(self._reader.readexactly(8), self._idle_timeout)
+        head = await self._read_exactly(8)
         first, second = _HEADER.unpack(head)
         flags, length = second >> 24, second & 0xFFFFFF
         # Judge the header before waiting for a body it may only pretend to have.
@@ -355,16 +358,14 @@ class SpdyConnection:
             if length > MAX_HEADER_BLOCK + 10:
                 raise ProtocolError(f"control frame of {length} bytes")
         else:
-            self._check_data_stream(first & 0x7FFFFFFF)
-        body = (
-            await asyncio.wait_for(self._reader.readexactly(length), self._idle_timeout)
-            if length
-            else b""
-        )
-        if first & 0x80000000:
-            await self._control(kind, flags, body)
-        else:
-            await self._data(first & 0x7FFFFFFF, flags, body)
+            await self._data(first & 0x7FFFFFFF, flags, length)
+            return
+        body = await self._read_exactly(length) if length else b""
+        await self._control(kind, flags, body)
+
+    async def _read_exactly(self, size: int) -> bytes:
+        async with asyncio.timeout(self._idle_timeout):  # cheaper than wait_for: no task
+            return await self._reader.readexactly(size)
 
     def _decompress(self, block: bytes) -> dict[str, str]:
         if len(block) > MAX_HEADER_BLOCK:
@@ -459,12 +460,36 @@ class SpdyConnection:
         if stream_id == 0 or not known:
             raise ProtocolError(f"DATA for stream {stream_id}, which was never opened")
 
-    async def _data(self, stream_id: int, flags: int, body: bytes) -> None:
+    async def _data(self, stream_id: int, flags: int, length: int) -> None:
+        """One DATA frame's body, a piece at a time, into its stream's inbox.
+
+        A stream that is gone, was refused or is discarded gets nothing (spdystream drops
+        data for streams it does not know); the pieces are read and dropped. No flow
+        control in SPDY as Go speaks it: when the stream or the connection holds its limit,
+        stop reading until the readers take some (TCP then pushes back on the peer).
+        """
+        self._check_data_stream(stream_id)
+        left = length
+        while left:
+            stream = self.streams.get(stream_id)
+            # A reader with room takes bigger pieces (fewer reads); one piece past a limit
+            # is the most a connection ever holds over it.
+            room = READ_PIECE if stream is None else max(READ_PIECE, stream.inbox.room_left)
+            piece = await self._read_exactly(min(left, room))
+            left -= len(piece)
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                stream.inbox.feed(piece)
+                await wait_for_room(stream.inbox, self._stall_ping, self._idle_timeout)
         stream = self.streams.get(stream_id)
-        if stream is None or stream.remote_closed:
-            return  # spdystream drops data for streams it does not know
-        stream._feed(body)
-        if flags & FLAG_FIN:
+        if flags & FLAG_FIN and stream is not None:
             stream._end()
-        # No flow control in SPDY as Go speaks it: stop reading until the consumer drains.
-        await stream._drained.wait()
+
+    async def _stall_ping(self) -> None:
+        """A PING while the readers are full: a peer that went away answers with a reset.
+        Ids of our parity from a range ``ping()`` does not use; nobody waits for the echo."""
+        self._stall_pings = (self._stall_pings + 1) % 0x10000000
+        ping_id = 0x40000000 + 2 * self._stall_pings + (0 if self._server else 1)
+        await self._send_control(PING, 0, struct.pack(">I", ping_id))
+        if self._writer.is_closing():  # the write met the reset of a peer that is gone
+            raise ConnectionResetError("the peer went away")

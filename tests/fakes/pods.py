@@ -47,6 +47,14 @@ class FakeMounter:
     async def unmount(self, target: str) -> None:
         self.mounted.discard(target)
 
+    async def bind_special(
+        self, source: str, target: str, *, readonly: bool = False, userns: str = ""
+    ) -> None:
+        self.mounted.add(target)
+
+    async def unmount_tree(self, path: str) -> None:
+        self.mounted = {m for m in self.mounted if m != path and not m.startswith(path + "/")}
+
 
 class FakeImages:
     """One pulled image, ``IMAGE``, with one (empty) layer."""

@@ -18,7 +18,8 @@ mkdir -p "$DEPS/wheels" "$DEPS/debs"
     --python-version "$PYVER" --implementation cp --abi "$abi" \
     --platform "manylinux2014_$ARCH" --platform "manylinux_2_17_$ARCH" --platform "manylinux_2_28_$ARCH" \
     -d "$DEPS/wheels" \
-    'grpcio>=1.85,<2' 'PyYAML>=6,<7' 'pytest>=8,<10' 'pytest-asyncio>=0.24,<2' 'pytest-timeout>=2.3,<3'
+    'grpcio>=1.85,<2' 'protobuf>=6.31,<8' 'PyYAML>=6,<7' 'pytest>=8,<10' 'pytest-asyncio>=0.24,<2' 'pytest-timeout>=2.3,<3' \
+    'prometheus-client>=0.21,<1'
 
 debarch=$([[ $ARCH == x86_64 ]] && echo amd64 || echo arm64)
 (cd "$DEPS/debs" && apt-get download -q "runc:$debarch" "busybox-static:$debarch" >/dev/null)

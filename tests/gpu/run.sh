@@ -41,12 +41,12 @@ check PASS "python" "$("$PY" -V 2>&1) at $PY"
 
 SITE=$WORK/site
 export PYTHONPATH=$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH}
-need='import grpc, yaml, pytest, pytest_asyncio, pytest_timeout'
+need='import grpc, google.protobuf, yaml, pytest, pytest_asyncio, pytest_timeout, prometheus_client'
 if ! "$PY" -c "$need" 2>/dev/null; then
     wheels=$REPO/tests/gpu/deps/wheels
     if [[ -d $wheels ]]; then
         if ! "$PY" -m pip install --quiet --no-index --find-links "$wheels" --target "$SITE" \
-            grpcio PyYAML pytest pytest-asyncio pytest-timeout 2>"$WORK/pip.err"; then
+            grpcio protobuf PyYAML pytest pytest-asyncio pytest-timeout prometheus-client 2>"$WORK/pip.err"; then
             # No pip: a wheel is a zip archive; unpacking it into a path entry installs it.
             "$PY" - "$wheels" "$SITE" <<'EOF'
 import pathlib, sys, zipfile
@@ -57,7 +57,7 @@ EOF
     fi
 fi
 if "$PY" -c "$need" 2>"$WORK/import.err"; then
-    check PASS "test dependencies" "grpcio, PyYAML, pytest"
+    check PASS "test dependencies" "grpcio, protobuf, PyYAML, pytest, prometheus_client"
 else
     check FAIL "test dependencies" "$(tail -1 "$WORK/import.err") (run tests/gpu/fetch-deps.sh first)"
     exit 1
@@ -131,6 +131,7 @@ fi
 
 # -- 4. the checks: real NVML, the node CDI spec, a runc container given one GPU -----------
 "$PY" -m pytest tests/gpu -q -p no:cacheprovider --timeout 120 -o junit_family=xunit2 \
+    --ignore=tests/gpu/test_dra_real.py \
     --junitxml="$WORK/junit.xml" >"$WORK/pytest.log" 2>&1 &
 pytest_pid=$!
 ( sleep 240; kill -TERM "$pytest_pid" 2>/dev/null ) &
@@ -179,6 +180,23 @@ if [[ -f tests/gpu/test_cri_gpu.py ]]; then
 else
     check SKIP "CRI: container with one GPU by CDI_devices" \
         "pending: GpuService is not wired into pods/ yet (tests/gpu/test_cri_gpu.py)"
+fi
+
+# -- 6. DRA (issue 13): a prepared claim -> its CDI spec -> a container -> nvidia-smi -L ----
+# ClaimPreparer on the real inventory and driver: the claim's CDI spec is written from the
+# node spec, the CDI id the kubelet would pass resolves to exactly the claimed GPU, and
+# runc runs the mounted `nvidia-smi -L`, which must list that GPU and no other.
+if "$PY" -m pytest tests/gpu/test_dra_real.py -q -p no:cacheprovider --timeout 120 -rs \
+    >"$WORK/dra.log" 2>&1; then
+    if grep -q "1 passed" "$WORK/dra.log"; then
+        check PASS "DRA: prepared claim -> container -> nvidia-smi -L" ""
+    else
+        check SKIP "DRA: prepared claim -> container -> nvidia-smi -L" \
+            "$(grep -m1 -o 'SKIPPED.*' "$WORK/dra.log" | cut -c1-160)"
+    fi
+else
+    check FAIL "DRA: prepared claim -> container -> nvidia-smi -L" "$(tail -1 "$WORK/dra.log")"
+    tail -40 "$WORK/dra.log" | tee -a "$REPORT"
 fi
 
 say "== done in $((SECONDS - START)) s: $([[ $FAILED == 0 ]] && echo 'no failures' || echo 'FAILURES')"

@@ -20,11 +20,18 @@ What differs from a real critest run, and why:
   never executes ``/bin/ls``. The MaskedPaths spec therefore names ``/bin/ls`` by path.
 - **Cgroup parent.** Every pod gets the test environment's own cgroup parent (critest's
   ``common.GetCgroupParent``), so the leak check finds nothing behind.
-- **Ports and paths.** Log directories live under the test's short temp dir, not ``/tmp``.
+- **Ports and paths.** Log directories live under the test's short temp dir, not ``/tmp``;
+  the host dirs of the mount specs are ``/tmp/ma-<run>-test<pod>…`` (critest's
+  ``test<pod>…`` with the run's mark), so the leak check sees a mount left in one.
+- **Host probes.** The UserNamespaces POD spec runs critest's idmap-mount probe
+  (``tests/support/idmap.py``: open_tree + mount_setattr through ctypes) on critest's
+  path, the parent of ``stateDir`` in ``Status.info["config"]``, else ``/var/lib``.
 - Specs critest itself skips on this host or runtime (AppArmor and SELinux absent, cgroup
-  v1, features the agent does not advertise, metrics RPCs answering UNIMPLEMENTED) are
-  skipped with the same reason, each asserting first that the reason still holds; the
-  streaming specs skip until the streaming server exists (issue 6).
+  v1, metrics RPCs answering UNIMPLEMENTED) are skipped with the same reason, each
+  asserting first that the reason still holds; the streaming specs skip until the
+  streaming server exists (issue 6). The feature-gated specs (recursive read-only mounts,
+  UserNamespaces, SupplementalGroupsPolicy) are mirrored in full and skip exactly when
+  critest does, from what Status advertises; they run the day the agent advertises them.
 - Specs the agent fails and that need more than a small fix are ``xfail(strict=True)``
   with the reason, so they turn red the day they pass.
 """
@@ -35,6 +42,7 @@ import asyncio
 import contextlib
 import datetime
 import functools
+import json
 import os
 import re
 import shutil
@@ -45,7 +53,7 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +62,8 @@ import pytest
 
 from agent.api.cri.runtime.v1 import api_pb2 as pb
 from tests.integration.test_pods import Env, environment
-from tests.support import remotecommand_client as rc
+from tests.support import remotecommand_client as rc, run
+from tests.support.idmap import supports_idmap
 from tests.support.images import BUSYBOX, Image, build_image
 from tests.support.layers import Dir, Entry, File, Hardlink, layer
 from tests.support.portforward_client import forward_spdy as rc_forward_spdy
@@ -95,7 +104,7 @@ PASSWD = (
 )
 GROUP = "root:x:0:\ndaemon:x:1:\nwww-data:x:33:\nusers:x:100:\nnogroup:x:65534:\n"
 #: test-image-predefined-group: default-user (1000) is in group-defined-in-image (50000).
-PREDEFINED_PASSWD = "default-user:x:1000:1000:default-user:/home:/bin/sh\n"
+PREDEFINED_PASSWD = "default-user:x:1000:1000:Linux User,,,:/home/default-user:/bin/sh\n"
 PREDEFINED_GROUP = "default-user:x:1000:\ngroup-defined-in-image:x:50000:default-user\n"
 PGREP = b"""#!/bin/sh
 # pgrep PATTERN: pids whose command name contains PATTERN (what critest needs of procps').
@@ -278,8 +287,10 @@ def critest_images(registry, tmp_path_factory) -> CritestImages:
         push(f"test-image-{i}", f"test-image-{i}", distinct, "latest")
     for i in (1, 2, 3):
         push(f"test-image-tags:{i}", "test-image-tags", plain, str(i))
-    predefined = layer(
+    predefined = layer(  # images/image-predefined-group: busybox's adduser -D, addgroup
         [
+            Dir("home"),
+            Dir("home/default-user", uid=1000, gid=1000),
             Dir("etc"),
             File("etc/passwd", (PASSWD + PREDEFINED_PASSWD).encode()),
             File("etc/group", (GROUP + PREDEFINED_GROUP).encode()),
@@ -1126,6 +1137,12 @@ async def privileged_pod(critest) -> AsyncIterator[tuple[str, pb.PodSandboxConfi
     await critest.cleanup_pod(sid)
 
 
+def host_temp_dir(pod_id: str) -> str:
+    """``os.MkdirTemp("", "test"+podID)``, under this run's marks so the leak check sees
+    any mount left in it."""
+    return tempfile.mkdtemp(prefix=f"{run.dir_prefix()}test{pod_id[:12]}", dir="/tmp")
+
+
 def host_mount(*argv: str) -> None:
     subprocess.run(["mount", *argv], check=True, capture_output=True)
 
@@ -1143,7 +1160,7 @@ def propagation_host_path(
     ``mnt`` is bind-mounted on itself, rshared for HOST_TO_CONTAINER and BIDIRECTIONAL,
     rprivate otherwise.
     """
-    host_path = tempfile.mkdtemp(prefix="test" + pod_id[:12])
+    host_path = host_temp_dir(pod_id)
     mnt_source = os.path.join(host_path, "mnt")
     mount_point = os.path.join(mnt_source, "propagationMnt")
     os.makedirs(mount_point, mode=0o700)
@@ -1254,7 +1271,7 @@ async def test_should_terminate_with_exit_code_137_and_reason_oom_killed(critest
 @contextlib.contextmanager
 def rro_host_path(pod_id: str) -> Iterator[str]:
     """createHostPathForRROMount: a temp dir with a tmpfs mounted on its ``tmpfs/``."""
-    host_path = tempfile.mkdtemp(prefix="test" + pod_id[:12])
+    host_path = host_temp_dir(pod_id)
     tmpfs = os.path.join(host_path, "tmpfs")
     os.makedirs(tmpfs, mode=0o700)
     host_mount("-t", "tmpfs", "none", tmpfs)
@@ -1273,36 +1290,113 @@ async def runtime_supports_rro(critest: Critest) -> bool:
     )
 
 
+async def skip_unless_rro(critest: Critest) -> None:
+    if not await runtime_supports_rro(critest):
+        pytest.skip("runtime does not implement recursive readonly mounts")
+
+
+def mount_container_config(critest: Critest, mounts: list[pb.Mount]) -> pb.ContainerConfig:
+    """createMountContainer's config: busybox ``sh -c top`` with ``mounts``."""
+    return critest.container_config(
+        "test-mount-" + new_uuid(), command=PAUSE_COMMAND, mounts=mounts
+    )
+
+
+async def create_mount_container(critest: Critest, sid: str, mounts: list[pb.Mount]) -> str:
+    """createMountContainer (expectErr false): the verbose status lists as many mounts."""
+    cid = await critest.create(sid, mount_container_config(critest, mounts))
+    assert len((await critest.status(cid, verbose=True)).mounts) == len(mounts)
+    return cid
+
+
+async def create_mount_container_error(
+    critest: Critest, sid: str, mounts: list[pb.Mount]
+) -> grpc.aio.AioRpcError | None:
+    """createMountContainer (expectErr true): the error CreateContainer answered, if any."""
+    try:
+        await critest.create_with_error(sid, mount_container_config(critest, mounts))
+    except grpc.aio.AioRpcError as exc:
+        return exc
+    return None
+
+
+def rro_mount(host_path: str, readonly: bool, rro: bool, **fields: Any) -> pb.Mount:
+    """The one mount of the readonly specs: ``host_path`` on ``/mnt``, SELinux relabelled."""
+    return pb.Mount(
+        host_path=host_path,
+        container_path="/mnt",
+        readonly=readonly,
+        recursive_read_only=rro,
+        selinux_relabel=True,
+        **fields,
+    )
+
+
+async def rro_check(critest: Critest, sid: str, rro: bool) -> pb.ExecSyncResponse:
+    """testRRO: the host dir (with its tmpfs) read-only on ``/mnt``, recursively or not;
+    what the check exec answered: ``touch`` in the tmpfs, which must work when the mount is
+    not recursive, and must fail with EROFS (``grep -q`` finds it) when it is."""
+    with rro_host_path(sid) as path:
+        cid = await create_mount_container(critest, sid, [rro_mount(path, True, rro)])
+        await critest.start_running(cid)
+        command = ["touch", "/mnt/tmpfs/file"]
+        if rro:
+            command = ["sh", "-c", 'touch /mnt/tmpfs/foo 2>&1 | grep -q "Read-only file system"']
+        return await critest.exec_sync(cid, command)
+
+
 async def test_should_support_non_recursive_readonly_mounts(critest, privileged_pod):
     """container_linux.go: "should support non-recursive readonly mounts"."""
+    response = await rro_check(critest, privileged_pod[0], rro=False)
+    assert (response.exit_code, response.stderr) == (0, b""), response  # execSyncContainer
+
+
+async def test_should_support_recursive_readonly_mounts(critest, privileged_pod):
+    """container_linux.go: "should support recursive readonly mounts"."""
+    await skip_unless_rro(critest)
+    response = await rro_check(critest, privileged_pod[0], rro=True)
+    assert (response.exit_code, response.stderr) == (0, b""), response  # execSyncContainer
+
+
+async def rro_invalid_propagation(
+    critest: Critest, sid: str, propagation: pb.MountPropagation.ValueType
+) -> grpc.aio.AioRpcError | None:
+    """testRROInvalidPropagation: a recursive read-only mount that propagates mounts."""
+    with rro_host_path(sid) as path:
+        mount = rro_mount(path, True, True, propagation=propagation)
+        return await create_mount_container_error(critest, sid, [mount])
+
+
+async def test_should_reject_a_recursive_readonly_mount_with_propagation_host_to_container(
+    critest, privileged_pod
+):
+    """container_linux.go: "should reject a recursive readonly mount with
+    PROPAGATION_HOST_TO_CONTAINER"."""
+    await skip_unless_rro(critest)
+    sid = privileged_pod[0]
+    error = await rro_invalid_propagation(critest, sid, pb.PROPAGATION_HOST_TO_CONTAINER)
+    assert error is not None, "CreateContainer accepted it"
+
+
+async def test_should_reject_a_recursive_readonly_mount_with_propagation_bidirectional(
+    critest, privileged_pod
+):
+    """container_linux.go: "should reject a recursive readonly mount with
+    PROPAGATION_BIDIRECTIONAL"."""
+    await skip_unless_rro(critest)
+    error = await rro_invalid_propagation(critest, privileged_pod[0], pb.PROPAGATION_BIDIRECTIONAL)
+    assert error is not None, "CreateContainer accepted it"
+
+
+async def test_should_reject_a_recursive_readonly_mount_with_read_only_false(
+    critest, privileged_pod
+):
+    """container_linux.go: "should reject a recursive readonly mount with ReadOnly: false"."""
+    await skip_unless_rro(critest)
     sid = privileged_pod[0]
     with rro_host_path(sid) as path:
-        mounts = [
-            pb.Mount(host_path=path, container_path="/mnt", readonly=True, selinux_relabel=True)
-        ]
-        config = critest.container_config(
-            "test-mount-" + new_uuid(), command=PAUSE_COMMAND, mounts=mounts
-        )
-        cid = await critest.create(sid, config)
-        assert len((await critest.status(cid, verbose=True)).mounts) == 1
-        await critest.start_running(cid)
-        await critest.exec_ok(cid, ["touch", "/mnt/tmpfs/file"])
-
-
-@pytest.mark.parametrize(
-    "spec",
-    [
-        "should support recursive readonly mounts",
-        "should reject a recursive readonly mount with PROPAGATION_HOST_TO_CONTAINER",
-        "should reject a recursive readonly mount with PROPAGATION_BIDIRECTIONAL",
-        "should reject a recursive readonly mount with ReadOnly: false",
-    ],
-)
-async def test_recursive_readonly_mount_specs(critest, spec):
-    """container_linux.go: the recursive read-only specs (skipped unless the handler
-    advertises RecursiveReadOnlyMounts, which the agent does not)."""
-    assert not await runtime_supports_rro(critest), "RRO is advertised now: mirror these specs"
-    pytest.skip("runtime does not implement recursive readonly mounts")
+        error = await create_mount_container_error(critest, sid, [rro_mount(path, False, True)])
+    assert error is not None, "CreateContainer accepted it"
 
 
 @pytest.mark.parametrize(
@@ -1711,21 +1805,95 @@ async def test_runtime_should_support_readonly_paths(critest, pod):
     assert response.stderr.decode() == "touch: /tmp/test: Read-only file system\n"
 
 
-@pytest.mark.parametrize(
-    "spec",
-    [
-        "if the container's primary UID belongs to some groups in the image, runtime should "
-        "add SupplementalGroups to them",
-        "even if the container's primary UID belongs to some groups in the image, runtime "
-        "should not add SupplementalGroups to them",
-    ],
-)
-async def test_supplemental_groups_policy_specs(critest, spec):
-    """security_context_linux.go: the SupplementalGroupsPolicy specs (skipped unless Status
-    advertises the feature, which the agent does not: it has no Strict policy)."""
-    status = await critest.rc.Status(pb.StatusRequest())
-    assert not status.features.supplemental_groups_policy, "advertised now: mirror the specs"
-    pytest.skip("The runtime does not support SupplementalGroupsPolicy feature")
+#: security_context_linux.go's image constants for test-image-predefined-group.
+IMAGE_PREDEFINED_GROUP_UID = 1000
+IMAGE_PREDEFINED_GROUP_GID = 50000
+
+
+async def skip_unless_supplemental_groups_policy(critest: Critest) -> None:
+    """The SupplementalGroupsPolicy Context's BeforeEach."""
+    status = await critest.rc.Status(pb.StatusRequest(verbose=False))
+    if not status.HasField("features") or not status.features.supplemental_groups_policy:
+        pytest.skip("The runtime does not support SupplementalGroupsPolicy feature")
+
+
+async def supplemental_groups_policy(
+    critest: Critest, policy: pb.SupplementalGroupsPolicy.ValueType, expected: list[int]
+) -> str:
+    """Both SupplementalGroupsPolicy specs: uid 1000 of the predefined-group image with
+    SupplementalGroups [1234] under ``policy``. Waits (a minute) for it to run with
+    ``ContainerStatus.user`` showing uid 1000, gid 1000 and ``expected`` (sorted) as its
+    groups, and for its log; checks the first process printed ``expected`` (``id -G``).
+    Returns what ``id -G`` prints in an exec'd process."""
+    await skip_unless_supplemental_groups_policy(critest)
+    sid, pod_config = await critest.pod_with_log_directory()
+    try:
+        # critest names the container ...PolicyMerge- in the Strict spec too.
+        name = "container-with-SupplementalGroupsPolicyMerge-" + new_uuid()
+        log_path = name + ".log"
+        config = critest.container_config(
+            name,
+            image="test-image-predefined-group",
+            command=["sh", "-c", "id -G; sleep infinity"],
+            linux=security(
+                run_as_user=pb.Int64Value(value=IMAGE_PREDEFINED_GROUP_UID),
+                supplemental_groups=[1234],
+                supplemental_groups_policy=policy,
+            ),
+            log_path=log_path,
+        )
+        cid = await critest.create(sid, config)
+        await critest.start(cid)
+        want = pb.ContainerUser(
+            linux=pb.LinuxContainerUser(
+                uid=IMAGE_PREDEFINED_GROUP_UID,
+                gid=IMAGE_PREDEFINED_GROUP_UID,
+                supplemental_groups=expected,
+            )
+        )
+
+        async def running_as_expected() -> bool:
+            status = await critest.status(cid)
+            assert status.state == pb.CONTAINER_RUNNING, status
+            user = pb.ContainerUser()
+            user.CopyFrom(status.user)
+            if status.HasField("user") and status.user.HasField("linux"):
+                user.linux.supplemental_groups[:] = sorted(status.user.linux.supplemental_groups)
+            assert user == want, (status.user, want)
+            assert parse_log(log_path_of(pod_config, log_path)), "nothing logged yet"
+            return True
+
+        await eventually(running_as_expected, timeout=60)
+        expected_output = " ".join(str(g) for g in expected) + "\n"
+        verify_log(pod_config, log_path, expected_output, "stdout")  # the first process
+        return await critest.exec_ok(cid, ["id", "-G"])
+    finally:
+        await critest.cleanup_pod(sid)
+
+
+async def test_merge_if_the_primary_uid_is_in_image_groups_runtime_should_add_supplemental_groups(
+    critest,
+):
+    """security_context_linux.go, SupplementalGroupsPolicy, "SupplementalGroupsPolicy=Merge
+    (Default)": "if the container's primary UID belongs to some groups in the image,
+    runtime should add SupplementalGroups to them"."""
+    # Merge is the enum's zero, so on the wire the policy is unset, as critest leaves it.
+    # 1000 is the primary group, 1234 the requested one, 50000 from the image's /etc/group.
+    groups = [IMAGE_PREDEFINED_GROUP_UID, 1234, IMAGE_PREDEFINED_GROUP_GID]
+    output = await supplemental_groups_policy(critest, pb.SupplementalGroupsPolicy.Merge, groups)
+    assert output == "1000 1234 50000\n"
+
+
+async def test_strict_even_if_the_primary_uid_is_in_image_groups_runtime_should_not_add_them(
+    critest,
+):
+    """security_context_linux.go, SupplementalGroupsPolicy, "SupplementalGroupsPolicy=Strict":
+    "even if the container's primary UID belongs to some groups in the image, runtime
+    should not add SupplementalGroups to them"."""
+    # Strict: only the primary group and the requested one, not the image's 50000.
+    groups = [IMAGE_PREDEFINED_GROUP_UID, 1234]
+    output = await supplemental_groups_policy(critest, pb.SupplementalGroupsPolicy.Strict, groups)
+    assert output == "1000 1234\n"
 
 
 # -- security_context_linux.go: SeccompProfilePath -----------------------------------------------
@@ -1922,25 +2090,146 @@ async def test_should_allow_privilege_escalation_when_false(critest, log_pod):
 # -- security_context_linux.go: UserNamespaces; apparmor_linux.go; selinux_linux.go ----------
 
 
-@pytest.mark.parametrize(
-    "spec",
-    [
-        "runtime should support NamespaceMode_POD",
-        "runtime should support NamespaceMode_NODE",
-        "runtime should fail if more than one mapping provided",
-        "runtime should fail if container ID 0 is not mapped",
-        "runtime should fail with NamespaceMode_CONTAINER",
-        "runtime should fail with NamespaceMode_TARGET",
-    ],
-)
-async def test_user_namespaces_specs(critest, spec):
-    """security_context_linux.go: the UserNamespaces specs (skipped unless the handler
-    advertises user namespaces, which the agent does not)."""
-    status = await critest.rc.Status(pb.StatusRequest(verbose=True))
-    default = [h for h in status.runtime_handlers if h.name == ""]
-    assert default, 'the default handler is listed as ""'
-    assert not default[0].features.user_namespaces, "advertised now: mirror the specs"
-    pytest.skip("no runtime handler found which supports user namespaces")
+#: The UserNamespaces Context's defaultMapping: container 0.. onto host 1000.., 100000 ids.
+USERNS_DEFAULT_MAPPING = (pb.IDMapping(container_id=0, host_id=1000, length=100000),)
+
+
+async def skip_unless_user_namespaces(critest: Critest) -> pb.StatusResponse:
+    """The UserNamespaces Context's BeforeEach: a verbose Status (its info is needed
+    later), and a skip unless the handler under test ("") advertises user namespaces."""
+    status: pb.StatusResponse = await critest.rc.Status(pb.StatusRequest(verbose=True))
+    if not any(h.name == "" and h.features.user_namespaces for h in status.runtime_handlers):
+        pytest.skip("no runtime handler found which supports user namespaces")
+    return status
+
+
+def rootfs_path(info: Mapping[str, str]) -> str:
+    """rootfsPath: the parent of the ``stateDir`` in ``info["config"]`` (containerd's
+    layout); ``/var/lib`` when there is none, as for this agent."""
+    default = "/var/lib"
+    try:
+        state_dir = json.loads(info["config"]).get("stateDir", "")
+    except (KeyError, ValueError, AttributeError):
+        return default
+    if not isinstance(state_dir, str) or not state_dir:
+        return default
+    return os.path.dirname(state_dir)
+
+
+def user_namespace_options(
+    mode: pb.NamespaceMode.ValueType, mapping: tuple[pb.IDMapping, ...] = ()
+) -> pb.NamespaceOption:
+    return pb.NamespaceOption(
+        userns_options=pb.UserNamespace(mode=mode, uids=mapping, gids=mapping)
+    )
+
+
+async def user_namespace_container(critest: Critest, options: pb.NamespaceOption) -> list[str]:
+    """createNamespacePodSandbox with a log dir, then runUserNamespaceContainer: busybox
+    ``cat /proc/self/uid_map`` with the pod's namespace options, run until it exits.
+    Returns the lines it wrote on stdout (read before the pod goes)."""
+    pod_name = "user-namespaces-pod-" + new_uuid()
+    sid, pod_config = await critest.namespace_pod(options, pod_name, critest.log_dir(pod_name))
+    try:
+        name = "user-namespaces-container-" + new_uuid()
+        config = critest.container_config(
+            name,
+            command=["cat", "/proc/self/uid_map"],
+            log_path=name + ".log",
+            linux=security(namespace_options=pod_config.linux.security_context.namespace_options),
+        )
+        config.image.user_specified_image = config.image.image
+        cid = await critest.create(sid, config)
+        await critest.start(cid)
+        await critest.wait_state(cid, pb.CONTAINER_EXITED)
+        return logged(pod_config, name + ".log", "stdout")
+    finally:
+        await critest.cleanup_pod(sid)
+
+
+def uid_map_lines(text: str) -> list[list[str]]:
+    """parseUsernsMappingLine over a uid_map: each line's fields."""
+    return [line.split() for line in text.split("\n") if line != ""]
+
+
+def matched(pattern: str, lines: list[str]) -> bool:
+    """matchContainerOutputRe: some logged line matches ``pattern``."""
+    return any(re.search(pattern, line) for line in lines)
+
+
+async def run_user_namespace_pod(critest: Critest, options: pb.UserNamespace) -> None:
+    """runUserNamespacePodWithError's RunPodSandbox (a pod it accepts is removed again)."""
+    config = critest.pod_config("user-namespaces-pod-" + new_uuid())
+    config.linux.security_context.namespace_options.userns_options.CopyFrom(options)
+    sid = await critest.run_pod(config)
+    await critest.cleanup_pod(sid)
+
+
+async def test_runtime_should_support_namespace_mode_pod(critest):
+    """security_context_linux.go, UserNamespaces, "Host idmap mount support is needed":
+    "runtime should support NamespaceMode_POD"."""
+    status = await skip_unless_user_namespaces(critest)
+    path = rootfs_path(status.info)
+    error = await asyncio.to_thread(supports_idmap, path)
+    if error is not None:
+        pytest.skip("ID mapping is not supported" + " with path: " + path + ": " + error)
+    options = user_namespace_options(pb.POD, USERNS_DEFAULT_MAPPING)
+    lines = await user_namespace_container(critest, options)
+    # The container's own uid_map is the pod's mapping.
+    assert matched(r"\s+0\s+1000\s+100000\n", lines), lines
+
+
+async def test_runtime_should_support_namespace_mode_node(critest):
+    """security_context_linux.go, UserNamespaces, "Host idmap mount support is not needed":
+    "runtime should support NamespaceMode_NODE"."""
+    await skip_unless_user_namespaces(critest)
+    lines = await user_namespace_container(critest, user_namespace_options(pb.NODE))
+    # The container shares the user namespace this test runs in: every line of its uid_map.
+    with open("/proc/self/uid_map") as f:
+        host = f.read()
+    assert host, "failed to get host userns content"
+    for mapping in uid_map_lines(host):
+        assert len(mapping) == 3, f"Unexpected host mapping line: {mapping}"
+        container_id, host_id, length = mapping
+        assert matched(rf"\s+{container_id}\s+{host_id}\s+{length}", lines), (mapping, lines)
+
+
+async def test_runtime_should_fail_if_more_than_one_mapping_provided(critest):
+    """security_context_linux.go, UserNamespaces, "Host idmap mount support is not needed":
+    "runtime should fail if more than one mapping provided"."""
+    await skip_unless_user_namespaces(critest)
+    wrong = [
+        pb.IDMapping(container_id=0, host_id=1000, length=100000),
+        pb.IDMapping(container_id=0, host_id=2000, length=100000),
+    ]
+    with pytest.raises(grpc.aio.AioRpcError):
+        await run_user_namespace_pod(critest, pb.UserNamespace(mode=pb.POD, uids=wrong, gids=wrong))
+
+
+async def test_runtime_should_fail_if_container_id_0_is_not_mapped(critest):
+    """security_context_linux.go, UserNamespaces, "Host idmap mount support is not needed":
+    "runtime should fail if container ID 0 is not mapped"."""
+    await skip_unless_user_namespaces(critest)
+    mapping = [pb.IDMapping(container_id=1, host_id=1000, length=100000)]
+    options = pb.UserNamespace(mode=pb.POD, uids=mapping, gids=mapping)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await run_user_namespace_pod(critest, options)
+
+
+async def test_runtime_should_fail_with_namespace_mode_container(critest):
+    """security_context_linux.go, UserNamespaces, "Host idmap mount support is not needed":
+    "runtime should fail with NamespaceMode_CONTAINER"."""
+    await skip_unless_user_namespaces(critest)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await run_user_namespace_pod(critest, pb.UserNamespace(mode=pb.CONTAINER))
+
+
+async def test_runtime_should_fail_with_namespace_mode_target(critest):
+    """security_context_linux.go, UserNamespaces, "Host idmap mount support is not needed":
+    "runtime should fail with NamespaceMode_TARGET"."""
+    await skip_unless_user_namespaces(critest)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await run_user_namespace_pod(critest, pb.UserNamespace(mode=pb.TARGET))
 
 
 def test_apparmor_specs():
@@ -2580,54 +2869,93 @@ def skip_if_image_volume_unsupported(
         raise error
 
 
-@pytest.mark.parametrize(
-    ("spec", "image_key", "readonly", "sub_path", "expect_error"),
-    [
-        (
-            "should return image digest in ContainerStatus mounts",
-            "test-image-tag:test",
-            True,
-            "",
-            False,
-        ),
-        (
-            "should correctly mount image and enforce read-only",
-            "test-image-tag:test",
-            True,
-            "",
-            False,
-        ),
-        (
-            "should reject Image Volume with Readonly set to false",
-            "test-image-tag:test",
-            False,
-            "",
-            True,
-        ),
-        (
-            "subPath: should succeed when using a valid subPath",
-            "test-image-predefined-group",
-            True,
-            "etc",
-            False,
-        ),
-        (
-            "subPath: should fail when subPath does not exist in the image",
-            "test-image-tag:test",
-            True,
-            "not-existing",
-            True,
-        ),
-    ],
-)
-async def test_image_volume_specs(critest, spec, image_key, readonly, sub_path, expect_error):
-    """image_volume.go: every spec creates a container with an image volume first; a runtime
-    without image volumes answers UNIMPLEMENTED and critest skips (the agent has none)."""
-    sid, _, error = await create_with_image_volume(
-        critest, "image-volume-test-", image_key, readonly, sub_path
+IMAGE_VOLUME_PATH = "/mnt/image-volume"
+
+
+async def image_volume_container(
+    critest: Critest, prefix: str, image_key: str, readonly: bool = True, sub_path: str = ""
+) -> tuple[str, str, str | None, grpc.aio.AioRpcError | None]:
+    """(pod, the pulled image ref, container, error) of a container with an image volume."""
+    sid, cid, error = await create_with_image_volume(critest, prefix, image_key, readonly, sub_path)
+    image_ref = await critest.pull(critest.images[image_key])
+    return sid, image_ref, cid, error
+
+
+async def test_image_volume_should_return_image_digest_in_container_status_mounts(critest):
+    """image_volume.go: "should return image digest in ContainerStatus mounts"."""
+    sid, image_ref, cid, error = await image_volume_container(
+        critest, "image-volume-digest-test-", "test-image-tag:test"
     )
     try:
-        skip_if_image_volume_unsupported(error, expect_error)
-        raise AssertionError(f"image volumes are accepted now: mirror {spec!r} in full")
+        skip_if_image_volume_unsupported(error, False)
+        assert cid is not None
+        mounts = [
+            m for m in (await critest.status(cid)).mounts if m.container_path == IMAGE_VOLUME_PATH
+        ]
+        assert mounts, "the image volume is missing from ContainerStatus mounts"
+        assert mounts[0].image.image_ref == image_ref  # ImageSpec.image_ref (tag 20), KEP-5365
+        assert await critest.remove(cid) == pb.RemoveContainerResponse()
+    finally:
+        await critest.cleanup_pod(sid)
+
+
+async def test_image_volume_should_correctly_mount_image_and_enforce_read_only(critest):
+    """image_volume.go: "should correctly mount image and enforce read-only"."""
+    sid, _, cid, error = await image_volume_container(
+        critest, "image-volume-mount-test-", "test-image-tag:test"
+    )
+    try:
+        skip_if_image_volume_unsupported(error, False)
+        assert cid is not None
+        await critest.start(cid)
+        await critest.exec_ok(cid, ["ls", "-A", IMAGE_VOLUME_PATH + "/bin/sh"])
+        assert await critest.exit_code(cid, ["touch", IMAGE_VOLUME_PATH + "/test-write"]) != 0
+        listed = await critest.exec_ok(cid, [IMAGE_VOLUME_PATH + "/bin/ls", IMAGE_VOLUME_PATH])
+        assert "bin" in listed.split()  # not noexec: the image's own ls runs
+        await critest.stop(cid)
+        assert await critest.remove(cid) == pb.RemoveContainerResponse()
+    finally:
+        await critest.cleanup_pod(sid)
+
+
+async def test_image_volume_should_reject_image_volume_with_readonly_set_to_false(critest):
+    """image_volume.go: "should reject Image Volume with Readonly set to false"."""
+    sid, _, cid, error = await image_volume_container(
+        critest, "image-volume-readonly-test-", "test-image-tag:test", readonly=False
+    )
+    try:
+        skip_if_image_volume_unsupported(error, True)
+        assert cid is None and error is not None, "Readonly=false must be rejected"
+    finally:
+        await critest.cleanup_pod(sid)
+
+
+async def test_image_volume_subpath_should_succeed_when_using_a_valid_subpath(critest):
+    """image_volume.go: subPath "should succeed when using a valid subPath"."""
+    sid, _, cid, error = await image_volume_container(
+        critest, "image-volume-subpath-test-", "test-image-predefined-group", sub_path="etc"
+    )
+    try:
+        skip_if_image_volume_unsupported(error, False)
+        assert cid is not None
+        await critest.start(cid)
+        await critest.exec_ok(cid, ["ls", IMAGE_VOLUME_PATH])
+        # The full image root would put passwd at <path>/etc/passwd: subPath was applied.
+        assert await critest.exit_code(cid, ["ls", IMAGE_VOLUME_PATH + "/etc/passwd"]) != 0
+        await critest.exec_ok(cid, ["ls", IMAGE_VOLUME_PATH + "/passwd"])
+        await critest.stop(cid)
+        assert await critest.remove(cid) == pb.RemoveContainerResponse()
+    finally:
+        await critest.cleanup_pod(sid)
+
+
+async def test_image_volume_subpath_should_fail_when_subpath_does_not_exist_in_the_image(critest):
+    """image_volume.go: subPath "should fail when subPath does not exist in the image"."""
+    sid, _, cid, error = await image_volume_container(
+        critest, "image-volume-subpath-fail-test-", "test-image-tag:test", sub_path="not-existing"
+    )
+    try:
+        skip_if_image_volume_unsupported(error, True)
+        assert cid is None and error is not None, "a missing subPath must fail CreateContainer"
     finally:
         await critest.cleanup_pod(sid)

@@ -363,7 +363,12 @@ async def test_socket_and_dir_permissions(agent):
     st = os.stat(agent.socket_path)
     assert stat.S_ISSOCK(st.st_mode)
     assert stat.S_IMODE(st.st_mode) == 0o660
-    assert stat.S_IMODE(os.stat(agent.config.agent.state_dir).st_mode) == 0o700
+    # Traversable, never listable: a user-namespaced container's runtime must reach its
+    # rootfs below it; what holds secrets below it is 0700.
+    state_dir = agent.config.agent.state_dir
+    assert stat.S_IMODE(os.stat(state_dir).st_mode) == 0o711
+    for private in ("exits", "conmon"):
+        assert stat.S_IMODE(os.stat(f"{state_dir}/{private}").st_mode) == 0o700
 
 
 async def test_stale_socket_is_replaced(config):

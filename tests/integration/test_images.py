@@ -9,7 +9,6 @@ import json
 import os
 import stat
 import time
-import urllib.request
 import uuid
 
 import grpc
@@ -39,6 +38,7 @@ from tests.support.layers import (
 )
 from tests.support.push import RegistryClient
 from tests.support.registry import running_registry
+from tests.support.scrape import scrape
 
 pytestmark = pytest.mark.integration
 
@@ -660,20 +660,12 @@ async def test_pull_metrics(agent, cri, pusher, registry):
     await pull(cri, f"{registry.host}/{name}")
     assert agent.metrics_server is not None
 
-    def fetch(url: str) -> str:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return resp.read().decode()
-
-    text = await asyncio.to_thread(fetch, agent.metrics_server.url)
-    values = {
-        line.split(" ")[0]: float(line.split(" ")[1])
-        for line in text.splitlines()
-        if line.startswith("model_agent_image")
-    }
-    assert values["model_agent_image_pull_bytes_total"] >= big.size
-    assert values['model_agent_image_pulls_total{result="success"}'] >= 1
-    assert values["model_agent_image_pull_duration_seconds_count"] >= 1
-    assert values["model_agent_image_pulls_in_flight"] == 0
+    metrics = await asyncio.to_thread(scrape, agent.metrics_server.url)
+    by_registry = {"registry": registry.host}
+    assert metrics.value("model_agent_image_pull_bytes_total", **by_registry) >= big.size
+    assert metrics.value("model_agent_image_pulls_total", **by_registry, result="success") >= 1
+    assert metrics.value("model_agent_image_pull_duration_seconds_count", **by_registry) >= 1
+    assert metrics.value("model_agent_image_pulls_in_flight", **by_registry) == 0
 
 
 async def test_identity_token_uses_the_oauth2_refresh_flow(cri, token_registry):

@@ -140,6 +140,7 @@ class Installed:
         try:
             message = self.notify.recv(4096).decode()
         except TimeoutError:
+            self.notify.close()  # a failed start must not leave the socket to the next test
             raise AssertionError(f"no READY=1:\n{self.log.read_text()}") from None
         fields = dict(line.split("=", 1) for line in message.splitlines())
         assert fields.get("READY") == "1", message

@@ -168,6 +168,12 @@ class Env:
                 return text
             await asyncio.sleep(0.05)
 
+    async def restart_agent(self) -> None:
+        """Stop the agent (containers keep running) and start a new one on the same dirs."""
+        await self.agent.stop(grace=0)
+        self.agent = Agent(self.agent.config)
+        await self.agent.start()
+
     async def remove_pod(self, sandbox_id: str) -> None:
         await self.cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
         await self.cri.runtime.RemovePodSandbox(
@@ -203,6 +209,7 @@ async def environment(
     host = HostNetworkState.capture()
     agent = Agent(make_config(short_dir, **values))
     await agent.start()
+    env: Env | None = None
     try:
         async with CriClient(agent.socket_path, timeout=120) as cri:
             await cri.images.PullImage(
@@ -216,7 +223,8 @@ async def environment(
                 for pod in listed.items:
                     await env.remove_pod(pod.id)
     finally:
-        await agent.stop(grace=0)
+        # A test may have restarted the agent (env.agent is then the new one).
+        await (env.agent if env is not None else agent).stop(grace=0)
         delete_link(bridge)
         host.restore("model-agent", [])  # portmap's shared chains, if this test made them
         for path in sorted(cgroup_dirs(cgroup_parent), key=len, reverse=True):
@@ -698,6 +706,23 @@ async def test_invalid_sandbox_requests_create_nothing(env):
     )
 
 
+async def test_exec_sync_of_a_missing_command_is_an_exec_failure(env):
+    """A kubelet reads NOT_FOUND as "the container is gone": a command that is not in
+    the image is the exec's failure (127, runc's words on stderr), as with containerd."""
+    sid = await env.run_pod()
+    cid = await env.run(sid, "app", "sleep", "1000")
+    missing = await env.exec(cid, "/no/such/command")
+    assert missing.exit_code == 127
+    assert b"/no/such/command" in missing.stderr
+    not_executable = await env.exec(cid, "/etc/passwd")
+    assert not_executable.exit_code == 126
+    assert (await env.status(cid)).state == pb.CONTAINER_RUNNING  # untouched
+    await env.cri.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await env.exec(cid, "true")
+    assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+
+
 async def test_invalid_container_requests_create_nothing(env, tmp_path):
     rt = env.cri.runtime
     invalid = grpc.StatusCode.INVALID_ARGUMENT
@@ -770,13 +795,26 @@ async def test_invalid_container_requests_create_nothing(env, tmp_path):
     unknown_image = env.container_config("x", "true")
     unknown_image.image.image = "127.0.0.1:1/never/pulled:v1"
     await expect(grpc.StatusCode.NOT_FOUND, "pull it first", create(unknown_image))
+    host_dir = tmp_path / "host"
+    host_dir.mkdir()
+    for target in ("/", "/.", "//", "/etc/.."):  # the rootfs itself: runc would fill the host dir
+        over_root = env.container_config(
+            "x", "true", mounts=[pb.Mount(container_path=target, host_path=str(host_dir))]
+        )
+        await expect(invalid, "is the container's root filesystem", create(over_root))
+    assert os.listdir(host_dir) == []  # no dev/, proc/, sys/ made in the host's directory
     no_command = env.container_config("nocmd", "/no/such/binary")
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await create(no_command)
+    assert info.value.code() is invalid  # what the user must fix, not UNKNOWN
+    assert "the command is not in the image" in details(info.value)
     assert "/no/such/binary" in details(info.value)
     assert (await rt.ListContainers(pb.ListContainersRequest())).containers == []
     state_dir = env.agent.config.agent.state_dir
     assert os.listdir(f"{state_dir}/containers") == []  # nothing half-created
+    # ... in the runtime's files either: conmon's dir and the attach link are the pod's only.
+    assert os.listdir(f"{state_dir}/conmon") == [sid]
+    assert os.listdir(f"{state_dir}/attach") == [sid]
 
     cid = await env.create(sid, env.container_config("once", "sleep", "100"))
     await expect(

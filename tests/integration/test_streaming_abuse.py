@@ -1,23 +1,41 @@
 """Bad clients against the streaming server: each is cut off cleanly, nothing leaks, the
-agent keeps serving. Driven by the independent client in ``tests.support.spdy_client``."""
+agent keeps serving, and its memory stays bounded. Driven by the independent clients in
+``tests.support`` against one real ``model-agent serve`` process for the module (each test
+gets its own pod), whose resident memory (``VmRSS``) every test checks: at its peak where
+a test floods the agent, and after each test against the RSS it started with."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-import struct
+import shutil
+import tempfile
 import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import pytest
+import pytest_asyncio
 
 from agent.api.cri.runtime.v1 import api_pb2 as pb
-from tests.integration.test_pods import environment, images  # noqa: F401  (fixture)
+from agent.ctl.client import CriClient
+from tests.integration.test_pods import Env, cgroup_dirs, delete_link, images  # noqa: F401
 from tests.support import remotecommand_client as rc
-from tests.support.network import stream_echo_server
+from tests.support.agent import AgentProcess
+from tests.support.network import (
+    HostNetworkState,
+    free_subnet,
+    silent_server,
+    stream_echo_server,
+)
 from tests.support.portforward_client import forward_spdy
 from tests.support.spdy_client import (
     GoAwayStatus,
+    RstStatus,
+    StreamRefused,
     UpgradeError,
     connect,
     control_frame,
@@ -26,26 +44,105 @@ from tests.support.spdy_client import (
     syn_stream,
 )
 
-pytestmark = pytest.mark.integration
+# One agent process for the module (starting one costs seconds): tests share its loop.
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
-CREATION_TIMEOUT = 2.0
-
-
-@pytest.fixture
-async def env(short_dir, images):  # noqa: F811
-    overrides = {
-        "streaming.stream_creation_timeout_seconds": CREATION_TIMEOUT,
-        "streaming.token_ttl_seconds": 3.0,
-    }
-    async with environment(short_dir, images, **overrides) as env:
-        yield env
+#: Short enough for the timeout tests, long enough that 500 port-forward pairs opened at once
+#: by a client in another process complete on a loaded 2-core machine (2 s did not always).
+CREATION_TIMEOUT = 4.0
+#: What a test may add to the agent's resident memory, at its peak or left behind. A
+#: connection may hold 4 MiB of unread input (agent/streaming/inbox.py); the rest is slack
+#: for the allocator. The floods below would take hundreds of MiB without the bounds.
+RSS_BOUND = 32 << 20
 
 
-@pytest.fixture
+@contextlib.asynccontextmanager
+async def agent_process(short_dir: str, images: dict[str, str]) -> AsyncIterator[Env]:  # noqa: F811
+    """A real ``model-agent serve`` with its own bridge, subnet and cgroup parent, as
+    ``test_pods.environment`` builds in-process; removed afterwards."""
+    tag = uuid.uuid4().hex[:6]
+    bridge, cgroup_parent = f"ma-s{tag}", f"/ma-test-{tag}"
+    config = (
+        f'[network]\nbridge = "{bridge}"\npod_cidr = "{free_subnet()}"\n'
+        f'cni_conf_dir = "{short_dir}/cni"\n'
+        f"[streaming]\nstream_creation_timeout_seconds = {CREATION_TIMEOUT}\n"
+        "token_ttl_seconds = 3.0\n"
+    )
+    host = HostNetworkState.capture()
+    agent = AgentProcess(short_dir, config)
+    await asyncio.to_thread(agent.start)
+    try:
+        async with CriClient(agent.socket, timeout=120) as cri:
+            await cri.images.PullImage(
+                pb.PullImageRequest(image=pb.ImageSpec(image=images["busybox"]))
+            )
+            env = Env(cast(Any, agent), cri, short_dir, cgroup_parent, images)
+            try:
+                yield env
+            finally:
+                listed = await cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest())
+                for pod in listed.items:
+                    await env.remove_pod(pod.id)
+    finally:
+        await asyncio.to_thread(agent.stop)
+        delete_link(bridge)
+        host.restore("model-agent", [])
+        for path in sorted(cgroup_dirs(cgroup_parent), key=len, reverse=True):
+            for dirpath, dirnames, _ in sorted(os.walk(path), key=lambda w: -len(w[0])):
+                for name in dirnames:
+                    os.rmdir(os.path.join(dirpath, name))
+            os.rmdir(path)
+
+
+def _rss(env) -> int:
+    """The agent process's resident memory, in bytes."""
+    with open(f"/proc/{env.agent.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def _peak_rss(env, *, quiet: float = 1.5, timeout: float = 30.0) -> int:
+    """The highest RSS seen until it stopped moving (within 2 MiB for ``quiet`` seconds)."""
+    samples: list[tuple[float, int]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        samples.append((now, _rss(env)))
+        recent = [value for at, value in samples if at >= now - quiet]
+        if samples[0][0] <= now - quiet and max(recent) - min(recent) < 2 << 20:
+            break
+        await asyncio.sleep(0.1)
+    return max(value for _, value in samples)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def env(images):  # noqa: F811
+    base = tempfile.mkdtemp(prefix="ma-", dir="/tmp")  # short: unix socket paths
+    try:
+        async with agent_process(base, images) as env:
+            yield env
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
 async def app(env):
+    """A pod of its own with a running container, one exec done (the agent warmed up),
+    and the agent's RSS then; after the test its RSS must be back within ``RSS_BOUND`` of
+    that, and the pod is removed."""
     sid = await env.run_pod()
-    cid = await env.run(sid, "app", "sleep", "1000")
-    return env, sid, cid
+    try:
+        cid = await env.run(sid, "app", "sleep", "1000")
+        await _still_serves(env, cid)
+        baseline = _rss(env)
+        yield env, sid, cid
+        await asyncio.sleep(0.5)
+        grown = _rss(env) - baseline
+        assert grown < RSS_BOUND, f"the agent kept {grown >> 20} MiB after the test"
+    finally:
+        await env.remove_pod(sid)
 
 
 async def _exec_url(env, cid, cmd, **kw) -> str:
@@ -329,7 +426,104 @@ async def test_unused_tokens_expire(app):
     assert info.value.status == 404
 
 
-def test_control_frame_builder_is_what_we_think():
-    # The abuse above relies on the client's builder: type 77 with an 8-byte body.
-    frame = control_frame(77, b"\0" * 8)
-    assert struct.unpack(">HHI", frame[:8]) == (0x8003, 77, 8)
+# -- memory: what a client can make the agent hold -----------------------------------------
+
+
+async def test_streams_beyond_an_execs_own_are_refused_and_hold_no_memory(app):
+    """The attack from the security issue: once an exec's streams are set up, 120 more
+    streams with 8 MiB each (the agent went from 65 MiB to 1.07 GB and kept it)."""
+    env, _, cid = app
+    base = _rss(env)
+    marker = _marker()
+    connection, _ = await _started_exec(env, cid, marker)
+    kinds = ("stdin", "stdout", "stderr", "error", "resize", "bogus")
+    extra = [
+        await connection.open_stream({"streamtype": kinds[i % len(kinds)]}, wait_reply=False)
+        for i in range(120)
+    ]
+    payload = bytes(8 << 20)
+    for stream in extra:
+        await asyncio.wait_for(stream.write(payload), 60)
+    assert await connection.ping(timeout=60) < 60  # the agent has read all of it
+    peak = await _peak_rss(env)
+    assert peak - base < RSS_BOUND, f"{(peak - base) >> 20} MiB for 960 MiB nobody reads"
+    for stream in extra:
+        with pytest.raises(StreamRefused) as info:
+            await stream.wait_reply(5)
+        assert info.value.status == RstStatus.REFUSED_STREAM
+    assert _processes_with(marker)  # the exec itself goes on
+    await connection.close()
+    await _eventually_none(marker)
+    assert _rss(env) - base < RSS_BOUND
+    await _still_serves(env, cid)
+
+
+async def test_port_forward_data_a_pod_does_not_read_is_bounded_per_connection(app):
+    """64 forwarded connections to a pod that accepts and never reads, 8 MiB sent on
+    each: the agent holds at most one connection's budget, not 512 MiB."""
+    env, sid, cid = app
+    base = _rss(env)
+    url = (await env.cri.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id=sid))).url
+    async with await forward_spdy(url, 7000) as session:
+        async with silent_server(await _netns(env, sid), 7000):
+            forwarded = [await session.open() for _ in range(64)]
+            payload = bytes(8 << 20)
+            writes = [asyncio.ensure_future(conn.write(payload)) for conn in forwarded]
+            peak = await _peak_rss(env)
+            assert peak - base < RSS_BOUND, f"{(peak - base) >> 20} MiB held for a stuck pod"
+            assert not all(w.done() for w in writes)  # TCP pushes back on the client
+        # The pod's server is gone: its connections fail, the agent drops their data.
+        await asyncio.wait_for(asyncio.gather(*writes, return_exceptions=True), 120)
+        errors = [await conn.error(timeout=30) for conn in forwarded]
+        assert all("error forwarding port 7000" in error for error in errors), errors[:2]
+        assert await session.connection.ping(timeout=30) < 30
+    assert _rss(env) - base < RSS_BOUND
+    await _still_serves(env, cid)
+
+
+async def test_websocket_channels_nobody_reads_hold_no_memory(app):
+    """A non-tty exec never reads its resize channel, and ``sleep`` never reads stdin:
+    8 messages of 16 MiB on each (the agent queued up to 64 per channel), twice."""
+    env, _, cid = app
+    base = _rss(env)
+    big = bytes((16 << 20) - 1)  # with the channel byte, the old limit exactly
+    for _ in range(2):
+        marker = _marker()
+        url = await _exec_url(env, cid, ["sleep", marker], stdin=True)
+        ws = await rc.ws_connect(url, ["v4.channel.k8s.io"])
+        deadline = time.monotonic() + 10
+        while not _processes_with(marker):
+            assert time.monotonic() < deadline, "the exec never started"
+            await asyncio.sleep(0.05)
+        for _ in range(8):
+            await asyncio.wait_for(ws.send_channel(rc.RESIZE, big), 30)
+
+        async def flood_stdin(ws: rc.WebSocketConnection = ws) -> None:
+            for _ in range(8):
+                await ws.send_channel(rc.STDIN, big)
+
+        flooding = asyncio.ensure_future(flood_stdin())
+        peak = await _peak_rss(env)
+        assert peak - base < RSS_BOUND, f"{(peak - base) >> 20} MiB queued for no reader"
+        assert not flooding.done()  # stdin's reader is stuck: TCP pushes back
+        flooding.cancel()
+        await asyncio.gather(flooding, return_exceptions=True)
+        ws.abort()  # the client dies mid-flood; the agent finds out and kills the exec
+        await _eventually_none(marker, timeout=30)
+    await asyncio.sleep(0.5)
+    assert _rss(env) - base < RSS_BOUND, "memory held after the connections ended"
+    await _still_serves(env, cid)
+
+
+async def test_a_websocket_message_over_the_limit_is_closed_with_1009(app):
+    env, _, cid = app
+    marker = _marker()
+    url = await _exec_url(env, cid, ["sleep", marker])
+    async with await rc.ws_connect(url, ["v4.channel.k8s.io"]) as ws:
+        # 33 MiB for the error channel, which the agent only writes: dropped, then refused.
+        await ws.send(rc.OP_BINARY, bytes([rc.ERROR]) + bytes(33 << 20))
+        while await asyncio.wait_for(ws.receive(), 30) is not None:
+            pass
+        assert ws.close_code == 1009
+    await _eventually_none(marker)
+    await _still_serves(env, cid)

@@ -90,8 +90,10 @@ class APIServerStandIn(BackgroundServer):
 
         config = kubernetes.client.Configuration(host=self.url)
         if self.token:
-            config.api_key = {"authorization": self.token}
-            config.api_key_prefix = {"authorization": "Bearer"}
+            # Client 36 reads the key under "BearerToken" (or the old "authorization"), but
+            # its prefix only under "BearerToken".
+            config.api_key = {"BearerToken": self.token}
+            config.api_key_prefix = {"BearerToken": "Bearer"}
         return config
 
     def write_kubeconfig(self, path: str) -> str:

@@ -206,6 +206,27 @@ def stream_echo_server(netns_path: str, port: int) -> contextlib.AbstractAsyncCo
     return _serve_in(netns_path, STREAM_ECHO_SERVER, port)
 
 
+SILENT_SERVER = """
+import socket, sys, time
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+srv.bind(("0.0.0.0", int(sys.argv[1])))
+srv.listen(4096)
+print("ready", flush=True)
+held = []
+while True:
+    conn, _ = srv.accept()
+    held.append(conn)
+"""
+
+
+def silent_server(netns_path: str, port: int) -> contextlib.AbstractAsyncContextManager[None]:
+    """A TCP server inside the namespace that accepts every connection and never reads from
+    one (a small receive buffer, so senders block soon): what a stuck pod looks like."""
+    return _serve_in(netns_path, SILENT_SERVER, port)
+
+
 async def echo(host: str, port: int, payload: bytes = b"ping", timeout: float = 5.0) -> bytes:
     """Connect, send, read the reply until the server closes."""
 

@@ -416,6 +416,12 @@ class WebSocketConnection:
             elif frame.opcode != OP_PONG:
                 self.violations.append(f"unknown opcode {frame.opcode}")
 
+    def abort(self) -> None:
+        """Drop the TCP connection at once, unsent data and all, as a killed client does."""
+        self._ended = True
+        self._close_sent = True
+        self._writer.transport.abort()
+
     async def close(self, code: int = 1000, timeout: float = 5.0) -> None:
         """Send a close frame (once), wait briefly for the server's, then drop the socket."""
         if not self._close_sent and not self._writer.is_closing():
@@ -494,10 +500,10 @@ def channel_frames(messages: Iterable[bytes], *, base64: bool = False) -> list[t
 
 def join_channels(frames: Iterable[tuple[int, bytes]]) -> dict[int, bytes]:
     """Each channel's payloads concatenated."""
-    joined: dict[int, bytes] = {}
+    joined: dict[int, bytearray] = {}
     for channel, payload in frames:
-        joined[channel] = joined.get(channel, b"") + payload
-    return joined
+        joined.setdefault(channel, bytearray()).extend(payload)  # linear, not b"" + b""
+    return {channel: bytes(data) for channel, data in joined.items()}
 
 
 def with_query(url: str, params: Mapping[str, Sequence[str]]) -> str:

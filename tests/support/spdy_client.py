@@ -689,6 +689,12 @@ class SpdyClientConnection:
             self._pings.pop(ping_id, None)
         return time.monotonic() - start
 
+    def abort(self) -> None:
+        """Drop the TCP connection at once, unsent data and all, as a killed client does."""
+        self._writer.transport.abort()
+        self._read_task.cancel()
+        self._shut("connection aborted")
+
     async def close(self, *, goaway: bool = True) -> None:
         """GOAWAY (as spdystream's ``Close()``), then close the socket; idempotent."""
         if goaway and not self._writer.is_closing():

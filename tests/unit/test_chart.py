@@ -51,6 +51,13 @@ VALUES_SETS: dict[str, dict[str, Any]] = {
         },
         "metricsAuth": {"type": "bearer", "token": "s3cret"},
         "installer": {"extraArgs": ["--cgroup-driver=systemd"]},
+        "agent": {
+            "metricsScheme": "https",
+            "metricsTlsConfig": {
+                "ca": {"secret": {"name": "agent-ca", "key": "ca.crt"}},
+                "serverName": "model-agent",
+            },
+        },
     },
     "device-plugin": {"gpu": {"mode": "devicePlugin", "selectNodes": True}},
     "autoscaling": {
@@ -89,6 +96,7 @@ VALUES_SETS: dict[str, dict[str, Any]] = {
             "scrapeConfig": {"enabled": True, "nodeLabelSelector": "nvidia.com/gpu.present=true"}
         },
         "metricsAuth": {"type": "basic", "existingSecret": "agent-scrape"},
+        "agent": {"metricsScheme": "https", "metricsTlsConfig": {"insecureSkipVerify": True}},
         "runtimeClasses": {"enabled": False},
         "gpu": {"mode": "none"},
     },
@@ -185,11 +193,19 @@ def test_defaults_installer_service_and_service_monitor_fit_together():
         "runc": "runc",
         "crun": "crun",
     }
-    device_class = r.one("DeviceClass")
-    assert device_class["metadata"]["name"] == "gpu.model-agent.io"
-    assert device_class["spec"]["selectors"] == [
-        {"cel": {"expression": 'device.driver == "gpu.model-agent.io"'}}
+    classes = {c["metadata"]["name"]: c for c in r.manifests if c["kind"] == "DeviceClass"}
+    assert sorted(classes) == ["gpu.model-agent.io", "mig.gpu.model-agent.io"]
+    type_of = 'device.attributes["gpu.model-agent.io"].type'
+    assert classes["gpu.model-agent.io"]["spec"]["selectors"] == [
+        {"cel": {"expression": f'device.driver == "gpu.model-agent.io" && {type_of} == "gpu"'}}
     ]
+    assert classes["mig.gpu.model-agent.io"]["spec"]["selectors"] == [
+        {"cel": {"expression": f'device.driver == "gpu.model-agent.io" && {type_of} == "mig"'}}
+    ]
+    # gpu.mode picks the agent's kubelet path, driver name and credentials.
+    assert '--set "gpu.kubelet_api=dra"' in script
+    assert '--set "gpu.dra.driver_name=gpu.model-agent.io"' in script
+    assert '--set "gpu.dra.kubeconfig=/etc/kubernetes/kubelet.conf"' in script
     assert "ScaledObject" not in r.kinds() and "ScrapeConfig" not in r.kinds()
 
 
@@ -264,13 +280,20 @@ def test_gpu_nodes_with_dra_and_bearer_auth():
         "type": "Bearer",
         "credentials": {"name": secret["metadata"]["name"], "key": "token"},
     }
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"] == {
+        "ca": {"secret": {"name": "agent-ca", "key": "ca.crt"}},
+        "serverName": "model-agent",
+    }
     names = sorted(m["metadata"]["name"] for m in r.manifests if m["kind"] == "DeviceClass")
-    assert names == ["gpu.model-agent.io", "h200.gpu.model-agent.io"]
+    assert names == ["gpu.model-agent.io", "h200.gpu.model-agent.io", "mig.gpu.model-agent.io"]
 
 
 def test_device_plugin_mode_has_no_device_class():
     r = rendered("device-plugin")
     assert "DeviceClass" not in r.kinds()
+    script = r.one("DaemonSet")["spec"]["template"]["spec"]["initContainers"][0]["args"][0]
+    assert '--set "gpu.kubelet_api=device-plugin"' in script and "gpu.dra." not in script
     assert r.one("DaemonSet")["spec"]["template"]["spec"]["nodeSelector"] == {
         "nvidia.com/gpu.present": "true"
     }
@@ -324,4 +347,20 @@ def test_monitoring_off_and_scrape_config_alternative():
         "username": {"name": "agent-scrape", "key": "username"},
         "password": {"name": "agent-scrape", "key": "password"},
     }
+    assert (spec["scheme"], spec["tlsConfig"]) == ("HTTPS", {"insecureSkipVerify": True})
     assert "Secret" not in r.kinds()  # an existing one is used
+
+
+def test_the_charts_metric_names_are_the_ones_the_agent_exports():
+    """metricNames (alerts, dashboard, autoscaling) name series the agent really serves,
+    except the model server's own (scraped from the model's pods)."""
+    from agent.metrics import cadvisor, names
+
+    exported = {getattr(names, n) for n in names.__all__ if isinstance(getattr(names, n), str)}
+    exported |= {f.name for f in (*names.DCGM, *names.GPU)}
+    exported |= {d.name for d in cadvisor.DESCRIPTORS}
+    with open(os.path.join(CHART, "values.yaml")) as f:
+        metric_names = yaml.safe_load(f)["metricNames"]
+    ours = {k: v for k, v in metric_names.items() if not v.startswith("model_server_")}
+    assert set(ours) >= {"gpuHealthy", "recoveryDuration", "gpuContainerUtilization"}
+    assert {k: v for k, v in ours.items() if v not in exported} == {}

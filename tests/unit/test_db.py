@@ -67,3 +67,45 @@ def test_transaction_rolls_back_on_error(tmp_path):
         assert db.get_info("a") is None
     finally:
         db.close()
+
+
+def test_gpu_holders_and_dra_devices_round_trip(tmp_path):
+    from agent.db import DraPreparedDevice
+
+    db = MetadataDB(str(tmp_path / "m.db"))
+    try:
+        device = DraPreparedDevice(
+            claim_uid="u1",
+            claim_namespace="ns",
+            claim_name="gpu-claim",
+            driver="gpu.model-agent.io",
+            pool="node-a",
+            device="gpu-1",
+            request="gpu",
+            cdi_device="k8s.gpu.model-agent.io/claim=u1-gpu-1",
+            device_uuid="GPU-2222",
+            admin_access=False,
+            prepared_at=1,
+        )
+        db.put_dra_claim("u1", [device])
+        db.put_dra_claim("u1", [device])  # replaces, never duplicates
+        assert db.dra_devices() == [device]
+        db.delete_dra_claim("u1")
+        assert db.dra_devices() == []
+        assert db.gpu_holders() == []
+    finally:
+        db.close()
+
+
+def test_the_database_and_its_wal_are_owner_only(tmp_path):
+    """It holds container environments, which carry secrets."""
+    path = tmp_path / "metadata.db"
+    path.write_bytes(b"")
+    path.chmod(0o644)  # as an older agent left it
+    db = MetadataDB(str(path))
+    try:
+        db.set_info("k", "v")
+        for name in ("metadata.db", "metadata.db-wal", "metadata.db-shm"):
+            assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+    finally:
+        db.close()

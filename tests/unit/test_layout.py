@@ -37,7 +37,7 @@ ALLOWED = {
     "streaming": {"oci", "network"},
     "images": {"db"},
     "health": {"oci", "network"},
-    "gpu": {"db"},
+    "gpu": {"db", "api"},  # the kubelet's plugin protos (never CRI's: see below)
     "oci": set(),
     "network": set(),
     "db": set(),

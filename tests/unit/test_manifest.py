@@ -75,8 +75,18 @@ def test_manifest_parses():
             "unsupported layer media type 'application/x-tar+lz4'",
         ),
         (
-            manifest(config={"mediaType": "text/plain", "digest": D[0], "size": 1}),
+            manifest(
+                mediaType="application/vnd.docker.distribution.manifest.v2+json",
+                config={"mediaType": "text/plain", "digest": D[0], "size": 1},
+            ),
             "unsupported image config media type",
+        ),
+        (
+            manifest(
+                config={"mediaType": "text/plain", "digest": D[0], "size": 1},
+                annotations={"a": 1},
+            ),
+            "annotations are not a map of strings",
         ),
         (
             manifest(
@@ -105,8 +115,50 @@ def test_manifest_parses():
     ],
 )
 def test_bad_manifests(body, message):
+    try:
+        media_type = json.loads(body).get("mediaType", OCI_MANIFEST)
+    except (ValueError, AttributeError):
+        media_type = OCI_MANIFEST
     with pytest.raises(InvalidArgument, match=re.escape(message)):
-        parse_manifest(body, OCI_MANIFEST)
+        parse_manifest(body, media_type)
+
+
+def test_an_image_is_not_an_artifact_even_with_an_artifact_type():
+    parsed = parse_manifest(manifest(artifactType="application/x-mine"), OCI_MANIFEST)
+    assert not parsed.is_artifact
+
+
+def test_artifacts_are_named_by_artifact_type_else_config_type():
+    model = "application/vnd.cncf.model.manifest.v1+json"
+    raw = {
+        "mediaType": "application/vnd.cncf.model.weight.v1.raw",
+        "digest": D[1],
+        "size": 5,
+        "annotations": {"org.opencontainers.image.title": "model.safetensors"},
+    }
+    parsed = parse_manifest(
+        manifest(
+            artifactType=model,
+            config={
+                "mediaType": "application/vnd.cncf.model.config.v1+json",
+                "digest": D[0],
+                "size": 3,
+            },
+            layers=[raw],
+            annotations={"org.cncf.model.name": "iris"},
+        ),
+        OCI_MANIFEST,
+    )
+    assert parsed.is_artifact and parsed.artifact_type == model
+    assert parsed.annotations == {"org.cncf.model.name": "iris"}
+    assert parsed.layers[0].annotations["org.opencontainers.image.title"] == "model.safetensors"
+    oras = parse_manifest(
+        manifest(
+            config={"mediaType": "application/vnd.acme.rocket.config", "digest": D[0], "size": 2}
+        ),
+        OCI_MANIFEST,
+    )
+    assert oras.artifact_type == "application/vnd.acme.rocket.config"
 
 
 def test_media_type_prefers_the_document_and_infers_oci():

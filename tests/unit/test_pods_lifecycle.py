@@ -278,3 +278,20 @@ async def test_recovery_removes_container_files_without_a_record(pods):
 def _options() -> CreateOptions:
     """A create's options, for a container made behind the agent's back."""
     return CreateOptions(log_path="/dev/null")
+
+
+async def test_removal_does_not_wait_for_deleting_the_layer_and_recovery_empties_the_trash(pods):
+    sid = await pods.run_pod()
+    cid = await pods.create(sid)
+    await pods.containers.remove(cid)
+    assert not os.path.exists(os.path.join(pods.containers.root, cid))  # renamed at once
+    await pods.containers.close()  # waits for the background deletion
+    assert os.listdir(pods.containers.root) == []
+    leftover = os.path.join(pods.containers.root, ".trash-" + "d" * 64 + "-0000")
+    os.makedirs(os.path.join(leftover, "upper", "big"))
+    again = await restart(pods)
+    try:
+        await again.containers.close()
+        assert not os.path.exists(leftover)
+    finally:
+        again.close()

@@ -616,3 +616,10 @@ async def test_exec_websocket_handles_fragments_pings_and_close(subprotocol: str
         [(OP_TEXT if b64 else OP_BINARY, message(0, b"in")), (0xA, b"hb")]
     )
     assert seen[2] == (8, struct.pack(">H", 1000))
+
+
+def test_control_frame_builder_is_what_we_think() -> None:
+    # The abuse tests (tests/integration/test_streaming_abuse.py) rely on the client's
+    # builder: type 77 with an 8-byte body.
+    frame = spdy.control_frame(77, b"\0" * 8)
+    assert struct.unpack(">HHI", frame[:8]) == (0x8003, 77, 8)

@@ -66,14 +66,10 @@ def test_token_cache_is_bounded_but_drops_expired_ones_first():
     assert len(cache) == 0
 
 
-def test_websocket_accept_key_and_unmasking():
+def test_websocket_accept_key():
     assert (
         websocket.accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
     )  # RFC 6455 §1.3
-    payload, mask = bytes(range(256)) * 3 + b"xyz", b"\x12\x34\x56\x78"
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    assert websocket._unmask(masked, mask) == payload
-    assert websocket._unmask(b"", mask) == b""
 
 
 async def _parse(raw: bytes, timeout: float = 1.0):
@@ -119,3 +115,29 @@ def test_port_mappings():
     for bad in ("http", "1:0", "70000", "a:b"):
         with pytest.raises(InvalidArgument):
             parse_port_mapping(bad)
+
+
+class _Stream:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.discarded = False
+
+    def header(self, name: str) -> str:
+        return self.kind if name == "streamtype" else ""
+
+    def discard(self) -> None:
+        self.discarded = True
+
+
+def test_a_session_accepts_the_streams_it_needs_once_and_refuses_the_rest():
+    tty = ExecRequest("c", ("sh",), tty=True, stdin=True, stdout=True, stderr=False)
+    assert remotecommand.stream_kinds(tty, v1_or_v2=False) == {"error", "stdin", "stdout", "resize"}
+    assert remotecommand.stream_kinds(tty, v1_or_v2=True) == {"error", "stdin", "stdout"}
+    plain = ExecRequest("c", ("true",), tty=False, stdin=False, stdout=True, stderr=True)
+    expected = remotecommand.ExpectedStreams(remotecommand.stream_kinds(plain, v1_or_v2=False))
+    opened = {kind: _Stream(kind) for kind in ("error", "stdout", "stderr")}
+    assert all(expected.accept(stream) for stream in opened.values())
+    # Streams the server only writes to drop what a client sends on them.
+    assert all(stream.discarded for stream in opened.values())
+    for kind in ("stdout", "stdin", "resize", "bogus", ""):
+        assert not expected.accept(_Stream(kind)), kind

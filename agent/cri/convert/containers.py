@@ -8,9 +8,21 @@ from typing import Any
 from agent._util.serde import to_dict
 from agent.api.cri.runtime.v1 import api_pb2 as pb
 from agent.cri.convert.resources import resources_from_pb, resources_to_pb
-from agent.cri.convert.security import apparmor_from_pb, namespaces_from_pb, seccomp_from_pb
-from agent.cri.validate import absolute, enum_name, require, require_image
-from agent.errors import InvalidArgument, Unimplemented
+from agent.cri.convert.security import (
+    apparmor_from_pb,
+    id_mappings_from_pb,
+    namespaces_from_pb,
+    seccomp_from_pb,
+)
+from agent.cri.validate import (
+    absolute,
+    container_target,
+    enum_name,
+    object_name,
+    require,
+    require_image,
+)
+from agent.errors import InvalidArgument
 from agent.pods import ContainerRecord, ContainerState, Selector, model
 
 __all__ = [
@@ -32,8 +44,7 @@ PROPAGATION = {
 
 def container_config_from_pb(message: pb.ContainerConfig) -> model.ContainerConfig:
     require(message, "metadata")
-    if not message.metadata.name:
-        raise InvalidArgument("config.metadata.name is required")
+    object_name(message.metadata.name, "config.metadata.name")
     image = require_image(message, label="config.image")
     absolute(message.working_dir, "config.working_dir", required=False)
     if message.log_path and (
@@ -45,19 +56,34 @@ def container_config_from_pb(message: pb.ContainerConfig) -> model.ContainerConf
     mounts = []
     for i, mount in enumerate(message.mounts):
         field = f"config.mounts[{i}]"
-        absolute(mount.container_path, f"{field}.container_path")
-        if mount.HasField("image") and mount.image.image:
-            # UNIMPLEMENTED is how a runtime says it lacks image volumes (critest skips on it).
-            raise Unimplemented(f"{field}: image volumes are not supported")
-        absolute(mount.host_path, f"{field}.host_path")
-        if mount.uidMappings or mount.gidMappings:
-            raise InvalidArgument(f"{field}: id-mapped mounts are not supported")
-        if mount.recursive_read_only:
-            # The kubelet asks only if Status advertises the feature, which we do not.
-            raise InvalidArgument(f"{field}: recursive read-only mounts are not supported")
+        container_target(mount.container_path, f"{field}.container_path")
+        image_volume = mount.image.image if mount.HasField("image") else ""
+        if image_volume:
+            if not mount.readonly:
+                # KEP-4639: an image volume is read-only; the kubelet always says so.
+                raise InvalidArgument(f"{field}: an image volume must be readonly")
+            sub_path = mount.image_sub_path
+            if sub_path.startswith("/") or ".." in sub_path.split("/"):
+                raise InvalidArgument(
+                    f"{field}.image_sub_path: '{sub_path}' must be a path inside the image"
+                )
+        else:
+            absolute(mount.host_path, f"{field}.host_path")
         propagation = PROPAGATION[
             enum_name(pb.MountPropagation, mount.propagation, f"{field}.propagation")
         ]
+        if mount.recursive_read_only and not mount.readonly:
+            # api.proto: "If this field is true, readonly must be true too."
+            raise InvalidArgument(f"{field}: recursive_read_only needs readonly")
+        if mount.recursive_read_only and propagation != "PRIVATE":
+            # api.proto: "... and propagation must be PRIVATE."
+            raise InvalidArgument(
+                f"{field}: recursive_read_only needs propagation PROPAGATION_PRIVATE"
+            )
+        uids = id_mappings_from_pb(mount.uidMappings, f"{field}.uidMappings")
+        gids = id_mappings_from_pb(mount.gidMappings, f"{field}.gidMappings")
+        if bool(uids) != bool(gids):
+            raise InvalidArgument(f"{field}: an id-mapped mount needs uid and gid mappings")
         mounts.append(
             model.Mount(
                 mount.container_path,
@@ -65,12 +91,16 @@ def container_config_from_pb(message: pb.ContainerConfig) -> model.ContainerConf
                 mount.readonly,
                 propagation,
                 mount.recursive_read_only,
+                uids,
+                gids,
+                image_volume,
+                mount.image_sub_path if image_volume else "",
             )
         )
     devices = []
     for i, device in enumerate(message.devices):
         field = f"config.devices[{i}]"
-        absolute(device.container_path, f"{field}.container_path")
+        container_target(device.container_path, f"{field}.container_path")
         absolute(device.host_path, f"{field}.host_path")
         devices.append(
             model.Device(device.container_path, device.host_path, device.permissions or "rwm")
@@ -92,6 +122,11 @@ def container_config_from_pb(message: pb.ContainerConfig) -> model.ContainerConf
         run_as_username=sc.run_as_username,
         readonly_rootfs=sc.readonly_rootfs,
         supplemental_groups=tuple(sc.supplemental_groups),
+        supplemental_groups_policy=enum_name(
+            pb.SupplementalGroupsPolicy,
+            sc.supplemental_groups_policy,
+            "config.linux.security_context.supplemental_groups_policy",
+        ),
         no_new_privs=sc.no_new_privs,
         masked_paths=tuple(sc.masked_paths),
         readonly_paths=tuple(sc.readonly_paths),
@@ -191,13 +226,26 @@ def container_status_to_pb(record: ContainerRecord) -> pb.ContainerStatus:
                 propagation=_PROPAGATION_PB.get(p, pb.PROPAGATION_PRIVATE),
             )
             for c, h, ro, p in record.mounts
+        ]
+        + [
+            pb.Mount(
+                container_path=c,
+                readonly=True,
+                image=pb.ImageSpec(image=ref, image_ref=image_id),
+                image_sub_path=sub_path,
+            )
+            for c, ref, image_id, sub_path in record.image_mounts
         ],
         log_path=record.log_path,
         resources=pb.ContainerResources(linux=resources_to_pb(record.config.resources)),
         image_id=record.image_id,
         user=pb.ContainerUser(
+            # The primary gid is one of the process's groups too (as containerd and
+            # CRI-O report it, and critest's SupplementalGroupsPolicy specs expect).
             linux=pb.LinuxContainerUser(
-                uid=record.uid, gid=record.gid, supplemental_groups=list(record.additional_gids)
+                uid=record.uid,
+                gid=record.gid,
+                supplemental_groups=list(dict.fromkeys((record.gid, *record.additional_gids))),
             )
         ),
     )
@@ -228,11 +276,13 @@ def container_selector(
 
 def container_verbose_info(record: ContainerRecord, runtime_spec: dict[str, Any]) -> dict[str, str]:
     """``ContainerStatus`` verbose info: the JSON crictl shows under ``info``."""
-    info = {
+    info: dict[str, Any] = {
         "pid": record.pid,
         "sandboxID": record.sandbox_id,
         "runtimeHandler": record.handler,
         "config": to_dict(record.config),
         "runtimeSpec": runtime_spec,
     }
+    if record.gpu:
+        info["gpu"] = json.loads(record.gpu)
     return {"info": json.dumps(info, sort_keys=True)}

@@ -42,7 +42,7 @@ def image_to_pb(image: ImageRecord, *, pinned: bool) -> pb.Image:
         repo_digests=image.repo_digests,
         size=image.size_bytes,
         username=username,
-        spec=pb.ImageSpec(image=image.id),
+        spec=pb.ImageSpec(image=image.id, annotations=_artifact_annotations(image)),
         pinned=pinned,
     )
     if uid is not None:
@@ -50,14 +50,26 @@ def image_to_pb(image: ImageRecord, *, pinned: bool) -> pb.Image:
     return result
 
 
+def _artifact_annotations(image: ImageRecord) -> dict[str, str]:
+    """An artifact's manifest annotations (its name, version, title) travel in its spec."""
+    return image.config.labels if image.is_artifact else {}
+
+
 def image_verbose_info(image: ImageRecord) -> dict[str, str]:
+    """``info``: the image's identity, its labels (an artifact's annotations) and config."""
+    config = image.config
     info: dict[str, Any] = {
         "id": image.id,
         "manifestDigest": image.manifest_digest,
         "manifestMediaType": image.manifest_media_type,
         "chainIds": list(image.layers),
-        "imageConfig": json.loads(image.config_json),
+        "labels": config.labels,
     }
+    if image.is_artifact:
+        info["artifactType"] = image.artifact_type
+        info["artifact"] = config.raw
+    else:
+        info["imageConfig"] = config.raw
     return {"info": json.dumps(info, sort_keys=True)}
 
 

@@ -9,7 +9,7 @@ from agent._util.serde import to_dict
 from agent.api.cri.runtime.v1 import api_pb2 as pb
 from agent.cri.convert.resources import resources_from_pb
 from agent.cri.convert.security import namespace_option_to_pb, namespaces_from_pb, seccomp_from_pb
-from agent.cri.validate import absolute, enum_name, require
+from agent.cri.validate import absolute, enum_name, object_name, require
 from agent.errors import InvalidArgument
 from agent.pods import SandboxRecord, SandboxState, Selector, model
 
@@ -41,8 +41,7 @@ def sandbox_config_from_pb(message: pb.PodSandboxConfig, handler: str) -> model.
     require(message, "metadata")
     m = message.metadata
     for name in ("name", "namespace", "uid"):
-        if not getattr(m, name):
-            raise InvalidArgument(f"config.metadata.{name} is required")
+        object_name(getattr(m, name), f"config.metadata.{name}")
     absolute(message.log_directory, "config.log_directory", required=False)
     linux = message.linux
     security = linux.security_context

@@ -13,7 +13,7 @@ from agent.pods import ContainerUsage, PodUsage
 __all__ = ["container_stats_to_pb", "descriptors_to_pb", "pod_metrics_to_pb", "pod_stats_to_pb"]
 
 
-def u64(value: int) -> pb.UInt64Value:
+def u64(value: float) -> pb.UInt64Value:
     return pb.UInt64Value(value=max(0, int(value)))
 
 

@@ -1,0 +1,132 @@
+"""The exposition of scrape-time families, and its merge with the registry's own output.
+
+Scrape-time collectors (GPUs, containers) produce thousands of samples that share a
+few label sets: every cAdvisor family of a container carries the same six labels,
+every GPU family of a device the same seventeen. ``FamilyBuilder`` renders each
+label set once per scrape (``LabelCache``) and a sample is then one string and a
+float; ``render`` writes the families as Prometheus text 0.0.4 or OpenMetrics 1.0.
+``prometheus_client`` would escape and sort every label of every sample again,
+which cost more than reading the cgroups (``bench/metrics.py``).
+
+``encode`` serves a scrape: the registry's own metrics (counters, histograms,
+``process_*``…) through ``prometheus_client``'s encoder for the negotiated format,
+then these families, then OpenMetrics' ``# EOF``. Imports nothing of the agent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+__all__ = ["Family", "FamilyBuilder", "LabelCache", "encode", "render"]
+
+COUNTER = "counter"
+GAUGE = "gauge"
+UNKNOWN = "unknown"
+
+
+def _escape_value(value: str) -> str:
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return value
+
+
+def _number(value: float) -> str:
+    if value != value:  # NaN
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value == int(value) and abs(value) < 1e15:
+        return f"{int(value)}"
+    return repr(value)
+
+
+class LabelCache:
+    """``{k="v",...}`` strings by (keys, values), made once per scrape."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
+
+    def text(self, keys: tuple[str, ...], values: tuple[str, ...]) -> str:
+        key = (keys, values)
+        found = self._cache.get(key)
+        if found is None:
+            if len(keys) != len(values):
+                raise ValueError(f"labels {keys} given {len(values)} values")
+            inner = ",".join(f'{k}="{_escape_value(v)}"' for k, v in zip(keys, values, strict=True))
+            found = self._cache[key] = "{" + inner + "}" if inner else ""
+        return found
+
+
+@dataclass(slots=True)
+class Family:
+    """One metric family, its samples already rendered (``name{labels}``, value)."""
+
+    name: str  # as OpenMetrics names the family: a counter without ``_total``
+    help: str
+    type: str  # counter, gauge or unknown
+    samples: list[tuple[str, float]] = field(default_factory=list)
+
+
+class FamilyBuilder:
+    """Collects the samples of one family; ``name`` as exported (a counter's ends ``_total``)."""
+
+    def __init__(
+        self, name: str, help_text: str, kind: str, keys: Sequence[str], cache: LabelCache
+    ) -> None:
+        if kind == COUNTER and not name.endswith("_total"):
+            raise ValueError(f"counter {name} must end in _total")
+        family_name = name.removesuffix("_total") if kind == COUNTER else name
+        self.family = Family(family_name, help_text, kind)
+        self.sample_name = name
+        self.keys = tuple(keys)
+        self._cache = cache
+
+    def add(self, values: tuple[str, ...], value: float) -> None:
+        labels = self._cache.text(self.keys, values)
+        self.family.samples.append((self.sample_name + labels, float(value)))
+
+    def add_labels(self, labels: str, value: float) -> None:
+        """A sample whose label string the caller rendered (with ``LabelCache.text``)."""
+        self.family.samples.append((self.sample_name + labels, float(value)))
+
+
+def _help(text: str, openmetrics: bool) -> str:
+    text = text.replace("\\", "\\\\").replace("\n", "\\n")
+    return text.replace('"', '\\"') if openmetrics else text
+
+
+def render(families: Iterable[Family], *, openmetrics: bool) -> str:
+    """The families in text 0.0.4, or OpenMetrics 1.0 without the final ``# EOF``."""
+    out: list[str] = []
+    for family in families:
+        if not family.samples:
+            continue
+        if openmetrics:
+            name, kind = family.name, family.type
+        else:
+            name = family.name + "_total" if family.type == COUNTER else family.name
+            kind = "untyped" if family.type == UNKNOWN else family.type
+        out.append(f"# HELP {name} {_help(family.help, openmetrics)}\n# TYPE {name} {kind}\n")
+        out.extend(f"{sample} {_number(value)}\n" for sample, value in family.samples)
+    return "".join(out)
+
+
+def encode(
+    registry: CollectorRegistry, families: Iterable[Family], accept: str
+) -> tuple[bytes, str]:
+    """(body, Content-Type) of one scrape in the format ``accept`` asks for."""
+    encoder, content_type = choose_encoder(accept)
+    head = encoder(registry)
+    openmetrics = content_type.startswith("application/openmetrics-text")
+    tail = render(families, openmetrics=openmetrics).encode()
+    if openmetrics:
+        eof = b"# EOF\n"
+        if head.endswith(eof):
+            head = head[: -len(eof)]
+        return head + tail + eof, content_type
+    return head + tail, content_type
