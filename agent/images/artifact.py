@@ -3,8 +3,8 @@
 The rule CRI-O follows: a tar layer (``….tar``, ``….tar+gzip``, ``….tar+zstd``) is
 extracted at the volume's root; any other blob is one file, named by its
 ``org.opencontainers.image.title`` annotation (a relative path; an untitled blob is
-named by its digest, ``sha256-<hex>``). A file blob is moved from the verified ingest
-into place, never copied.
+named by its digest, ``sha256-<hex>``). A file blob is verified as it downloads (by
+the unpack worker, as a layer is) and moved from the ingest into place, never copied.
 
 Each layer is a snapshot of its own, keyed by what it holds (its digest, and for a file
 its path) rather than by its position, and the volume is an overlay of them: a model's
@@ -14,9 +14,11 @@ sharing a tokenizer share its snapshot.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import posixpath
+import shutil
 from dataclasses import dataclass
 
 from agent.errors import InvalidArgument
@@ -110,5 +112,11 @@ def place_file(blob: str, snapshot_dir: str, path: str) -> None:
     parent = os.path.dirname(target)
     os.makedirs(parent, mode=0o755, exist_ok=True)
     os.chmod(snapshot_dir, 0o755)
-    os.rename(blob, target)
+    try:
+        os.rename(blob, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        shutil.copyfile(blob, target)  # the content store is on another filesystem
+        os.unlink(blob)
     os.chmod(target, 0o444)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from agent._util.locks import KeyedLock
 from agent.config import ImageSection
 from agent.errors import AgentError, InvalidArgument, ResourceExhausted
+from agent.images.artifact import place_file
 from agent.images.content import ContentStore, DigestMismatch, Ingest
 from agent.images.download import Watermark, download_blob
 from agent.images.manifest import LAYER_TYPES, Descriptor
@@ -77,10 +78,23 @@ class LayerUnpacker:
         chain_id: str,
         connections: asyncio.Semaphore,
         progress: PullProgress,
+        *,
+        compression: str | None = None,
+        file_path: str = "",
     ) -> SnapshotRecord:
+        """The layer's snapshot. For an OCI artifact: ``compression`` of its tar (its
+        media type is not an image layer's), ``diff_id`` "" when unknown; or, with
+        ``file_path``, the blob verified and moved to that path in the snapshot."""
         async with self._blobs.hold(descriptor.digest):
             return await self._unpack_blob(
-                repo, descriptor, diff_id, chain_id, connections, progress
+                repo,
+                descriptor,
+                diff_id,
+                chain_id,
+                connections,
+                progress,
+                LAYER_TYPES[descriptor.media_type] if compression is None else compression,
+                file_path,
             )
 
     async def _unpack_blob(
@@ -91,9 +105,10 @@ class LayerUnpacker:
         chain_id: str,
         connections: asyncio.Semaphore,
         progress: PullProgress,
+        compression: str,
+        file_path: str,
     ) -> SnapshotRecord:
         settings = self._settings
-        compression = LAYER_TYPES[descriptor.media_type]
         part_size = settings.download_part_mb << 20
         ingest = await asyncio.to_thread(
             self._content.open_ingest, descriptor.digest, descriptor.size, part_size
@@ -111,8 +126,11 @@ class LayerUnpacker:
             max_bytes=int(settings.max_layer_unpacked_gb * 1e9),
             max_entries=settings.max_layer_entries,
             reserve_bytes=reserve,
-            punch_step=_punch_step(part_size) if settings.discard_unpacked_layers else 0,
+            punch_step=_punch_step(part_size)
+            if settings.discard_unpacked_layers and not file_path
+            else 0,
             consumed_path=ingest.consumed_path,
+            extract=not file_path,
         )
 
         def on_bytes(count: int) -> None:
@@ -153,6 +171,11 @@ class LayerUnpacker:
             except* AgentError as errors:
                 raise errors.exceptions[0] from None
             size, inodes = usage
+            if file_path:  # the verified blob is the file: moved, never copied
+                await asyncio.to_thread(
+                    place_file, ingest.data_path, os.path.join(temporary, "fs"), file_path
+                )
+                inodes += file_path.count("/")
             record = await self._lock.run(
                 self._commit, temporary, SnapshotRecord(chain_id, "", diff_id, size, inodes)
             )
@@ -168,7 +191,11 @@ class LayerUnpacker:
             if not committed:
                 self._snapshots.discard(temporary)
                 self._trashed()
-        await self._finish_ingest(ingest)
+        if file_path:
+            self._content.abort_ingest(ingest.digest)  # what is left of it: its part marks
+            self._trashed()
+        else:
+            await self._finish_ingest(ingest)
         progress.layers_done += 1
         log.info(
             "layer %s unpacked (%d/%d)",

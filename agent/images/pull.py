@@ -29,14 +29,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from agent.config import ImageSection
 from agent.errors import AgentError, DeadlineExceeded, InvalidArgument
+from agent.images.artifact import artifact_layers
 from agent.images.auth import Credentials
 from agent.images.content import ContentStore
 from agent.images.layer_unpack import LayerUnpacker
@@ -45,6 +48,7 @@ from agent.images.manifest import (
     MANIFEST_TYPES,
     Descriptor,
     ImageConfig,
+    Manifest,
     Platform,
     host_platform,
     parse_config,
@@ -53,7 +57,7 @@ from agent.images.manifest import (
     select_platform,
 )
 from agent.images.progress import PullObserver, PullProgress
-from agent.images.reference import Reference
+from agent.images.reference import Reference, parse_digest
 from agent.images.registry import RegistryClient
 from agent.images.repository import Repository
 from agent.images.snapshots import Snapshots, chain_ids
@@ -78,6 +82,7 @@ class _Resolved:
     documents: dict[str, bytes]  # digest -> manifest/index bytes to keep
     layers: tuple[Descriptor, ...]
     config_descriptor: Descriptor
+    manifest: Manifest
 
 
 class Puller:
@@ -192,6 +197,9 @@ class Puller:
         repo = Repository(self._client, ref, credentials)
         with progress.network():
             resolved = await self._resolve(repo, ref)
+        if resolved.manifest.is_artifact:
+            return await self._pull_artifact(ref, repo, resolved, progress)
+        with progress.network():
             config_bytes = await repo.get_blob(
                 resolved.config_descriptor.digest, resolved.config_descriptor.size
             )
@@ -281,6 +289,106 @@ class Puller:
         log.info("pulled %s as %s in %.1fs", ref, image_id, time.monotonic() - progress.started)
         return image_id
 
+    async def _pull_artifact(
+        self, ref: Reference, repo: Repository, resolved: _Resolved, progress: PullProgress
+    ) -> str:
+        """An OCI artifact: each layer a snapshot of its own (``agent.images.artifact``),
+        fetched like image layers (parallel parts, verified while downloading)."""
+        manifest = resolved.manifest
+        layers = artifact_layers(manifest)
+        config_bytes = b""
+        config_doc: Any = None
+        if 0 < manifest.config.size <= _MAX_CONFIG_BYTES:
+            with progress.network():
+                config_bytes = await repo.get_blob(manifest.config.digest, manifest.config.size)
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                config_doc = json.loads(config_bytes)
+        diff_ids = _modelpack_diff_ids(config_doc, len(layers))
+        keys = [layer.key for layer in layers]
+        documents = dict(resolved.documents)
+        if config_bytes:
+            documents[manifest.config.digest] = config_bytes
+        needed = [*keys, *documents, *(layer.descriptor.digest for layer in layers)]
+        async with self._lock.held():
+            self._protected.update(needed)
+            missing = [i for i, key in enumerate(keys) if not self._have_snapshot(key)]
+        try:
+            progress.layers_total = len(layers)
+            progress.layers_done = len(layers) - len(missing)
+            progress.bytes_total = sum(layers[i].descriptor.size for i in missing)
+            log.info(
+                "pulling artifact %s (%s, %s): %d layers, %d to fetch, %.1f MB",
+                ref,
+                manifest.artifact_type,
+                resolved.manifest_digest,
+                len(layers),
+                len(missing),
+                progress.bytes_total / 1e6,
+            )
+            connections = asyncio.Semaphore(self._settings.max_concurrent_downloads)
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for i in missing:
+                        layer = layers[i]
+                        group.create_task(
+                            self._layer(
+                                repo,
+                                layer.descriptor,
+                                # A file's bytes are its blob: one digest to check.
+                                diff_ids[i] if layer.is_tar else "",
+                                layer.key,
+                                connections,
+                                progress,
+                                compression=layer.compression or "",
+                                file_path=layer.path,
+                            )
+                        )
+            except* AgentError as errors:
+                raise errors.exceptions[0] from None
+            image_id = resolved.manifest_digest
+            description = {
+                "artifactType": manifest.artifact_type,
+                "annotations": manifest.annotations,
+                "config": config_doc if isinstance(config_doc, dict) else None,
+                "configMediaType": manifest.config.media_type,
+                "layers": [
+                    {
+                        "mediaType": layer.descriptor.media_type,
+                        "digest": layer.descriptor.digest,
+                        "size": layer.descriptor.size,
+                        **({"extract": True} if layer.is_tar else {"path": layer.path}),
+                    }
+                    for layer in layers
+                ],
+            }
+
+            def save() -> None:
+                for digest, data in documents.items():
+                    self._content.write(digest, data)
+                self._store.save_image(
+                    image_id=image_id,
+                    manifest_digest=resolved.manifest_digest,
+                    manifest_media_type=resolved.manifest_media_type,
+                    config=description,
+                    size_bytes=self._image_size(keys),
+                    layers=keys,
+                    blobs=list(documents),
+                    names=self._names(ref, resolved.top_digest),
+                    artifact_type=manifest.artifact_type,
+                )
+
+            await self._lock.run(save)
+        finally:
+            self._protected.subtract(needed)
+            self._protected += collections.Counter()
+        log.info(
+            "pulled artifact %s as %s in %.1fs",
+            ref,
+            image_id,
+            time.monotonic() - progress.started,
+        )
+        return image_id
+
     def _names(self, ref: Reference, top_digest: str) -> list[str]:
         names = [f"{ref.name}@{top_digest}"]
         if ref.tag:
@@ -317,7 +425,7 @@ class Puller:
         if manifest.config.size > _MAX_CONFIG_BYTES:
             raise InvalidArgument(f"{ref}: image config of {manifest.config.size} bytes is too big")
         return _Resolved(
-            top_digest, digest, media_type, documents, manifest.layers, manifest.config
+            top_digest, digest, media_type, documents, manifest.layers, manifest.config, manifest
         )
 
     async def _layer(
@@ -328,6 +436,9 @@ class Puller:
         chain_id: str,
         connections: asyncio.Semaphore,
         progress: PullProgress,
+        *,
+        compression: str | None = None,
+        file_path: str = "",
     ) -> SnapshotRecord:
         """The snapshot for ``chain_id``, unpacking it unless another pull already is."""
         while True:
@@ -335,7 +446,14 @@ class Puller:
             if shared is None:
                 task = asyncio.ensure_future(
                     self._unpacker.unpack(
-                        repo, descriptor, diff_id, chain_id, connections, progress
+                        repo,
+                        descriptor,
+                        diff_id,
+                        chain_id,
+                        connections,
+                        progress,
+                        compression=compression,
+                        file_path=file_path,
                     )
                 )
                 self._layers[chain_id] = task
@@ -353,6 +471,17 @@ class Puller:
                 raise
             progress.layers_done += 1
             return record
+
+
+def _modelpack_diff_ids(config: Any, count: int) -> list[str]:
+    """A ModelPack config's ``modelfs.diffIds`` (its layers' uncompressed digests, checked
+    when a tar layer is extracted); "" for each layer when the artifact has none."""
+    modelfs = config.get("modelfs") if isinstance(config, dict) else None
+    ids = modelfs.get("diffIds") if isinstance(modelfs, dict) else None
+    if isinstance(ids, list) and len(ids) == count:
+        with contextlib.suppress(InvalidArgument, TypeError):
+            return [parse_digest(i) for i in ids]
+    return [""] * count
 
 
 def _current_task_cancelling() -> bool:

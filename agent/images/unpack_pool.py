@@ -51,6 +51,8 @@ class UnpackJob:
     #: free what was read from the blob file in steps of this (0: keep the blob)
     punch_step: int = 0
     consumed_path: str = ""
+    #: False: the blob is an artifact's file, only verified (the agent moves it into place)
+    extract: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ Protocol (pipes, so a worker can start while the blob is still downloading):
 
 * stdin, per job: one JSON line ``{blob_path, blob_size, blob_digest,
   diff_id, compression, dest, max_bytes, max_entries, reserve_bytes,
-  punch_step, consumed_path}``; then
+  punch_step, consumed_path, extract}``; then
   one line per update with the number of bytes of the blob file that are
   final (the parent's download watermark); ``-1`` (or stdin closing) before
   ``blob_size`` bytes are final means the download failed.
@@ -24,7 +24,10 @@ Protocol (pipes, so a worker can start while the blob is still downloading):
 After a successful job the worker has read every line of it and waits for the
 next; after a failure the parent kills it (its pipe may hold stale lines).
 The worker verifies both digests itself: the compressed bytes against the
-blob digest and the uncompressed stream against the config's diff_id. It
+blob digest and the uncompressed stream against the config's diff_id (an
+artifact's tar may have none: ``diff_id`` empty). With ``extract`` false the
+blob is a file of an OCI artifact, not a tar: the worker only verifies its
+digest as it downloads, and the agent moves it into place. It
 enforces the layer's limits as it goes: uncompressed bytes, entries, and the
 free disk space it must leave.
 """
@@ -251,6 +254,7 @@ class Pipeline:
         self.diff_digest = hashlib.sha256()
         self.blob_bytes = 0
         self.tar_bytes = 0
+        self._hash_diff = bool(job["diff_id"])
         compression = job["compression"]
         if compression not in ("gzip", "zstd", ""):
             raise LayerError(f"unsupported compression '{compression}'")
@@ -297,7 +301,8 @@ class Pipeline:
                 if reserve and self.tar_bytes >= next_check:
                     next_check = self.tar_bytes + _SPACE_CHECK_BYTES
                     _check_reserve(job["dest"], reserve)
-                self.diff_digest.update(chunk)
+                if self._hash_diff:
+                    self.diff_digest.update(chunk)
                 self.tar.put(chunk)
             self.tar.put(None)
         except _Stop:
@@ -333,12 +338,14 @@ def unpack(job: dict[str, Any], watermarks: IO[bytes]) -> dict[str, Any]:
         pipeline = Pipeline(job, watermarks)
     except LayerError as exc:
         return _failure(UnpackFailure.LAYER, str(exc))
+    extract = bool(job.get("extract", True))
     try:
-        stats = apply_layer(
-            TarSource(pipeline.tar.next_chunk),
-            job["dest"],
-            max_entries=int(job.get("max_entries") or 0),
-        )
+        if extract:
+            stats = apply_layer(
+                TarSource(pipeline.tar.next_chunk),
+                job["dest"],
+                max_entries=int(job.get("max_entries") or 0),
+            )
         pipeline.drain()
     except DownloadEnded as exc:
         return _failure(UnpackFailure.DOWNLOAD, str(exc))
@@ -369,11 +376,20 @@ def unpack(job: dict[str, Any], watermarks: IO[bytes]) -> dict[str, Any]:
     if blob_digest != job["blob_digest"]:
         return _failure(UnpackFailure.DIGEST, f"blob {job['blob_digest']} has digest {blob_digest}")
     diff_id = "sha256:" + pipeline.diff_digest.hexdigest()
-    if diff_id != job["diff_id"]:
+    if job["diff_id"] and diff_id != job["diff_id"]:
         return _failure(
             UnpackFailure.DIFF_ID,
             f"uncompressed layer has digest {diff_id}, the image config says {job['diff_id']}",
         )
+    if not extract:
+        return {
+            "ok": True,
+            "entries": 1,
+            "bytes": pipeline.tar_bytes,
+            "size_bytes": size,
+            "inodes": 1,
+            "warnings": [],
+        }
     # Measured here, not in the agent: walking a tree of many files is GIL-bound work.
     size_bytes, inodes = disk_usage(job["dest"])
     return {

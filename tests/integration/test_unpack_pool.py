@@ -9,7 +9,7 @@ import pytest
 
 from agent.images.download import Watermark
 from agent.images.unpack_pool import UnpackFailure, UnpackJob, UnpackPool
-from tests.support.layers import MALICIOUS, File, Layer, build_tar, layer
+from tests.support.layers import MALICIOUS, File, Layer, build_tar, layer, sha256_digest
 
 pytestmark = pytest.mark.integration
 
@@ -96,5 +96,40 @@ async def test_cancelling_a_run_kills_its_worker(short_dir):
             await running
         assert not alive(worker.child.pid)
         assert pool._idle == []
+    finally:
+        await pool.close()
+
+
+async def test_an_artifact_file_is_verified_not_extracted(short_dir):
+    """``extract=False``: the blob is a file of an OCI artifact; only its digest counts."""
+    data = b"weights" * 1000
+    pool = UnpackPool(warm=0)
+    try:
+        for name, digest, ok in (
+            ("good", sha256_digest(data), True),
+            ("corrupt", sha256_digest(b"other"), False),
+        ):
+            blob = f"{short_dir}/{name}.blob"
+            with open(blob, "wb") as f:
+                f.write(data)
+            os.makedirs(f"{short_dir}/{name}")
+            job = UnpackJob(
+                blob_path=blob,
+                blob_size=len(data),
+                blob_digest=digest,
+                diff_id="",
+                compression="",
+                dest=f"{short_dir}/{name}",
+                extract=False,
+            )
+            watermark = Watermark(len(data))
+            watermark.finish()
+            result = await pool.run(job, watermark)
+            assert result.ok is ok, result
+            if not ok:
+                assert result.kind is UnpackFailure.DIGEST
+            assert os.listdir(f"{short_dir}/{name}") == []  # nothing extracted
+            with open(blob, "rb") as f:
+                assert f.read() == data  # the blob itself is left for the agent to place
     finally:
         await pool.close()

@@ -136,6 +136,14 @@ _CONSTRAINED: dict[str, object] = {
     "gpu.cdi_spec_dirs": ["/etc/cdi-every", "/run/cdi-every"],
     "gpu.node_spec_dir": "/run/cdi-every",
     "gpu.hook_command": ["/usr/bin/hook", "--flag=a b"],
+    "gpu.kubelet_api": "split",  # the one value dra_gpus may be set with
+    "gpu.kubelet.dra_gpus": ["0", "GPU-every-key"],
+    "gpu.dra.driver_name": "gpu.every.example.com",
+    "gpu.dra.node_name": "node-every",
+    "gpu.device_plugin.resource_name": "example.com/accel",
+    "gpu.sharing.replicas": 4,
+    "gpu.health.ignored_xids": [13, 43],
+    "gpu.health.reset_xids": [48, 79],
 }
 
 
