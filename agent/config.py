@@ -891,7 +891,8 @@ def _validate(config: Config) -> None:
             scheme, sep, rest = mirror.partition("://")
             if scheme not in ("http", "https") or not sep or not rest.strip("/"):
                 raise ConfigError(
-                    f"image.registries.{host}.mirrors[{i}]: '{mirror}' is not http[s]://host[:port]"
+                    f'image.registries."{host}".mirrors[{i}]: '
+                    f"'{mirror}' is not http[s]://host[:port]"
                 )
 
 

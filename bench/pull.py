@@ -338,15 +338,14 @@ def run_fetch(registry: Registry, scratch: str, meta: dict) -> float:
 
 _VERIFY = """
 import hashlib, sys
-from isal import igzip
-blob, digest = hashlib.sha256(), hashlib.sha256()
-class Tee:
-    def __init__(self, f): self.f = f
-    def read(self, n=-1):
-        data = self.f.read(n); blob.update(data); return data
-with open(sys.argv[1], "rb") as f, igzip.IGzipFile(fileobj=Tee(f)) as gz:
-    while chunk := gz.read(1 << 20):
-        digest.update(chunk)
+from isal import isal_zlib
+blob, diff = hashlib.sha256(), hashlib.sha256()
+stream = isal_zlib.decompressobj(31)  # gzip
+with open(sys.argv[1], "rb") as f:
+    while chunk := f.read(4 << 20):
+        blob.update(chunk)
+        diff.update(stream.decompress(chunk))
+diff.update(stream.flush())
 """
 
 
