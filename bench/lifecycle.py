@@ -145,7 +145,9 @@ def main() -> int:
     with bench_node("10.253.0.0/24", "/ma-bench") as node:
         times = asyncio.run(agent_iterations(node.socket, node.image, node.base, args.iterations))
         snapshots = os.path.join(node.base, "root", "snapshots")
-        layer = next(os.path.join(snapshots, n, "fs") for n in os.listdir(snapshots))
+        # busybox has one layer; ".trash" and other dot names are the store's own.
+        names = [n for n in os.listdir(snapshots) if not n.startswith(".")]
+        layer = os.path.join(snapshots, names[0], "fs")
         floor = runc_floor(layer, node.base, args.iterations)
     medians = {step: statistics.median(values) * 1000 for step, values in times.items()}
     floor_ms = statistics.median(floor) * 1000

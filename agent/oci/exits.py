@@ -65,15 +65,33 @@ class ExitWatcher:
             self._rescan.cancel()
             self._rescan = None
 
-    def _read(self) -> None:
+    @property
+    def running(self) -> bool:
+        return self._fd >= 0
+
+    def drain(self) -> bool:
+        """Report the exits the kernel has queued, now (a list wants current records).
+
+        Whether the watcher runs: if it does, every exit file present has been
+        reported once this returns (the kernel queues the event as the file
+        appears), so nobody needs to look for one.
+        """
+        if self._fd < 0:
+            return False
+        while self._read():
+            pass
+        return True
+
+    def _read(self) -> bool:
+        """Handle one read of queued events; whether there were any."""
         try:
             data = os.read(self._fd, 64 * 1024)
         except BlockingIOError:
-            return
+            return False
         except OSError as exc:
             if exc.errno != errno.EINTR:
                 log.error("reading inotify events: %s", exc)
-            return
+            return False
         offset = 0
         while offset + _EVENT.size <= len(data):
             _, mask, _, length = _EVENT.unpack_from(data, offset)
@@ -83,6 +101,7 @@ class ExitWatcher:
                 self.scan()
             elif name and not name.startswith(b"."):
                 self._notify(os.fsdecode(name))
+        return bool(data)
 
     def scan(self) -> None:
         """Report every exit file present (startup, and after a lost event)."""

@@ -685,7 +685,7 @@ class ContainerManager:
     def status(self, container_id: str, *, listing: bool = False) -> ContainerRecord:
         """The current record. ``listing``: a list call, which checks each container's
         monitor at most once a second (an exit is still noticed at once)."""
-        return self.exits.refresh(container_id, monitor_every=1.0 if listing else 0.0)
+        return self.exits.refresh(container_id, listing=listing)
 
     async def exec_sync(self, container_id: str, cmd: list[str], timeout: float) -> ExecOutput:
         record = self._running(container_id)

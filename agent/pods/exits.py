@@ -61,6 +61,12 @@ class ExitTracker:
         #: when each container's monitor was last looked at (see ``check_monitor``)
         self._monitor_checked: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: containers whose exit was notified and is not recorded yet
+        self._noticed: set[str] = set()
+        #: True while the exit watcher runs and a list has just drained its queue
+        #: (``ExitWatcher.drain``): every exit file present has been announced through
+        #: :meth:`notice`, so a list need not look for each running container's file
+        self.announced = False
 
     def runtime_of(self, record: ContainerRecord) -> Runtime:
         runtime = self._runtimes.get(record.handler)
@@ -75,12 +81,14 @@ class ExitTracker:
     def forget(self, container_id: str) -> None:
         self._exited.pop(container_id, None)
         self._monitor_checked.pop(container_id, None)
+        self._noticed.discard(container_id)
 
     def notice(self, container_id: str) -> None:
         """conmon wrote the exit file (from the exit watcher): record it under the lock."""
         record = self._store.get_container(container_id)
         if record is None or record.state.is_exited():
             return
+        self._noticed.add(container_id)
         event = self._exited.get(container_id)
         if event is not None:
             event.set()  # wake a stop() waiting under the lock; it records the exit itself
@@ -96,10 +104,12 @@ class ExitTracker:
         """Record the exit if conmon wrote it (whether it has ended); hold the lock."""
         record = self._store.get_container(container_id)
         if record is None or record.state.is_exited():
+            self._noticed.discard(container_id)
             return record is not None
         status = self.runtime_of(record).exit_status(container_id)
         if status is None:
             return False
+        self._noticed.discard(container_id)
         reason = ExitReason.of(status.code, oom_killed=status.oom_killed)
         self._store.update_container(
             container_id,
@@ -161,6 +171,8 @@ class ExitTracker:
         runtime = self._runtimes.get(record.handler)
         if runtime is None or runtime.monitor_alive(record.id) is not False:
             return
+        if self.apply(record.id):
+            return  # it ended and conmon, its work done, with it
         log.warning("conmon of container %s died", record.id)
         if process_alive(record.pid):
             self._store.update_container(
@@ -175,12 +187,20 @@ class ExitTracker:
         else:
             self.mark_lost(record.id, code=LOST_EXIT_CODE, message=MONITOR_DIED)
 
-    def refresh(self, container_id: str, *, monitor_every: float = 0.0) -> ContainerRecord:
-        """The record, with an exit or a dead monitor noticed first (status, lists)."""
+    def refresh(self, container_id: str, *, listing: bool = False) -> ContainerRecord:
+        """The record, with an exit or a dead monitor noticed first (status, lists).
+
+        A status call reads the container's exit file itself. A list (``listing``,
+        many containers every second), once the exit watcher's queue is drained
+        (``announced``), reads only the files it announced — as current, without a
+        ``stat`` per running container — and checks each monitor at most once a
+        second.
+        """
         record = self._store.container(container_id)
         if not record.state.is_exited():
-            if not self.apply(record.id):
-                self.check_monitor(record, at_most_every=monitor_every)
+            look = not (listing and self.announced) or container_id in self._noticed
+            if not (look and self.apply(record.id)):
+                self.check_monitor(record, at_most_every=1.0 if listing else 0.0)
             record = self._store.container(record.id)
         return record
 

@@ -198,7 +198,15 @@ class PodService:
         """The sandbox, with a dead infra process noticed first."""
         return self._sandboxes.status(sandbox_id)
 
+    def _exits_announced(self) -> bool:
+        """Before a list: take the exits the watcher has queued; whether it runs (if so,
+        every exit so far is recorded or announced and no list reads exit files)."""
+        announced = self._watcher.drain()
+        self._containers.exits.announced = announced
+        return announced
+
     def sandbox_containers(self, sandbox_id: str) -> list[ContainerRecord]:
+        self._exits_announced()
         return [
             self._containers.status(c.id, listing=True)
             for c in self._store.containers_of(sandbox_id)
@@ -206,8 +214,9 @@ class PodService:
 
     def list_sandboxes(self, selector: Selector) -> list[SandboxRecord]:
         candidates = select(self._store.sandboxes(), Selector(id_prefix=selector.id_prefix))
-        current = [self._sandboxes.status(r.id) for r in candidates]
-        return select(current, selector)
+        if not self._exits_announced():  # an infra exit is recorded as it is announced
+            candidates = [self._sandboxes.status(r.id) for r in candidates]
+        return select(candidates, selector)
 
     def update_sandbox_resources(self, sandbox_id: str, resources: Resources) -> None:
         self._sandboxes.update_resources(sandbox_id, resources)
@@ -243,6 +252,7 @@ class PodService:
     def list_containers(self, selector: Selector) -> list[ContainerRecord]:
         prefixes = Selector(id_prefix=selector.id_prefix, sandbox_prefix=selector.sandbox_prefix)
         candidates = select(self._store.containers(), prefixes)
+        self._exits_announced()
         current = [self._containers.status(r.id, listing=True) for r in candidates]
         return select(current, selector)
 

@@ -147,6 +147,45 @@ async def test_a_dead_monitor_and_a_gone_process_is_exited_255(pods):
     assert "monitor (conmon) died" in record.message
 
 
+async def test_a_list_after_draining_the_watcher_reads_only_announced_exit_files(pods):
+    sid = await pods.run_pod()
+    cids = [await pods.create(sid, f"c{i}") for i in range(3)]
+    for cid in cids:
+        await pods.containers.start(cid)
+    read: list[str] = []
+    exit_status = pods.runtime.exit_status
+    pods.runtime.exit_status = lambda cid: read.append(cid) or exit_status(cid)  # type: ignore[method-assign]
+    pods.runtime.exit(cids[1], 7)
+    # No await since the exit: the watcher's reader has not run, the drain takes the event.
+    assert pods.watcher is not None
+    pods.containers.exits.announced = pods.watcher.drain()
+    listed = [pods.containers.status(cid, listing=True) for cid in cids]
+    assert [r.state for r in listed] == [
+        ContainerState.RUNNING,
+        ContainerState.EXITED,
+        ContainerState.RUNNING,
+    ]
+    assert listed[1].exit_code == 7
+    assert read == [cids[1]]  # the running containers' exit files were not looked for
+    read.clear()
+    pods.containers.exits.announced = False  # no watcher: each list looks for every file
+    [pods.containers.status(cid, listing=True) for cid in cids]
+    assert sorted(read) == sorted([cids[0], cids[2]])
+
+
+async def test_a_monitor_gone_after_writing_the_exit_file_is_a_real_exit_not_a_lost_one(pods):
+    sid = await pods.run_pod()
+    cid = await pods.create(sid)
+    await pods.containers.start(cid)
+    assert pods.watcher is not None
+    pods.watcher.stop()  # the announcement is lost
+    pods.containers.exits.announced = True
+    pods.runtime.exit(cid, 3)
+    pods.runtime.kill_monitor(cid)  # conmon ends once it has written the file
+    record = pods.containers.status(cid, listing=True)
+    assert (record.state, record.exit_code) == (ContainerState.EXITED, 3)
+
+
 async def test_stop_after_the_monitor_died_records_a_kill(pods):
     sid = await pods.run_pod()
     cid = await pods.create(sid)
