@@ -214,6 +214,8 @@ class Agent:
             await step()
         self.runtime_metrics.recovery_finished(time.monotonic() - started, self._recovered())
         self.ready.set()
+        if self.images is not None:
+            self.images.start_background_deletion()
 
     def _recovered(self) -> dict[str, int]:
         """What the agent found and adopted, for ``model_agent_recovered_objects``."""

@@ -102,7 +102,9 @@ class ImageManager:
     def trash_entries(self) -> int:
         return len(self.snapshots.trash) + len(self.content.trash)
 
-    def _start_janitor(self) -> None:
+    def start_background_deletion(self) -> None:
+        """Start deleting the trash (once the agent is ready: readiness never waits on it,
+        nor competes with it for the disk)."""
         if self._janitor is None:
             trashes = [self.snapshots.trash, self.content.trash]
             self._janitor = asyncio.ensure_future(drain(trashes, self._trash_wake))
@@ -224,11 +226,10 @@ class ImageManager:
         """Reconcile records with the disk; idempotent, runs before the agent is ready.
 
         Only renames happen here (into the trash); the janitor deletes in the
-        background from now on, so a crash that left GBs behind does not keep
-        the agent unavailable.
+        background once the agent is ready (:meth:`start_background_deletion`),
+        so a crash that left GBs behind does not keep the agent unavailable.
         """
         await asyncio.to_thread(self._recover_locked)
-        self._start_janitor()
         self.pool.prestart()
 
     def _recover_locked(self) -> None:
