@@ -16,7 +16,7 @@ from dataclasses import replace
 import pytest
 
 from agent.errors import FailedPrecondition, NotFound
-from agent.oci import CreateOptions, RuncStatus
+from agent.oci import CreateOptions, ExitStatus, RuncStatus
 from agent.pods.events import EventKind
 from agent.pods.state import ContainerState, SandboxState
 from tests.fakes.pods import FakePods, build
@@ -154,7 +154,12 @@ async def test_a_list_after_draining_the_watcher_reads_only_announced_exit_files
         await pods.containers.start(cid)
     read: list[str] = []
     exit_status = pods.runtime.exit_status
-    pods.runtime.exit_status = lambda cid: read.append(cid) or exit_status(cid)  # type: ignore[method-assign]
+
+    def counted(cid: str) -> ExitStatus | None:
+        read.append(cid)
+        return exit_status(cid)
+
+    pods.runtime.exit_status = counted
     pods.runtime.exit(cids[1], 7)
     # No await since the exit: the watcher's reader has not run, the drain takes the event.
     assert pods.watcher is not None
