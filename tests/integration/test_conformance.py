@@ -1338,11 +1338,21 @@ async def rro_check(critest: Critest, sid: str, rro: bool) -> pb.ExecSyncRespons
     not recursive, and must fail with EROFS (``grep -q`` finds it) when it is."""
     with rro_host_path(sid) as path:
         cid = await create_mount_container(critest, sid, [rro_mount(path, True, rro)])
-        await critest.start_running(cid)
-        command = ["touch", "/mnt/tmpfs/file"]
-        if rro:
-            command = ["sh", "-c", 'touch /mnt/tmpfs/foo 2>&1 | grep -q "Read-only file system"']
-        return await critest.exec_sync(cid, command)
+        try:
+            await critest.start_running(cid)
+            command = ["touch", "/mnt/tmpfs/file"]
+            if rro:
+                command = [
+                    "sh",
+                    "-c",
+                    'touch /mnt/tmpfs/foo 2>&1 | grep -q "Read-only file system"',
+                ]
+            return await critest.exec_sync(cid, command)
+        finally:
+            # Gone before its host dir is: a mount it holds would keep the dir (critest
+            # removes the pod afterwards and leaves the dir behind).
+            await critest.rc.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0))
+            await critest.remove(cid)
 
 
 async def test_should_support_non_recursive_readonly_mounts(critest, privileged_pod):
