@@ -75,6 +75,18 @@ _PROGRESS_LOG_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
+class _LayerJob:
+    """One layer to fetch: the snapshot ``key`` (chain id, or an artifact layer's content
+    key), and for an artifact its tar's ``compression`` or the ``file_path`` of its blob."""
+
+    descriptor: Descriptor
+    diff_id: str
+    key: str
+    compression: str | None = None
+    file_path: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class _Resolved:
     top_digest: str
     manifest_digest: str
@@ -239,33 +251,10 @@ class Puller:
         missing: list[int],
         progress: PullProgress,
     ) -> str:
-        progress.layers_total = len(chains)
-        progress.layers_done = len(chains) - len(missing)
-        progress.bytes_total = sum(resolved.layers[i].size for i in missing)
-        log.info(
-            "pulling %s (%s): %d layers, %d to fetch, %.1f MB",
-            ref,
-            resolved.manifest_digest,
-            len(chains),
-            len(missing),
-            progress.bytes_total / 1e6,
+        jobs = [_LayerJob(resolved.layers[i], config.diff_ids[i], chains[i]) for i in missing]
+        await self._fetch_layers(
+            repo, jobs, len(chains), progress, f"{ref} ({resolved.manifest_digest})"
         )
-        connections = asyncio.Semaphore(self._settings.max_concurrent_downloads)
-        try:
-            async with asyncio.TaskGroup() as group:
-                for i in missing:
-                    group.create_task(
-                        self._layer(
-                            repo,
-                            resolved.layers[i],
-                            config.diff_ids[i],
-                            chains[i],
-                            connections,
-                            progress,
-                        )
-                    )
-        except* AgentError as errors:
-            raise errors.exceptions[0] from None
         image_id = resolved.config_descriptor.digest
         documents = {**resolved.documents, image_id: config_bytes}
         kept_layers = [layer.digest for layer in resolved.layers]
@@ -313,38 +302,19 @@ class Puller:
             self._protected.update(needed)
             missing = [i for i, key in enumerate(keys) if not self._have_snapshot(key)]
         try:
-            progress.layers_total = len(layers)
-            progress.layers_done = len(layers) - len(missing)
-            progress.bytes_total = sum(layers[i].descriptor.size for i in missing)
-            log.info(
-                "pulling artifact %s (%s, %s): %d layers, %d to fetch, %.1f MB",
-                ref,
-                manifest.artifact_type,
-                resolved.manifest_digest,
-                len(layers),
-                len(missing),
-                progress.bytes_total / 1e6,
-            )
-            connections = asyncio.Semaphore(self._settings.max_concurrent_downloads)
-            try:
-                async with asyncio.TaskGroup() as group:
-                    for i in missing:
-                        layer = layers[i]
-                        group.create_task(
-                            self._layer(
-                                repo,
-                                layer.descriptor,
-                                # A file's bytes are its blob: one digest to check.
-                                diff_ids[i] if layer.is_tar else "",
-                                layer.key,
-                                connections,
-                                progress,
-                                compression=layer.compression or "",
-                                file_path=layer.path,
-                            )
-                        )
-            except* AgentError as errors:
-                raise errors.exceptions[0] from None
+            jobs = [
+                _LayerJob(
+                    layers[i].descriptor,
+                    # A file's bytes are its blob: one digest to check.
+                    diff_ids[i] if layers[i].is_tar else "",
+                    layers[i].key,
+                    compression=layers[i].compression or "",
+                    file_path=layers[i].path,
+                )
+                for i in missing
+            ]
+            what = f"artifact {ref} ({manifest.artifact_type}, {resolved.manifest_digest})"
+            await self._fetch_layers(repo, jobs, len(layers), progress, what)
             image_id = resolved.manifest_digest
             description = {
                 "artifactType": manifest.artifact_type,
@@ -427,6 +397,45 @@ class Puller:
         return _Resolved(
             top_digest, digest, media_type, documents, manifest.layers, manifest.config, manifest
         )
+
+    async def _fetch_layers(
+        self,
+        repo: Repository,
+        jobs: list[_LayerJob],
+        layer_count: int,
+        progress: PullProgress,
+        what: str,
+    ) -> None:
+        """Every missing layer at once, sharing the pull's connections; the first failure
+        (an ``AgentError``) is the pull's."""
+        progress.layers_total = layer_count
+        progress.layers_done = layer_count - len(jobs)
+        progress.bytes_total = sum(job.descriptor.size for job in jobs)
+        log.info(
+            "pulling %s: %d layers, %d to fetch, %.1f MB",
+            what,
+            layer_count,
+            len(jobs),
+            progress.bytes_total / 1e6,
+        )
+        connections = asyncio.Semaphore(self._settings.max_concurrent_downloads)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for job in jobs:
+                    group.create_task(
+                        self._layer(
+                            repo,
+                            job.descriptor,
+                            job.diff_id,
+                            job.key,
+                            connections,
+                            progress,
+                            compression=job.compression,
+                            file_path=job.file_path,
+                        )
+                    )
+        except* AgentError as errors:
+            raise errors.exceptions[0] from None
 
     async def _layer(
         self,
