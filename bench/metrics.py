@@ -36,6 +36,7 @@ sys.path.insert(0, ROOT)
 
 from _node import bench_node  # noqa: E402  (bench/ is the script's directory)
 
+from agent._util.fs import read_kernel_file  # noqa: E402
 from agent.api.cri.runtime.v1 import api_pb2 as pb  # noqa: E402
 from agent.ctl.client import CriClient  # noqa: E402
 from agent.gpu.simulated import SimulatedBackend  # noqa: E402
@@ -151,15 +152,13 @@ def floor_once(
                 pass
     for _, infra in pods:
         cgroups.read_cgroup(PARENT)  # the pods' cgroup parent (what pod stats read)
-        with open(f"/proc/{infra}/net/dev") as f:
-            f.read()
+        read_kernel_file(f"/proc/{infra}/net/dev")
     sim.samples()
     processes = sim.processes()
     sim.process_utilization(int(time.time() * 1e6) - 1_000_000)
     sim.gpm_samples()
     for process in processes:
-        with open(f"/proc/{process.pid}/cgroup") as f:
-            f.read()
+        read_kernel_file(f"/proc/{process.pid}/cgroup")
 
 
 async def run(args: argparse.Namespace, node) -> dict[str, float]:

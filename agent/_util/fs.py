@@ -6,7 +6,14 @@ import json
 import os
 from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_json", "disk_usage", "ensure_dir", "fsync_dir"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_json",
+    "disk_usage",
+    "ensure_dir",
+    "fsync_dir",
+    "read_kernel_file",
+]
 
 
 def fsync_dir(path: str) -> None:
@@ -70,3 +77,25 @@ def disk_usage(root: str) -> tuple[int, int]:
             seen.add(st.st_ino)
             total += st.st_blocks * 512
     return total, len(seen)
+
+
+_KERNEL_READ_SIZE = 1 << 16
+
+
+def read_kernel_file(path: str) -> str:
+    """A whole small ``/proc`` or ``/sys`` file (a cgroup counter, ``/proc/<pid>/cgroup``).
+
+    ``os.read`` rather than ``open()``: a metrics scrape reads thousands of these, and
+    a text file object costs about three times the read itself.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, _KERNEL_READ_SIZE)
+        if len(data) == _KERNEL_READ_SIZE:  # rare (many block devices): read the rest
+            chunks = [data]
+            while chunk := os.read(fd, _KERNEL_READ_SIZE):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+    finally:
+        os.close(fd)
+    return data.decode()

@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
+from agent._util.fs import read_kernel_file
 from agent.db import DraPreparedDevice, GpuHolder, MetadataDB
 from agent.gpu import (
     GpmSample,
@@ -58,8 +59,7 @@ class GpuReading:
 def container_of_pid(pid: int, known: Collection[str], proc_root: str = "/proc") -> str | None:
     """The container (of ``known``) whose cgroup holds ``pid``; None for other processes."""
     try:
-        with open(f"{proc_root}/{pid}/cgroup") as f:
-            lines = f.read().splitlines()
+        lines = read_kernel_file(f"{proc_root}/{pid}/cgroup").splitlines()
     except OSError:
         return None  # gone, or not ours to read
     for line in lines:

@@ -10,16 +10,21 @@ polls of every container. A cgroup that is gone reads as ``None``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass, replace
 from typing import Any
+
+from agent._util.fs import read_kernel_file
 
 __all__ = ["CgroupReading", "cgroup_dirs", "cgroup_processes", "read_cgroup", "unified"]
 
 ROOT = "/sys/fs/cgroup"
 
 
+@functools.cache
 def unified() -> bool:
+    """Whether the host mounts cgroup v2 alone (fixed for the agent's life)."""
     return os.path.exists(os.path.join(ROOT, "cgroup.controllers"))
 
 
@@ -76,21 +81,20 @@ class CgroupReading:
 
 
 def _read_int(path: str) -> int:
-    with open(path) as f:
-        text = f.read().strip()
+    text = read_kernel_file(path).strip()
     return 0 if text == "max" else int(text)
 
 
 def _read_keyed(path: str) -> dict[str, int]:
-    result = {}
+    result: dict[str, int] = {}
     try:
-        with open(path) as f:
-            for line in f:
-                key, _, value = line.partition(" ")
-                if value.strip().lstrip("-").isdigit():
-                    result[key] = int(value)
+        text = read_kernel_file(path)
     except FileNotFoundError:
-        pass
+        return result
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().lstrip("-").isdigit():
+            result[key] = int(value)
     return result
 
 
@@ -150,8 +154,8 @@ def _read_v2(path: str) -> CgroupReading:
 
 def _detail_v2(path: str) -> dict[str, Any]:
     quota, period = 0, 100_000
-    with contextlib.suppress(OSError, ValueError), open(os.path.join(path, "cpu.max")) as f:
-        max_text, period_text = f.read().split()
+    with contextlib.suppress(OSError, ValueError):
+        max_text, period_text = read_kernel_file(os.path.join(path, "cpu.max")).split()
         period = int(period_text)
         quota = 0 if max_text == "max" else int(max_text)
     memory = _read_keyed(os.path.join(path, "memory.stat"))
@@ -234,8 +238,9 @@ def _blkio_v1(path: str) -> tuple[tuple[int, int, str, int, int], ...]:
     for index, name in enumerate(
         ("blkio.throttle.io_service_bytes_recursive", "blkio.throttle.io_serviced_recursive")
     ):
-        with contextlib.suppress(OSError), open(os.path.join(path, name)) as f:
-            for line in f:
+        with contextlib.suppress(OSError):
+            text = read_kernel_file(os.path.join(path, name))
+            for line in text.splitlines():
                 fields = line.split()
                 if len(fields) != 3 or ":" not in fields[0]:
                     continue
@@ -247,8 +252,8 @@ def _blkio_v1(path: str) -> tuple[tuple[int, int, str, int, int], ...]:
 
 def _io_stat_v2(path: str) -> tuple[tuple[int, int, str, int, int], ...]:
     result = []
-    with contextlib.suppress(OSError), open(path) as f:
-        for line in f:
+    with contextlib.suppress(OSError):
+        for line in read_kernel_file(path).splitlines():
             device, *pairs = line.split()
             values = dict(p.split("=", 1) for p in pairs if "=" in p)
             major, minor = (int(x) for x in device.split(":"))
@@ -270,7 +275,6 @@ def cgroup_processes(cgroups_path: str) -> list[int]:
     dirs = cgroup_dirs(cgroups_path)
     path = dirs.get("", dirs.get("pids", ""))
     try:
-        with open(os.path.join(path, "cgroup.procs")) as f:
-            return [int(line) for line in f if line.strip()]
+        return [int(line) for line in read_kernel_file(os.path.join(path, "cgroup.procs")).split()]
     except (OSError, ValueError):
         return []
