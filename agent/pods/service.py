@@ -310,11 +310,15 @@ class PodService:
     async def pod_usage(self, sandbox_id: str, *, processes: bool = False) -> PodUsage:
         """The pod's usage; ``processes`` adds per-process fd and socket counts (metrics)."""
         sandbox = self._sandboxes.status(sandbox_id)
-        running = [c for c in self.sandbox_containers(sandbox.id) if c.state.is_running()]
-        containers = [(c, self._container_cgroup(c)) for c in running]
-        return await self._stats.pod(sandbox, containers, processes=processes)
+        return (await self._stats.pods([self._usage_inputs(sandbox)], processes=processes))[0]
 
     async def pod_usages(self, selector: Selector, *, processes: bool = False) -> list[PodUsage]:
         """Usage of the ready pods ``selector`` picks."""
         ready = [s for s in self.list_sandboxes(selector) if s.state.is_ready()]
-        return [await self.pod_usage(s.id, processes=processes) for s in ready]
+        return await self._stats.pods([self._usage_inputs(s) for s in ready], processes=processes)
+
+    def _usage_inputs(
+        self, sandbox: SandboxRecord
+    ) -> tuple[SandboxRecord, list[tuple[ContainerRecord, str]]]:
+        running = [c for c in self.sandbox_containers(sandbox.id) if c.state.is_running()]
+        return sandbox, [(c, self._container_cgroup(c)) for c in running]
