@@ -36,12 +36,13 @@ def _escape_value(value: str) -> str:
 
 
 def _number(value: float) -> str:
-    if value != value:  # NaN
+    if -1e15 < value < 1e15:  # neither NaN nor infinite; most samples are integers
+        whole = int(value)
+        return str(whole) if whole == value else repr(value)
+    if value != value:
         return "NaN"
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
-    if value == int(value) and abs(value) < 1e15:
-        return f"{int(value)}"
     return repr(value)
 
 
@@ -50,8 +51,14 @@ class LabelCache:
 
     def __init__(self) -> None:
         self._cache: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
+        # The last answer, by identity: a container's families come one after the
+        # other with the very same label tuples, and hashing them was a tenth of a scrape.
+        self._last: tuple[tuple[str, ...], tuple[str, ...], str] = ((), (), "")
 
     def text(self, keys: tuple[str, ...], values: tuple[str, ...]) -> str:
+        last_keys, last_values, last_text = self._last
+        if values is last_values and keys is last_keys:
+            return last_text
         key = (keys, values)
         found = self._cache.get(key)
         if found is None:
@@ -59,6 +66,7 @@ class LabelCache:
                 raise ValueError(f"labels {keys} given {len(values)} values")
             inner = ",".join(f'{k}="{_escape_value(v)}"' for k, v in zip(keys, values, strict=True))
             found = self._cache[key] = "{" + inner + "}" if inner else ""
+        self._last = (keys, values, found)
         return found
 
 
