@@ -32,7 +32,9 @@ FILES = {
     "pids/pids.current": "3\n",
     "pids/pids.max": "max\n",
     "pids/cgroup.procs": "10\n11\n12\n",
-    "blkio/blkio.throttle.io_service_bytes_recursive": "8:0 Read 4096\n8:0 Write 8192\nTotal 12288\n",
+    "blkio/blkio.throttle.io_service_bytes_recursive": (
+        "8:0 Read 4096\n8:0 Write 8192\nTotal 12288\n"
+    ),
     "blkio/blkio.throttle.io_serviced_recursive": "8:0 Read 1\n8:0 Write 2\nTotal 3\n",
 }
 
