@@ -44,17 +44,24 @@ from tests.support.registry import Registry  # noqa: E402
 IDLE_SECONDS = 5.0
 
 
-def lister(socket: str, start: float, stop, results: multiprocessing.Queue) -> None:
-    """One client process: ListContainers back to back from ``start`` until ``stop`` is set."""
+def lister(socket: str, start: float, rate: float, stop, results: multiprocessing.Queue) -> None:
+    """One client process: ListContainers from ``start`` until ``stop`` is set, back to
+    back (``rate`` 0) or ``rate`` calls a second (a kubelet-like open loop)."""
 
     async def run() -> list[float]:
         latencies = []
+        period = 1.0 / rate if rate else 0.0
         async with CriClient(socket, timeout=60) as cri:
             await asyncio.sleep(max(0.0, start - time.time()))
+            due = time.perf_counter()
             while not stop.is_set():
+                if period:
+                    due += period
                 began = time.perf_counter()
                 await cri.runtime.ListContainers(pb.ListContainersRequest())
                 latencies.append(time.perf_counter() - began)
+                if period:
+                    await asyncio.sleep(max(0.0, due - time.perf_counter()))
         return latencies
 
     results.put(asyncio.run(run()))
@@ -76,7 +83,7 @@ def lagger(start: float, stop, results: multiprocessing.Queue) -> None:
     results.put(asyncio.run(run()))
 
 
-def listen(socket: str, clients: int, work) -> tuple[list[float], list[float], object]:
+def listen(socket: str, clients: int, rate: float, work) -> tuple[list[float], list[float], object]:
     """Run ``clients`` listers (and the lag probe) while ``work()`` runs: the latencies,
     the probe's lags and work's result."""
     stop = multiprocessing.Event()
@@ -84,7 +91,7 @@ def listen(socket: str, clients: int, work) -> tuple[list[float], list[float], o
     lag_results: multiprocessing.Queue = multiprocessing.Queue()
     start = time.time() + 1.0  # every client connected before the first call
     procs = [
-        multiprocessing.Process(target=lister, args=(socket, start, stop, results))
+        multiprocessing.Process(target=lister, args=(socket, start, rate, stop, results))
         for _ in range(clients)
     ]
     probe = multiprocessing.Process(target=lagger, args=(start, stop, lag_results))
@@ -113,13 +120,15 @@ def summary(latencies: list[float]) -> dict[str, float]:
     return {"calls": len(ordered), "p50": q(0.5), "p99": q(0.99), "max": ordered[-1] * 1e3}
 
 
-def one_run(registry: Registry, image_id: str, work_dir: str, clients: int) -> dict:
+def one_run(registry: Registry, image_id: str, work_dir: str, clients: int, rate: float) -> dict:
     base = os.path.join(work_dir, "agent-responsiveness")
     shutil.rmtree(base, ignore_errors=True)
     os.makedirs(base)
     try:
         with AgentProcess(base, "") as agent:
-            idle, idle_lag, _ = listen(agent.socket, clients, lambda: time.sleep(IDLE_SECONDS))
+            idle, idle_lag, _ = listen(
+                agent.socket, clients, rate, lambda: time.sleep(IDLE_SECONDS)
+            )
             cold_cache()
 
             def pull() -> float:
@@ -134,7 +143,7 @@ def one_run(registry: Registry, image_id: str, work_dir: str, clients: int) -> d
 
                 return asyncio.run(go())
 
-            during, during_lag, seconds = listen(agent.socket, clients, pull)
+            during, during_lag, seconds = listen(agent.socket, clients, rate, pull)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return {
@@ -150,6 +159,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="calls a second per client (0: back to back)"
+    )
     parser.add_argument("--weights-gib", type=float, default=2.75)
     parser.add_argument("--work", default="/var/tmp/model-agent-bench")
     args = parser.parse_args()
@@ -162,7 +174,7 @@ def main() -> int:
     with Registry(registry_dir) as registry:
         image_id = push(registry, meta)
         for run in range(args.runs):
-            result = one_run(registry, image_id, args.work, args.clients)
+            result = one_run(registry, image_id, args.work, args.clients, args.rate)
             runs.append(result)
             print(f"run {run + 1}: pull {result['pull_s']:.1f} s", flush=True)
             for phase in ("idle", "during", "machine_idle", "machine_during"):
@@ -178,7 +190,8 @@ def main() -> int:
         return statistics.median(r[phase][key] for r in runs)
 
     print()
-    print(f"median of {args.runs} runs, {args.clients} clients listing back to back:")
+    pace = f"{args.rate:g} calls/s each" if args.rate else "back to back"
+    print(f"median of {args.runs} runs, {args.clients} clients listing {pace}:")
     labels = {
         "idle": "ListContainers, idle agent",
         "during": "ListContainers, during the pull",
