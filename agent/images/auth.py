@@ -112,7 +112,7 @@ class TokenCache:
             return None
         token, expires = entry
         if time.monotonic() >= expires:
-            del self._tokens[key]
+            self._tokens.pop(key, None)  # (the download thread may drop it too)
             return None
         return token
 

@@ -22,6 +22,7 @@ import contextlib
 import errno
 import os
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 import aiohttp
 
@@ -29,7 +30,7 @@ from agent.errors import AgentError, RegistryUnavailable, ResourceExhausted
 from agent.images.content import Ingest
 from agent.images.repository import Repository
 
-__all__ = ["Watermark", "check_free_space", "download_blob"]
+__all__ = ["Watermark", "WatermarkSink", "check_free_space", "download_blob"]
 
 _FLUSH_BYTES = 1 << 20
 #: pwritev takes at most IOV_MAX (1024) buffers.
@@ -52,6 +53,14 @@ def check_free_space(path: str, needed: int, reserve: int) -> None:
             f"{needed >> 20} MiB to write and a {reserve >> 20} MiB reserve to keep "
             "(image.disk_reserve_mb)"
         )
+
+
+class WatermarkSink(Protocol):
+    """What a download tells about its progress from the start of the blob."""
+
+    def advance(self, value: int) -> None: ...
+
+    def finish(self) -> None: ...
 
 
 class Watermark:
@@ -147,7 +156,7 @@ class _Writer:
 async def download_blob(
     repo: Repository,
     ingest: Ingest,
-    watermark: Watermark,
+    watermark: WatermarkSink,
     connections: asyncio.Semaphore,
     parallel: int,
     on_bytes: Callable[[int], None],
@@ -186,7 +195,7 @@ async def _fetch_parts(
     pending: list[int],
     writer: _Writer,
     parts: _Parts,
-    watermark: Watermark,
+    watermark: WatermarkSink,
     connections: asyncio.Semaphore,
     parallel: int,
     on_bytes: Callable[[int], None],
@@ -215,7 +224,7 @@ async def _fetch_part(
     index: int,
     writer: _Writer,
     parts: _Parts,
-    watermark: Watermark,
+    watermark: WatermarkSink,
     on_bytes: Callable[[int], None],
 ) -> None:
     start, end = ingest.part_range(index)
@@ -246,7 +255,7 @@ async def _fetch_whole(
     repo: Repository,
     ingest: Ingest,
     writer: _Writer,
-    watermark: Watermark,
+    watermark: WatermarkSink,
     on_bytes: Callable[[int], None],
 ) -> None:
     """One sequential download, for registries that ignore ``Range``."""

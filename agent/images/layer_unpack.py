@@ -25,7 +25,8 @@ from agent.config import ImageSection
 from agent.errors import AgentError, InvalidArgument, ResourceExhausted
 from agent.images.artifact import place_file
 from agent.images.content import ContentStore, DigestMismatch, Ingest
-from agent.images.download import Watermark, download_blob
+from agent.images.download import Watermark
+from agent.images.download_thread import DownloadThread
 from agent.images.manifest import LAYER_TYPES, Descriptor
 from agent.images.progress import PullObserver, PullProgress
 from agent.images.repository import Repository
@@ -53,9 +54,11 @@ class LayerUnpacker:
         metrics: PullObserver,
         lock: StoreLock,
         pool: UnpackPool,
+        downloads: DownloadThread,
         trashed: Callable[[], None],
     ) -> None:
         self._settings = settings
+        self._downloads = downloads
         self._content = content
         self._snapshots = snapshots
         self._store = store
@@ -139,7 +142,7 @@ class LayerUnpacker:
 
         async def fetch() -> None:
             with progress.network():
-                await download_blob(
+                await self._downloads.download(
                     repo,
                     ingest,
                     watermark,

@@ -42,6 +42,7 @@ from agent.errors import AgentError, DeadlineExceeded, InvalidArgument
 from agent.images.artifact import artifact_layers
 from agent.images.auth import Credentials
 from agent.images.content import ContentStore
+from agent.images.download_thread import DownloadThread
 from agent.images.layer_unpack import LayerUnpacker
 from agent.images.manifest import (
     INDEX_TYPES,
@@ -119,6 +120,7 @@ class Puller:
         self._client = client
         self._metrics = metrics
         self._lock = lock
+        self._downloads = DownloadThread(client)
         self._unpacker = LayerUnpacker(
             settings,
             content=content,
@@ -127,6 +129,7 @@ class Puller:
             metrics=metrics,
             lock=lock,
             pool=pool,
+            downloads=self._downloads,
             trashed=trashed,
         )
         self._platform = platform or host_platform()
@@ -145,6 +148,7 @@ class Puller:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._downloads.close()
 
     async def pull(self, ref: Reference, credentials: Credentials | None) -> str:
         """Pull ``ref``; returns the image id (config digest)."""

@@ -175,6 +175,18 @@ class RegistryClient:
             )
         return self._session
 
+    def sibling(self) -> RegistryClient:
+        """A client for another event loop (its own connections), sharing this one's
+        settings and token cache: a token fetched for a manifest serves the blobs."""
+        other = RegistryClient(
+            self._settings,
+            read_timeout=self._read_timeout,
+            retry=self._retry,
+            connections=self._connections,
+        )
+        other._tokens = self._tokens
+        return other
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()

@@ -55,6 +55,10 @@ class Repository:
             client.node_credentials() if node_credentials is None else node_credentials
         )
 
+    def with_client(self, client: RegistryClient) -> Repository:
+        """The same repository and credentials through ``client`` (another loop's)."""
+        return Repository(client, self.ref, self._credentials, self._node_credentials)
+
     def _credentials_for(self, endpoint: Endpoint) -> Credentials | None:
         # The pull's own credentials (from the kubelet) are for the registry, not
         # for a mirror run by someone else; the node's file may name both.
