@@ -64,11 +64,12 @@ class DownloadThread:
         agent_loop = asyncio.get_running_loop()
         loop, client = self._start()
         bridge = _Bridge(agent_loop, watermark, on_bytes)
-        stopped = agent_loop.create_future()
+        done: asyncio.Future[None] = agent_loop.create_future()
+        tasks: list[asyncio.Task[None]] = []
 
-        async def run() -> None:
-            try:
-                await download_blob(
+        def start() -> None:  # on the download loop
+            task = loop.create_task(
+                download_blob(
                     repo.with_client(client),
                     ingest,
                     bridge,
@@ -77,16 +78,20 @@ class DownloadThread:
                     bridge.add_bytes,
                     reserve,
                 )
-            finally:
-                bridge.flush()
-                agent_loop.call_soon_threadsafe(_resolve, stopped)
+            )
+            tasks.append(task)
+            task.add_done_callback(finished)
 
-        future = asyncio.run_coroutine_threadsafe(run(), loop)
+        def finished(task: asyncio.Task[None]) -> None:  # on the download loop
+            bridge.flush()  # queued before the outcome: the watermark is current first
+            agent_loop.call_soon_threadsafe(_settle, done, task)
+
+        loop.call_soon_threadsafe(start)
         try:
-            await asyncio.wrap_future(future)
+            await asyncio.shield(done)
         except asyncio.CancelledError:
-            future.cancel()
-            await _until_done(stopped)  # never return while it may still write
+            loop.call_soon_threadsafe(lambda: tasks[0].cancel())  # after start(): FIFO
+            await _until_done(done)  # never return while it may still write
             raise
 
     async def close(self) -> None:
@@ -148,13 +153,22 @@ class _Bridge:
             self._agent_loop.call_soon_threadsafe(self._on_bytes, count)
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+def _settle(done: asyncio.Future[None], task: asyncio.Task[None]) -> None:
+    """``task``'s outcome (it ran on the download loop) onto ``done`` (on the agent's)."""
+    if done.done():
+        return
+    if task.cancelled():
+        done.cancel()
+    elif (error := task.exception()) is not None:
+        done.set_exception(error)
+    else:
+        done.set_result(None)
 
 
 async def _until_done(future: asyncio.Future[None]) -> None:
     """Wait for ``future`` even if the waiting task is cancelled again meanwhile."""
     while not future.done():
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(future)
+            await asyncio.wait([future])
+    if not future.cancelled():
+        future.exception()  # retrieved: the caller raises its own cancellation

@@ -160,6 +160,35 @@ def test_a_cancelled_download_has_stopped_when_the_cancellation_returns(tmp_path
     asyncio.run(main())
 
 
+def test_a_download_cancelled_as_it_starts_returns_at_once(tmp_path):
+    async def main():
+        server = BlobServer(delay=0.02)
+        await server.start()
+        client = RegistryClient(ImageSection(), read_timeout=10)
+        downloads = DownloadThread(client)
+        repo = Repository(client, reference.parse(f"127.0.0.1:{server.port}/t/b"), None, {})
+        store = ContentStore(str(tmp_path / "content"))
+        try:
+            for _ in range(20):  # before, during and after the download loop starts it
+                ingest = store.open_ingest(DIGEST, len(BLOB), PART)
+                task = asyncio.ensure_future(
+                    downloads.download(
+                        repo, ingest, Watermark(len(BLOB)), asyncio.Semaphore(2), 2, len
+                    )
+                )
+                await asyncio.sleep(0)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await asyncio.wait_for(task, 5)
+                assert await tasks_on(downloads) == 0
+        finally:
+            await downloads.close()
+            await client.close()
+            await server.stop()
+
+    asyncio.run(main())
+
+
 def test_the_bridge_batches_progress_and_the_watermark(tmp_path):
     async def main():
         loop = asyncio.get_running_loop()
