@@ -11,8 +11,9 @@ plain sequential request.
 It runs on the download thread's loop (``download_thread``), not the agent's,
 and that loop only receives bytes: every file write (a ``pwritev`` per
 megabyte, which can block for long when the kernel throttles dirty pages) and
-every ``parts.json`` update runs in a worker thread. Writes keep ``reserve`` bytes free on the filesystem:
-the download stops with ``RESOURCE_EXHAUSTED`` before the disk fills.
+every ``parts.json`` update runs in a worker thread. Writes keep ``reserve``
+bytes free on the filesystem: the download stops with ``RESOURCE_EXHAUSTED``
+before the disk fills.
 """
 
 from __future__ import annotations
