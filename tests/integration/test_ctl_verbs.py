@@ -46,6 +46,12 @@ async def env(short_dir, images) -> AsyncIterator[Env]:  # noqa: F811  (the fixt
         yield env
 
 
+def _interruptible() -> None:
+    """Ctrl-C as a user's terminal sends it: a suite started in the background by a shell
+    without job control inherits SIGINT ignored, and so would the client."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _environ(env: Env, **extra: str) -> dict[str, str]:
     environ = dict(os.environ)
     config = f"{env.base}/agent.toml"
@@ -134,6 +140,7 @@ async def test_pod_and_container_lifecycle_from_config_files(env):
     events = await asyncio.create_subprocess_exec(
         *CTL, "--socket", env.agent.socket_path, "-D", "events",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_environ(env),
+        preexec_fn=_interruptible,
     )  # fmt: skip
     assert events.stderr is not None and events.stdout is not None
     line = await asyncio.wait_for(events.stderr.readline(), 30)
