@@ -38,7 +38,6 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from agent.config import MetricsSection
 from agent.db import MetadataDB
-from agent.errors import NotFound
 from agent.gpu import GpuEventStream, GpuHealth, GpuService
 from agent.metrics import names
 from agent.metrics.containers import container_families
@@ -150,16 +149,10 @@ class NodeMetrics:
             new.usages = []
             return
         started = time.perf_counter()
-        for attempt in (1, 2):
-            try:
-                new.usages = await self._pods.pod_usages(Selector(), processes=True)
-                break
-            except NotFound:
-                if attempt == 2:  # pods keep vanishing mid-read: keep the last reading
-                    self._failed("containers")
-            except Exception:
-                self._failed("containers")
-                break
+        try:  # a pod removed mid-read reads as gone (pods.stats): no retry needed
+            new.usages = await self._pods.pod_usages(Selector(), processes=True)
+        except Exception:
+            self._failed("containers")
         new.seconds["containers"] = time.perf_counter() - started
 
     async def _gather_gpus(self, new: _Gathered, known: list[str]) -> None:
