@@ -321,7 +321,7 @@ class MetadataDB:
         """Every GPU assignment of every container the agent knows."""
         columns = ", ".join(GpuHolder.columns())
         rows = self.execute(f"SELECT {columns} FROM gpu_assignments ORDER BY gpu_uuid")
-        return [GpuHolder(**dict(row)) for row in rows]
+        return [GpuHolder(*row) for row in rows]  # selected in field order; read every scrape
 
     def dra_devices(self) -> list[DraPreparedDevice]:
         """Every prepared DRA device (the driver's checkpoint)."""

@@ -39,4 +39,4 @@ def container_families(pods: Iterable[PodUsage], cache: LabelCache | None = None
         for samples in per_container.values():
             for sample in samples:
                 builders[sample.name].add(sample.label_values, sample.value)
-    return [b.family for b in builders.values() if b.family.samples]
+    return [b.family for b in builders.values() if b.family.lines]

@@ -98,6 +98,7 @@ class NodeMetrics:
         self._reader = GpuReader(db, proc_root)
         self._lock = asyncio.Lock()
         self._gathered = _Gathered()
+        self._labels = LabelCache()  # kept across scrapes (the label sets rarely change)
         self._gathered_at = -math.inf
         self._images_at = -math.inf
         self._errors: dict[str, int] = {}
@@ -200,7 +201,8 @@ class NodeMetrics:
     def families(self) -> list[Family]:
         """The last gathering as families (called in the encoding thread)."""
         g = self._gathered
-        cache = LabelCache()
+        cache = self._labels
+        cache.next_scrape()
         out: list[Family] = []
         if self._pods is not None:
             out += self._state_families(g, cache)

@@ -36,6 +36,8 @@ def _escape_value(value: str) -> str:
 
 
 def _number(value: float) -> str:
+    if type(value) is int:  # most cgroup counters
+        return str(value)
     if -1e15 < value < 1e15:  # neither NaN nor infinite; most samples are integers
         whole = int(value)
         return str(whole) if whole == value else repr(value)
@@ -47,13 +49,23 @@ def _number(value: float) -> str:
 
 
 class LabelCache:
-    """``{k="v",...}`` strings by (keys, values), made once per scrape."""
+    """``{k="v",...}`` strings by (keys, values), kept from one scrape to the next.
+
+    The label sets of a node change only as containers and GPUs come and go, and
+    rendering them again every scrape was a sixth of its cost. ``next_scrape`` starts
+    a new generation: a string used in the last one moves over, the others are dropped,
+    so the cache holds what two scrapes used and never grows beyond that.
+    """
 
     def __init__(self) -> None:
         self._cache: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
+        self._previous: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
         # The last answer, by identity: a container's families come one after the
         # other with the very same label tuples, and hashing them was a tenth of a scrape.
         self._last: tuple[tuple[str, ...], tuple[str, ...], str] = ((), (), "")
+
+    def next_scrape(self) -> None:
+        self._previous, self._cache = self._cache, {}
 
     def text(self, keys: tuple[str, ...], values: tuple[str, ...]) -> str:
         last_keys, last_values, last_text = self._last
@@ -62,26 +74,37 @@ class LabelCache:
         key = (keys, values)
         found = self._cache.get(key)
         if found is None:
-            if len(keys) != len(values):
-                raise ValueError(f"labels {keys} given {len(values)} values")
-            inner = ",".join(f'{k}="{_escape_value(v)}"' for k, v in zip(keys, values, strict=True))
-            found = self._cache[key] = "{" + inner + "}" if inner else ""
+            found = self._previous.get(key)
+            if found is None:
+                found = _render_labels(keys, values)
+            self._cache[key] = found
         self._last = (keys, values, found)
         return found
 
 
+def _render_labels(keys: tuple[str, ...], values: tuple[str, ...]) -> str:
+    if len(keys) != len(values):
+        raise ValueError(f"labels {keys} given {len(values)} values")
+    inner = ",".join(f'{k}="{_escape_value(v)}"' for k, v in zip(keys, values, strict=True))
+    return "{" + inner + "}" if inner else ""
+
+
 @dataclass(slots=True)
 class Family:
-    """One metric family, its samples already rendered (``name{labels}``, value)."""
+    """One metric family, its samples already rendered (``name{labels} value``, a line each)."""
 
     name: str  # as OpenMetrics names the family: a counter without ``_total``
     help: str
     type: str  # counter, gauge or unknown
-    samples: list[tuple[str, float]] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
 
 
 class FamilyBuilder:
-    """Collects the samples of one family; ``name`` as exported (a counter's ends ``_total``)."""
+    """Collects the samples of one family; ``name`` as exported (a counter's ends ``_total``).
+
+    A sample is rendered as it is added: both formats write sample lines alike, and
+    one f-string per sample is the least a scrape of thousands can do.
+    """
 
     def __init__(
         self, name: str, help_text: str, kind: str, keys: Sequence[str], cache: LabelCache
@@ -96,11 +119,7 @@ class FamilyBuilder:
 
     def add(self, values: tuple[str, ...], value: float) -> None:
         labels = self._cache.text(self.keys, values)
-        self.family.samples.append((self.sample_name + labels, float(value)))
-
-    def add_labels(self, labels: str, value: float) -> None:
-        """A sample whose label string the caller rendered (with ``LabelCache.text``)."""
-        self.family.samples.append((self.sample_name + labels, float(value)))
+        self.family.lines.append(f"{self.sample_name}{labels} {_number(value)}\n")
 
 
 def _help(text: str, openmetrics: bool) -> str:
@@ -112,7 +131,7 @@ def render(families: Iterable[Family], *, openmetrics: bool) -> str:
     """The families in text 0.0.4, or OpenMetrics 1.0 without the final ``# EOF``."""
     out: list[str] = []
     for family in families:
-        if not family.samples:
+        if not family.lines:
             continue
         if openmetrics:
             name, kind = family.name, family.type
@@ -120,7 +139,7 @@ def render(families: Iterable[Family], *, openmetrics: bool) -> str:
             name = family.name + "_total" if family.type == COUNTER else family.name
             kind = "untyped" if family.type == UNKNOWN else family.type
         out.append(f"# HELP {name} {_help(family.help, openmetrics)}\n# TYPE {name} {kind}\n")
-        out.extend(f"{sample} {_number(value)}\n" for sample, value in family.samples)
+        out.extend(family.lines)
     return "".join(out)
 
 

@@ -193,7 +193,7 @@ def gpu_families(
         _info(families, device, identity)
     _xid_counts(families, devices, xid_counts, options.hostname, driver)
     _container_families(families, devices, reading, containers, options.hostname, driver)
-    return [b.family for b in families.by_name.values() if b.family.samples]
+    return [b.family for b in families.by_name.values() if b.family.lines]
 
 
 def _device_families(
