@@ -9,8 +9,8 @@ float; ``render`` writes the families as Prometheus text 0.0.4 or OpenMetrics 1.
 which cost more than reading the cgroups (``bench/metrics.py``).
 
 ``encode`` serves a scrape: the registry's own metrics (counters, histograms,
-``process_*``…) through ``prometheus_client``'s encoder for the negotiated format,
-then these families, then OpenMetrics' ``# EOF``. Imports nothing of the agent.
+``process_*``…) in the negotiated format (``registry_text``), then these families,
+then OpenMetrics' ``# EOF``. Imports only ``registry_text`` of the agent.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
+
+from agent.metrics.registry_text import encoder_for
 
 __all__ = ["Family", "FamilyBuilder", "LabelCache", "encode", "render"]
 
@@ -147,7 +148,7 @@ def encode(
     registry: CollectorRegistry, families: Iterable[Family], accept: str
 ) -> tuple[bytes, str]:
     """(body, Content-Type) of one scrape in the format ``accept`` asks for."""
-    encoder, content_type = choose_encoder(accept)
+    encoder, content_type = encoder_for(accept)
     head = encoder(registry)
     openmetrics = content_type.startswith("application/openmetrics-text")
     tail = render(families, openmetrics=openmetrics).encode()
