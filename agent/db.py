@@ -16,11 +16,13 @@ import dataclasses
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from agent.errors import AgentError
+
+T = TypeVar("T")
 
 __all__ = [
     "MIGRATIONS",
@@ -232,6 +234,8 @@ class MetadataDB:
     def __init__(self, path: str, migrations: Sequence[str] = MIGRATIONS) -> None:
         self.path = path
         self._lock = threading.RLock()
+        self._commits = 0  # this connection's; PRAGMA data_version counts the others'
+        self._answers: dict[str, tuple[tuple[int, int], list[Any]]] = {}
         # Container environments (secrets) live here: owner-only, and SQLite gives the
         # -wal and -shm files the database file's mode. A file from an older agent is
         # tightened too.
@@ -300,6 +304,7 @@ class MetadataDB:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+            self._commits += 1
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -317,20 +322,40 @@ class MetadataDB:
                 (key, value),
             )
 
+    def _since_last_commit(self, key: str, query: Callable[[], list[T]]) -> list[T]:
+        """``query()``'s answer, asked again only after a transaction committed here
+        or elsewhere (what every metrics scrape reads changes only when a container or
+        claim does)."""
+        with self._lock:
+            version = (self._commits, self._conn.execute("PRAGMA data_version").fetchone()[0])
+            found = self._answers.get(key)
+            if found is None or found[0] != version:
+                found = self._answers[key] = (version, query())
+            return list(found[1])
+
     def gpu_holders(self) -> list[GpuHolder]:
         """Every GPU assignment of every container the agent knows."""
         columns = ", ".join(GpuHolder.columns())
-        rows = self.execute(f"SELECT {columns} FROM gpu_assignments ORDER BY gpu_uuid")
-        return [GpuHolder(*row) for row in rows]  # selected in field order; read every scrape
+        return self._since_last_commit(
+            "gpu_holders",
+            lambda: [
+                GpuHolder(*row)  # selected in field order
+                for row in self.execute(f"SELECT {columns} FROM gpu_assignments ORDER BY gpu_uuid")
+            ],
+        )
 
     def dra_devices(self) -> list[DraPreparedDevice]:
         """Every prepared DRA device (the driver's checkpoint)."""
         columns = ", ".join(DraPreparedDevice.columns())
-        rows = self.execute(f"SELECT {columns} FROM dra_prepared_devices ORDER BY claim_uid")
-        return [
-            DraPreparedDevice(**{**dict(row), "admin_access": bool(row["admin_access"])})
-            for row in rows
-        ]
+        return self._since_last_commit(
+            "dra_devices",
+            lambda: [
+                DraPreparedDevice(**{**dict(row), "admin_access": bool(row["admin_access"])})
+                for row in self.execute(
+                    f"SELECT {columns} FROM dra_prepared_devices ORDER BY claim_uid"
+                )
+            ],
+        )
 
     def put_dra_claim(self, claim_uid: str, devices: Sequence[DraPreparedDevice]) -> None:
         """Record a claim's prepared devices, replacing what was recorded for it (one

@@ -97,6 +97,44 @@ def test_gpu_holders_and_dra_devices_round_trip(tmp_path):
         db.close()
 
 
+def test_scrape_time_answers_are_asked_again_only_after_a_commit(tmp_path):
+    """gpu_holders/dra_devices are read every scrape; a commit, here or by another
+    connection, is what makes them ask SQLite again."""
+    from agent.db import DraPreparedDevice
+
+    path = str(tmp_path / "m.db")
+    db = MetadataDB(path)
+    queries: list[str] = []
+    db._conn.set_trace_callback(queries.append)
+    device = DraPreparedDevice(
+        "u1",
+        "ns",
+        "claim",
+        "gpu.model-agent.io",
+        "node",
+        "gpu-0",
+        "gpu",
+        "cdi/x=0",
+        "GPU-1",
+        False,
+        1,
+    )
+    try:
+        assert db.dra_devices() == [] and db.dra_devices() == []
+        assert sum("FROM dra_prepared_devices" in q for q in queries) == 1  # then remembered
+        db.put_dra_claim("u1", [device])
+        assert db.dra_devices() == [device]
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("DELETE FROM dra_prepared_devices")
+        other.close()
+        assert db.dra_devices() == []  # another connection's commit is seen too
+        assert db.gpu_holders() == [] and db.gpu_holders() == []
+        assert sum("FROM dra_prepared_devices ORDER" in q for q in queries) == 3
+        assert sum("FROM gpu_assignments" in q for q in queries) == 1
+    finally:
+        db.close()
+
+
 def test_the_database_and_its_wal_are_owner_only(tmp_path):
     """It holds container environments, which carry secrets."""
     path = tmp_path / "metadata.db"
