@@ -15,7 +15,8 @@ The floor, in the same run: this process reads the same things directly, with no
 metrics model and no exposition — each container's cgroup files (what the cAdvisor
 families come from, with the fd counts), each pod's cgroup and ``/proc/<pid>/net/dev``,
 the simulated backend's samples, processes, per-process utilisation and GPM through
-the same ``SimulatedBackend`` class, and ``/proc/<pid>/cgroup`` of every GPU process.
+the same ``SimulatedBackend`` class (a GPU process's container is known from the
+``cgroup.procs`` already read, as the agent knows it).
 Prints medians, ratios, and whether the targets hold (100 ms a scrape, 2x the floor).
 """
 
@@ -141,10 +142,13 @@ def floor_once(
     containers: list[tuple[str, str]], pods: list[tuple[str, int]], sim: SimulatedBackend
 ) -> None:
     """Read what the scrape reads, directly (see the module docstring)."""
+    listed: set[int] = set()
     for cid, _ in containers:
         path = f"{PARENT}/{cid}"
         cgroups.read_cgroup(path, detail=True)
-        for pid in cgroups.cgroup_processes(path):
+        pids = cgroups.cgroup_processes(path)
+        listed.update(pids)
+        for pid in pids:
             try:
                 for name in os.listdir(f"/proc/{pid}/fd"):
                     os.readlink(f"/proc/{pid}/fd/{name}")
@@ -157,8 +161,8 @@ def floor_once(
     processes = sim.processes()
     sim.process_utilization(int(time.time() * 1e6) - 1_000_000)
     sim.gpm_samples()
-    for process in processes:
-        read_kernel_file(f"/proc/{process.pid}/cgroup")
+    # PID -> container: every GPU process here is in a container's cgroup.procs, read above
+    assert {p.pid for p in processes} <= listed, "a GPU process outside the containers"
 
 
 async def run(args: argparse.Namespace, node) -> dict[str, float]:

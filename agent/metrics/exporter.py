@@ -8,8 +8,9 @@ awaits ``refresh``, which gathers, at most once per
   them) for ``model_agent_pods{state}`` / ``model_agent_containers{state}`` and labels;
 * with ``metrics.container_metrics``, ``PodService.pod_usages`` (the cgroups read at
   call time, the same data as the CRI stats) for the cAdvisor-named families;
-* with GPUs, one ``GpuReader.read`` in a thread (every NVML call of the scrape, the
-  assignment record, the DRA checkpoint, PID → container);
+* with GPUs, then, one ``GpuReader.read`` in a thread (every NVML call of the scrape,
+  the assignment record, the DRA checkpoint, PID → container: from the processes the
+  cgroups just listed, ``/proc/<pid>/cgroup`` for the others);
 * the image store's size, at most every 10 s (it walks the content store).
 
 ``families`` only turns the last gathering into families (``exposition``), in the
@@ -141,9 +142,22 @@ class NodeMetrics:
         new.seconds["pods"] = time.perf_counter() - started
         known = [c.id for c in new.containers]
         await asyncio.gather(
-            self._gather_usages(new), self._gather_gpus(new, known), self._gather_images(new)
+            self._gather_containers_then_gpus(new, known), self._gather_images(new)
         )
         self._gathered = new
+
+    async def _gather_containers_then_gpus(self, new: _Gathered, known: list[str]) -> None:
+        """The GPU reading joins NVML's PIDs to the processes the cgroups just listed
+        (concurrent, the two only took turns at the interpreter lock)."""
+        await self._gather_usages(new)
+        pids = {
+            pid: usage.record.id
+            for pod in new.usages
+            for usage in pod.containers
+            if usage.processes is not None
+            for pid in usage.processes.pids
+        }
+        await self._gather_gpus(new, known, pids)
 
     async def _gather_usages(self, new: _Gathered) -> None:
         if self._pods is None or not self._settings.container_metrics:
@@ -156,7 +170,7 @@ class NodeMetrics:
             self._failed("containers")
         new.seconds["containers"] = time.perf_counter() - started
 
-    async def _gather_gpus(self, new: _Gathered, known: list[str]) -> None:
+    async def _gather_gpus(self, new: _Gathered, known: list[str], pids: dict[int, str]) -> None:
         if self._gpu is None:
             return
         inventory = self._gpu.inventory()
@@ -166,7 +180,7 @@ class NodeMetrics:
         started = time.perf_counter()
         try:
             reading = await asyncio.to_thread(
-                self._reader.read, self._gpu.backend, inventory, known
+                self._reader.read, self._gpu.backend, inventory, known, pids
             )
             if self._health is not None:
                 unhealthy = {u for u, h in self._health.devices().items() if not h.healthy}

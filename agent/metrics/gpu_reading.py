@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from agent._util.fs import read_kernel_file
@@ -104,9 +104,17 @@ class GpuReader:
         self._lock = threading.Lock()
 
     def read(
-        self, backend: GpuBackend, inventory: Inventory, known_containers: Collection[str]
+        self,
+        backend: GpuBackend,
+        inventory: Inventory,
+        known_containers: Collection[str],
+        container_pids: Mapping[int, str] | None = None,
     ) -> GpuReading:
-        """Everything one scrape needs (blocking; one call per scrape, in a thread)."""
+        """Everything one scrape needs (blocking; one call per scrape, in a thread).
+
+        ``container_pids``: the PIDs the scrape already found in the containers'
+        cgroups; only a GPU process not among them has its ``/proc/<pid>/cgroup`` read.
+        """
         with self._lock:
             now_us = int(time.time() * 1_000_000)
             since = self._last_util_us or now_us - _FIRST_WINDOW_US
@@ -122,8 +130,11 @@ class GpuReader:
             dra = {d.cdi_device: d for d in self._db.dra_devices()}
         known = frozenset(known_containers)
         pids: dict[int, str] = {}
+        container_pids = container_pids or {}
         for pid in {p.pid for p in processes}:
-            cid = container_of_pid(pid, known, self._proc_root)
+            cid = container_pids.get(pid)
+            if cid is None:
+                cid = container_of_pid(pid, known, self._proc_root)
             if cid is not None:
                 pids[pid] = cid
         return GpuReading(

@@ -50,6 +50,8 @@ class ProcessCounts:
 
     file_descriptors: int
     sockets: int
+    #: the processes (host PIDs) the cgroup held: GPU metrics join NVML's PIDs to these
+    pids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +231,7 @@ def _count_descriptors(pids: list[int]) -> ProcessCounts:
             with contextlib.suppress(OSError):
                 if os.readlink(os.path.join(directory, name)).startswith("socket:"):
                     sockets += 1
-    return ProcessCounts(fds, sockets)
+    return ProcessCounts(fds, sockets, tuple(pids))
 
 
 def _sum(readings: list[cgroups.CgroupReading]) -> cgroups.CgroupReading | None:

@@ -370,5 +370,10 @@ used_memory_mib = 64
         second = reader.read(backend, Inventory.read(backend), {"c" * 64})
         assert second.utilization == {(GPU0, 4242): 50.0}  # only samples since the last read
         assert set(second.gpm) == {GPU0}
+        # PIDs the scrape found in the containers' cgroup.procs need no /proc read:
+        # 4343 has no /proc entry here, 4242's would say another container.
+        listed = {4343: "d" * 64, 4242: "e" * 64}
+        third = reader.read(backend, Inventory.read(backend), {"c" * 64}, listed)
+        assert third.pid_containers == listed
     finally:
         db.close()
