@@ -20,7 +20,15 @@ from typing import NamedTuple
 
 from agent.pods import CgroupReading, ContainerUsage, PodUsage
 
-__all__ = ["BASE_LABELS", "DESCRIPTORS", "Descriptor", "MetricSample", "pod_samples"]
+__all__ = [
+    "BASE_LABELS",
+    "DESCRIPTORS",
+    "Descriptor",
+    "MetricSample",
+    "Value",
+    "pod_samples",
+    "pod_values",
+]
 
 BASE_LABELS = ("container", "id", "image", "name", "namespace", "pod")
 NETWORK_LABELS = (*BASE_LABELS, "interface")
@@ -32,6 +40,11 @@ class Descriptor:
     help: str
     counter: bool
     labels: tuple[str, ...] = BASE_LABELS
+
+
+#: (descriptor, label values, value): a sample before it is named, typed and timestamped;
+#: the agent's ``/metrics`` renders thousands of these a scrape, the CRI wraps them.
+Value = tuple[Descriptor, tuple[str, ...], float]
 
 
 class MetricSample(NamedTuple):
@@ -294,57 +307,38 @@ DESCRIPTORS: tuple[Descriptor, ...] = (
 )
 
 
-def _container_samples(usage: ContainerUsage, pod: PodUsage) -> list[MetricSample]:
+def _container_values(usage: ContainerUsage, pod: PodUsage) -> list[Value]:
     record = usage.record
     meta = pod.record.config.metadata
     labels = (record.config.name, record.id, record.image_ref, record.id, meta.namespace, meta.name)
-    now = usage.timestamp
-    samples = [MetricSample(_LAST_SEEN.name, False, labels, now / 1e9, now)]
+    values: list[Value] = [(_LAST_SEEN, labels, usage.timestamp / 1e9)]
     reading = usage.cgroup
     if reading is not None:
-        samples += [MetricSample(d.name, d.counter, labels, get(reading), now) for d, get in _CPU]
-        for kind, value in (
+        values += [(d, labels, get(reading)) for d, get in _CPU]
+        for kind, count in (
             ("pgfault", reading.page_faults),
             ("pgmajfault", reading.major_page_faults),
         ):
             for scope in ("container", "hierarchy"):
-                samples.append(
-                    MetricSample(_MEMORY_FAILURES.name, True, (*labels, kind, scope), value, now)
-                )
+                values.append((_MEMORY_FAILURES, (*labels, kind, scope), count))
         for major, minor, operation, size, ios in reading.block_io:
             device = _device_name(major, minor)
             if operation in ("Read", "Write", "Sync", "Async", "Discard", "Total"):
-                samples.append(
-                    MetricSample(
-                        _BLKIO.name,
-                        True,
-                        (*labels, device, str(major), str(minor), operation),
-                        size,
-                        now,
-                    )
-                )
+                values.append((_BLKIO, (*labels, device, str(major), str(minor), operation), size))
             for d, wanted, index in _FS_IO:
                 if operation == wanted:
-                    value = (size, ios)[index]
-                    samples.append(MetricSample(d.name, True, (*labels, device), value, now))
+                    values.append((d, (*labels, device), (size, ios)[index]))
     layer = usage.writable_layer
     if layer is not None:
-        samples.append(MetricSample(_FS.name, False, labels, layer.used_bytes, now))
-        samples.append(MetricSample(_FS_INODES.name, False, labels, layer.inodes_used, now))
-        samples += [
-            MetricSample(d.name, False, (*labels, layer.mountpoint), getattr(layer, attr), now)
-            for d, attr in _FS_SPACE
-        ]
+        values.append((_FS, labels, layer.used_bytes))
+        values.append((_FS_INODES, labels, layer.inodes_used))
+        values += [(d, (*labels, layer.mountpoint), getattr(layer, attr)) for d, attr in _FS_SPACE]
     if usage.processes is not None:
-        samples.append(
-            MetricSample(_FDS.name, False, labels, usage.processes.file_descriptors, now)
-        )
-        samples.append(MetricSample(_SOCKETS.name, False, labels, usage.processes.sockets, now))
+        values.append((_FDS, labels, usage.processes.file_descriptors))
+        values.append((_SOCKETS, labels, usage.processes.sockets))
     if record.started_at:
-        samples.append(
-            MetricSample(_START.name, False, labels, record.started_at / 1e9, usage.timestamp)
-        )
-    return samples
+        values.append((_START, labels, record.started_at / 1e9))
+    return values
 
 
 @functools.lru_cache(maxsize=256)
@@ -357,16 +351,25 @@ def _device_name(major: int, minor: int) -> str:
     return "/dev/" + os.path.basename(target)
 
 
-def pod_samples(pod: PodUsage) -> tuple[list[MetricSample], dict[str, list[MetricSample]]]:
-    """The pod's own metrics (network), and each container's."""
+def pod_values(pod: PodUsage) -> tuple[list[Value], dict[str, list[Value]]]:
+    """The pod's own metrics (network), and each running container's, as values."""
     meta = pod.record.config.metadata
     base = ("", pod.record.id, "", pod.record.id, meta.namespace, meta.name)
-    pod_level = [
-        MetricSample(
-            d.name, d.counter, (*base, counters.name), getattr(counters, attr), pod.timestamp
-        )
+    pod_level: list[Value] = [
+        (d, (*base, counters.name), getattr(counters, attr))
         for counters in pod.interfaces.values()
         for d, attr in _NETWORK
     ]
-    containers = {u.record.id: _container_samples(u, pod) for u in pod.containers}
-    return pod_level, containers
+    return pod_level, {u.record.id: _container_values(u, pod) for u in pod.containers}
+
+
+def pod_samples(pod: PodUsage) -> tuple[list[MetricSample], dict[str, list[MetricSample]]]:
+    """``pod_values`` as samples, timestamped when each object was read (for the CRI)."""
+    pod_level, per_container = pod_values(pod)
+    read_at = {u.record.id: u.timestamp for u in pod.containers}
+    return [
+        MetricSample(d.name, d.counter, labels, v, pod.timestamp) for d, labels, v in pod_level
+    ], {
+        cid: [MetricSample(d.name, d.counter, labels, v, read_at[cid]) for d, labels, v in values]
+        for cid, values in per_container.items()
+    }

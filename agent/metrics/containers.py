@@ -1,7 +1,7 @@
 """Container and pod metrics under the cAdvisor names, for the agent's own ``/metrics``.
 
 The same samples the CRI's ``ListPodSandboxMetrics`` sends the kubelet
-(``cadvisor.pod_samples`` over ``PodService.pod_usages``), as families with exact
+(``cadvisor.pod_values`` over ``PodService.pod_usages``), as families with exact
 values. Where cAdvisor's name and type disagree with Prometheus's naming rules (the
 counter ``container_memory_failcnt`` has no ``_total``, the gauge
 ``container_fs_inodes_total`` has one) the family is exposed untyped: a Prometheus
@@ -33,10 +33,10 @@ def container_families(pods: Iterable[PodUsage], cache: LabelCache | None = None
         for d in cadvisor.DESCRIPTORS
     }
     for pod in pods:
-        pod_level, per_container = cadvisor.pod_samples(pod)
-        for sample in pod_level:
-            builders[sample.name].add(sample.label_values, sample.value)
-        for samples in per_container.values():
-            for sample in samples:
-                builders[sample.name].add(sample.label_values, sample.value)
+        pod_level, per_container = cadvisor.pod_values(pod)
+        for descriptor, labels, value in pod_level:
+            builders[descriptor.name].add(labels, value)
+        for values in per_container.values():
+            for descriptor, labels, value in values:
+                builders[descriptor.name].add(labels, value)
     return [b.family for b in builders.values() if b.family.lines]
