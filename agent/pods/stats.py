@@ -97,34 +97,36 @@ class StatsCollector:
             return None
         return int((usage_ns - previous[1]) * 1_000_000_000 / (timestamp - previous[0]))
 
-    async def _writable_layer(self, container_id: str) -> FsUsage | None:
-        upper = os.path.join(self._containers_root, container_id, "upper")
-        cached = self._fs.get(container_id)
+    def _layers_due(self, container_ids: list[str]) -> list[str]:
+        """The containers whose writable layer was last walked ``_FS_TTL`` ago or more."""
         now = time.monotonic()
-        if cached is not None and now - cached[0] < _FS_TTL:
-            return cached[1]
-        if not await asyncio.to_thread(os.path.isdir, upper):
-            return None
-        used, inodes = await asyncio.to_thread(disk_usage, upper)
-        fs = await asyncio.to_thread(os.statvfs, self._containers_root)
-        usage = FsUsage(
-            self._containers_root,
-            used,
-            inodes,
-            capacity_bytes=fs.f_blocks * fs.f_frsize,
-            inodes_total=fs.f_files,
-            inodes_free=fs.f_ffree,
-        )
-        self._fs[container_id] = (now, usage)
-        return usage
+        due = []
+        for container_id in container_ids:
+            cached = self._fs.get(container_id)
+            if cached is None or now - cached[0] >= _FS_TTL:
+                due.append(container_id)
+        return due
+
+    def _walk_layers(self, container_ids: list[str]) -> dict[str, FsUsage | None]:
+        """Walk those writable layers (blocking: runs in a thread)."""
+        return {c: _layer_usage(self._containers_root, c) for c in container_ids}
+
+    def _keep_layers(self, walked: dict[str, FsUsage | None]) -> None:
+        now = time.monotonic()
+        for container_id, usage in walked.items():
+            if usage is not None:
+                self._fs[container_id] = (now, usage)
 
     async def container(self, record: ContainerRecord, cgroups_path: str) -> ContainerUsage:
         """One container's usage (a handful of small cgroup files, read in place)."""
         now = time.time_ns()
         reading, _ = _read_container(record, cgroups_path, processes=False)
-        return await self._container_usage(record, now, reading, None)
+        due = self._layers_due([record.id])
+        if due:
+            self._keep_layers(await asyncio.to_thread(self._walk_layers, due))
+        return self._container_usage(record, now, reading, None)
 
-    async def _container_usage(
+    def _container_usage(
         self,
         record: ContainerRecord,
         now: int,
@@ -132,7 +134,8 @@ class StatsCollector:
         counts: ProcessCounts | None,
     ) -> ContainerUsage:
         rate = self._rate(record.id, now, reading.cpu_usage_ns) if reading else None
-        layer = await self._writable_layer(record.id)
+        cached = self._fs.get(record.id)
+        layer = cached[1] if cached is not None else None
         return ContainerUsage(record, now, reading, rate, layer, counts)
 
     async def pods(
@@ -143,20 +146,25 @@ class StatsCollector:
     ) -> list[PodUsage]:
         """The usage of each (pod, its running containers with their cgroups paths).
 
-        Every file of every pod is read in one thread call: a metrics scrape of 100
-        containers spent more time in the hand-offs of a thread call per container
-        (or per pod) than in the reads themselves.
+        Every file of every pod, and the writable layers due a walk, are read in one
+        thread call: a metrics scrape of 100 containers spent more time in the
+        hand-offs of a thread call per container (or per pod) than in the reads.
         """
         now = time.time_ns()
-        reads = await asyncio.to_thread(
-            lambda: [_read_pod(record, containers, processes) for record, containers in pods]
-        )
+        due = self._layers_due([c.id for _, containers in pods for c, _ in containers])
+
+        def read() -> tuple[list[_PodRead], dict[str, FsUsage | None]]:
+            reads = [_read_pod(record, containers, processes) for record, containers in pods]
+            return reads, self._walk_layers(due)
+
+        reads, walked = await asyncio.to_thread(read)
+        self._keep_layers(walked)
         return [
-            await self._pod_usage(record, containers, read, now)
-            for (record, containers), read in zip(pods, reads, strict=True)
+            self._pod_usage(record, containers, pod_read, now)
+            for (record, containers), pod_read in zip(pods, reads, strict=True)
         ]
 
-    async def _pod_usage(
+    def _pod_usage(
         self,
         record: SandboxRecord,
         containers: list[tuple[ContainerRecord, str]],
@@ -164,7 +172,7 @@ class StatsCollector:
         now: int,
     ) -> PodUsage:
         usages = [
-            await self._container_usage(c, now, reading, counts)
+            self._container_usage(c, now, reading, counts)
             for (c, _), (reading, counts) in zip(containers, read.containers, strict=True)
         ]
         reading = read.cgroup
@@ -216,6 +224,23 @@ def _read_pod(
         with contextlib.suppress(OSError):
             net_dev = read_kernel_file(f"/proc/{record.infra_pid}/net/dev")
     return _PodRead(read, reading, own, net_dev)
+
+
+def _layer_usage(containers_root: str, container_id: str) -> FsUsage | None:
+    """The container's writable layer: its size, and the filesystem holding it."""
+    upper = os.path.join(containers_root, container_id, "upper")
+    if not os.path.isdir(upper):
+        return None
+    used, inodes = disk_usage(upper)
+    fs = os.statvfs(containers_root)
+    return FsUsage(
+        containers_root,
+        used,
+        inodes,
+        capacity_bytes=fs.f_blocks * fs.f_frsize,
+        inodes_total=fs.f_files,
+        inodes_free=fs.f_ffree,
+    )
 
 
 def _count_descriptors(pids: list[int]) -> ProcessCounts:
