@@ -128,33 +128,38 @@ def _help(text: str, openmetrics: bool) -> str:
     return text.replace('"', '\\"') if openmetrics else text
 
 
+def _family_text(family: Family, openmetrics: bool) -> str:
+    if openmetrics:
+        name, kind = family.name, family.type
+    else:
+        name = family.name + "_total" if family.type == COUNTER else family.name
+        kind = "untyped" if family.type == UNKNOWN else family.type
+    head = f"# HELP {name} {_help(family.help, openmetrics)}\n# TYPE {name} {kind}\n"
+    return head + "".join(family.lines)
+
+
 def render(families: Iterable[Family], *, openmetrics: bool) -> str:
     """The families in text 0.0.4, or OpenMetrics 1.0 without the final ``# EOF``."""
-    out: list[str] = []
-    for family in families:
-        if not family.lines:
-            continue
-        if openmetrics:
-            name, kind = family.name, family.type
-        else:
-            name = family.name + "_total" if family.type == COUNTER else family.name
-            kind = "untyped" if family.type == UNKNOWN else family.type
-        out.append(f"# HELP {name} {_help(family.help, openmetrics)}\n# TYPE {name} {kind}\n")
-        out.extend(family.lines)
-    return "".join(out)
+    return "".join(_family_text(f, openmetrics) for f in families if f.lines)
 
 
 def encode(
     registry: CollectorRegistry, families: Iterable[Family], accept: str
-) -> tuple[bytes, str]:
-    """(body, Content-Type) of one scrape in the format ``accept`` asks for."""
+) -> tuple[list[bytes], str]:
+    """(body in pieces, Content-Type) of one scrape in the format ``accept`` asks for.
+
+    A piece a family: gzip takes them one by one and a plain body joins them once,
+    where joining the whole text, encoding it and prepending the registry's part made
+    three megabyte-sized copies a scrape.
+    """
     encoder, content_type = encoder_for(accept)
     head = encoder(registry)
     openmetrics = content_type.startswith("application/openmetrics-text")
-    tail = render(families, openmetrics=openmetrics).encode()
+    eof = b"# EOF\n"
+    if openmetrics and head.endswith(eof):
+        head = head[: -len(eof)]
+    pieces = [head]
+    pieces += [_family_text(f, openmetrics).encode() for f in families if f.lines]
     if openmetrics:
-        eof = b"# EOF\n"
-        if head.endswith(eof):
-            head = head[: -len(eof)]
-        return head + tail + eof, content_type
-    return head + tail, content_type
+        pieces.append(eof)
+    return pieces, content_type

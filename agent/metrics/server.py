@@ -12,8 +12,8 @@ Imports ``config`` and this package only (the source is any ``ScrapeSource``).
 from __future__ import annotations
 
 import asyncio
-import gzip
 import logging
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -28,6 +28,9 @@ from agent.metrics.exposition import Family, encode
 __all__ = ["MetricsServer", "ScrapeSource"]
 
 log = logging.getLogger(__name__)
+
+#: zlib's window bits for a gzip member (header and CRC), as ``gzip.compress`` writes
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
 
 #: Bodies smaller than this go uncompressed: gzip would not pay for its header.
 _GZIP_MIN_BYTES = 1024
@@ -148,10 +151,13 @@ class MetricsServer:
 
     def _encode(self, accept: str, wants_gzip: bool) -> tuple[bytes, str, bool]:
         families = self._source.families() if self._source is not None else ()
-        body, content_type = encode(self._registry, families, accept)
-        if wants_gzip and len(body) >= _GZIP_MIN_BYTES:
-            return gzip.compress(body, compresslevel=1), content_type, True
-        return body, content_type, False
+        pieces, content_type = encode(self._registry, families, accept)
+        if wants_gzip and sum(len(p) for p in pieces) >= _GZIP_MIN_BYTES:
+            compressor = zlib.compressobj(1, zlib.DEFLATED, _GZIP_WBITS)
+            compressed = [compressor.compress(p) for p in pieces]
+            compressed.append(compressor.flush())
+            return b"".join(compressed), content_type, True
+        return b"".join(pieces), content_type, False
 
     async def _index(self, request: web.Request) -> web.Response:
         return web.Response(text="model-agent: metrics at /metrics\n")
