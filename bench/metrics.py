@@ -9,7 +9,7 @@ pods of ``--containers-per-pod`` busybox containers, each given GPU ``i % 8`` by
 name and listed in the simulated process table with its real host PID (memory and
 utilisation of its own), then scrapes ``/metrics`` ``--rounds`` times the way
 Prometheus does (OpenMetrics, gzip). For each scrape it records the wall time and
-the agent process's CPU time (``/proc/<pid>/stat``: every thread).
+the agent process's CPU time (every thread's ``schedstat``).
 
 The floor, in the same run: this process reads the same things directly, with no
 metrics model and no exposition — each container's cgroup files (what the cAdvisor
@@ -126,10 +126,15 @@ def write_simulation(base: str, processes: list[tuple[int, int]]) -> str:
 
 
 def agent_cpu_seconds(pid: int) -> float:
-    """User + system time of every thread of ``pid`` so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of every thread of ``pid`` so far, in nanoseconds' resolution
+    (``/proc/<pid>/task/*/schedstat``; ``/proc/<pid>/stat`` counts 10 ms ticks)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            total += int(read_kernel_file(f"/proc/{pid}/task/{task}/schedstat").split()[0])
+        except (OSError, IndexError, ValueError):
+            continue  # the thread ended meanwhile
+    return total / 1e9
 
 
 def scrape(url: str) -> bytes:
