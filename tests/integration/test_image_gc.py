@@ -158,11 +158,12 @@ async def test_restart_is_ready_before_orphaned_data_is_deleted_and_deletion_res
     # What a crash mid-removal leaves: a snapshot directory no record names.
     snapshots = f"{config.agent.root_dir}/snapshots"
     orphan = f"{snapshots}/0123456789abcdef/fs"
-    for d in range(10):
+    # Big enough that stopping the agent interrupts its deletion (~10 us a file here;
+    # with 4,000 files a fast machine had deleted them all before the stop took effect).
+    for d in range(20):
         os.makedirs(f"{orphan}/d{d}")
-        for i in range(400):
-            with open(f"{orphan}/d{d}/f{i}", "w"):
-                pass
+        for i in range(1000):
+            os.close(os.open(f"{orphan}/d{d}/f{i}", os.O_WRONLY | os.O_CREAT, 0o644))
     total = files_under(snapshots)
 
     second = Agent(config)
@@ -178,8 +179,10 @@ async def test_restart_is_ready_before_orphaned_data_is_deleted_and_deletion_res
     assert files_under(snapshots) > 0
     # One file of what is left (now in the trash) cannot be deleted for a while.
     stuck = next(
-        os.path.join(d, files[0]) for d, _, files in os.walk(f"{snapshots}/.trash") if files
+        (os.path.join(d, files[0]) for d, _, files in os.walk(f"{snapshots}/.trash") if files),
+        None,
     )
+    assert stuck is not None, "the stop did not interrupt the deletion: every file went"
     subprocess.run(["chattr", "+i", stuck], check=True)
     try:
         third = Agent(config)
