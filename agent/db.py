@@ -234,7 +234,7 @@ class MetadataDB:
     def __init__(self, path: str, migrations: Sequence[str] = MIGRATIONS) -> None:
         self.path = path
         self._lock = threading.RLock()
-        self._commits = 0  # this connection's; PRAGMA data_version counts the others'
+        #: answers of _since_last_commit, by (total_changes, data_version) when asked
         self._answers: dict[str, tuple[tuple[int, int], list[Any]]] = {}
         # Container environments (secrets) live here: owner-only, and SQLite gives the
         # -wal and -shm files the database file's mode. A file from an older agent is
@@ -304,7 +304,6 @@ class MetadataDB:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
-            self._commits += 1
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -323,11 +322,14 @@ class MetadataDB:
             )
 
     def _since_last_commit(self, key: str, query: Callable[[], list[T]]) -> list[T]:
-        """``query()``'s answer, asked again only after a transaction committed here
-        or elsewhere (what every metrics scrape reads changes only when a container or
-        claim does)."""
+        """``query()``'s answer, asked again only after a change here (``total_changes``:
+        a transaction's or a lone statement's) or a commit elsewhere (``data_version``):
+        what every metrics scrape reads changes only when a container or claim does."""
         with self._lock:
-            version = (self._commits, self._conn.execute("PRAGMA data_version").fetchone()[0])
+            if self._conn.in_transaction:  # what it reads may yet roll back
+                return query()
+            data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+            version = (self._conn.total_changes, data_version)
             found = self._answers.get(key)
             if found is None or found[0] != version:
                 found = self._answers[key] = (version, query())

@@ -8,9 +8,9 @@ awaits ``refresh``, which gathers, at most once per
   them) for ``model_agent_pods{state}`` / ``model_agent_containers{state}`` and labels;
 * with ``metrics.container_metrics``, ``PodService.pod_usages`` (the cgroups read at
   call time, the same data as the CRI stats) for the cAdvisor-named families;
-* with GPUs, then, one ``GpuReader.read`` in a thread (every NVML call of the scrape,
-  the assignment record, the DRA checkpoint, PID → container: from the processes the
-  cgroups just listed, ``/proc/<pid>/cgroup`` for the others);
+* with GPUs, one ``GpuReader.read`` in a thread (every NVML call of the scrape, the
+  assignment record, the DRA checkpoint), then PID → container: from the processes the
+  cgroups just listed, ``/proc/<pid>/cgroup`` for the others;
 * the image store's size, at most every 10 s (it walks the content store).
 
 ``families`` only turns the last gathering into families (``exposition``), in the
@@ -141,54 +141,74 @@ class NodeMetrics:
                 new.sandboxes, new.containers = previous.sandboxes, previous.containers
         new.seconds["pods"] = time.perf_counter() - started
         known = [c.id for c in new.containers]
-        await asyncio.gather(
-            self._gather_containers_then_gpus(new, known), self._gather_images(new)
-        )
+        usages_read, gpus_read = (
+            await asyncio.gather(
+                self._gather_usages(new), self._gather_gpus(new), self._gather_images(new)
+            )
+        )[:2]
+        if gpus_read and new.gpu is not None:
+            await self._attribute_gpu_processes(new, known, usages_read)
         self._gathered = new
 
-    async def _gather_containers_then_gpus(self, new: _Gathered, known: list[str]) -> None:
-        """The GPU reading joins NVML's PIDs to the processes the cgroups just listed
-        (concurrent, the two only took turns at the interpreter lock)."""
-        await self._gather_usages(new)
-        pids = {
-            pid: usage.record.id
-            for pod in new.usages
-            for usage in pod.containers
-            if usage.processes is not None
-            for pid in usage.processes.pids
-        }
-        await self._gather_gpus(new, known, pids)
-
-    async def _gather_usages(self, new: _Gathered) -> None:
+    async def _gather_usages(self, new: _Gathered) -> bool:
+        """Whether this gathering read the containers (else it keeps the last reading)."""
         if self._pods is None or not self._settings.container_metrics:
             new.usages = []
-            return
+            return False
         started = time.perf_counter()
         try:  # a pod removed mid-read reads as gone (pods.stats): no retry needed
             new.usages = await self._pods.pod_usages(Selector(), processes=True)
+            return True
         except Exception:
             self._failed("containers")
-        new.seconds["containers"] = time.perf_counter() - started
+            return False
+        finally:
+            new.seconds["containers"] = time.perf_counter() - started
 
-    async def _gather_gpus(self, new: _Gathered, known: list[str], pids: dict[int, str]) -> None:
+    async def _gather_gpus(self, new: _Gathered) -> bool:
+        """Whether this gathering read the GPUs (else it keeps the last reading)."""
         if self._gpu is None:
-            return
+            return False
         inventory = self._gpu.inventory()
         if not inventory.gpus:
             new.gpu = None
-            return
+            return False
         started = time.perf_counter()
         try:
-            reading = await asyncio.to_thread(
-                self._reader.read, self._gpu.backend, inventory, known, pids
-            )
+            reading = await asyncio.to_thread(self._reader.read, self._gpu.backend, inventory)
             if self._health is not None:
                 unhealthy = {u for u, h in self._health.devices().items() if not h.healthy}
                 reading = dataclasses.replace(reading, unhealthy=frozenset(unhealthy))
             new.gpu = reading
+            return True
         except Exception:
             self._failed("gpus")
-        new.seconds["gpus"] = time.perf_counter() - started
+            return False
+        finally:
+            new.seconds["gpus"] = time.perf_counter() - started
+
+    async def _attribute_gpu_processes(
+        self, new: _Gathered, known: list[str], usages_read: bool
+    ) -> None:
+        """Each GPU process's container: from the PIDs the container reading just found in
+        the cgroups (read beside the GPUs: NVML releases the GIL), ``/proc`` for the rest."""
+        assert new.gpu is not None
+        listed: dict[int, str] = {}
+        if usages_read:  # never an older reading's PIDs: a PID may have been reused since
+            listed = {
+                pid: usage.record.id
+                for pod in new.usages
+                for usage in pod.containers
+                if usage.processes is not None
+                for pid in usage.processes.pids
+            }
+        try:
+            if self._reader.needs_proc(new.gpu, listed):
+                new.gpu = await asyncio.to_thread(self._reader.attribute, new.gpu, known, listed)
+            else:
+                new.gpu = self._reader.attribute(new.gpu, known, listed)
+        except Exception:
+            self._failed("gpus")
 
     async def _gather_images(self, new: _Gathered) -> None:
         if self._image_usage is None:

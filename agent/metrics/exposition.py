@@ -39,6 +39,7 @@ def _escape_value(value: str) -> str:
 def _number(value: float) -> str:
     if type(value) is int:  # most cgroup counters
         return str(value)
+    value = float(value)  # a bool, a numpy number, a Decimal...
     if -1e15 < value < 1e15:  # neither NaN nor infinite; most samples are integers
         whole = int(value)
         return str(whole) if whole == value else repr(value)

@@ -14,6 +14,7 @@ stream reported. Imports ``gpu`` and ``db``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -103,18 +104,9 @@ class GpuReader:
         self._last_util_us = 0
         self._lock = threading.Lock()
 
-    def read(
-        self,
-        backend: GpuBackend,
-        inventory: Inventory,
-        known_containers: Collection[str],
-        container_pids: Mapping[int, str] | None = None,
-    ) -> GpuReading:
-        """Everything one scrape needs (blocking; one call per scrape, in a thread).
-
-        ``container_pids``: the PIDs the scrape already found in the containers'
-        cgroups; only a GPU process not among them has its ``/proc/<pid>/cgroup`` read.
-        """
+    def read(self, backend: GpuBackend, inventory: Inventory) -> GpuReading:
+        """Every NVML call and record one scrape needs (blocking; one call per scrape, in
+        a thread); its processes are attributed to containers by :meth:`attribute`."""
         with self._lock:
             now_us = int(time.time() * 1_000_000)
             since = self._last_util_us or now_us - _FIRST_WINDOW_US
@@ -128,15 +120,6 @@ class GpuReader:
         if self._db is not None:
             holders = tuple(self._db.gpu_holders())
             dra = {d.cdi_device: d for d in self._db.dra_devices()}
-        known = frozenset(known_containers)
-        pids: dict[int, str] = {}
-        container_pids = container_pids or {}
-        for pid in {p.pid for p in processes}:
-            cid = container_pids.get(pid)
-            if cid is None:
-                cid = container_of_pid(pid, known, self._proc_root)
-            if cid is not None:
-                pids[pid] = cid
         return GpuReading(
             inventory=inventory,
             samples=samples,
@@ -145,8 +128,30 @@ class GpuReader:
             gpm=gpm,
             holders=holders,
             dra_by_cdi=dra,
-            pid_containers=pids,
         )
+
+    def needs_proc(self, reading: GpuReading, listed: Mapping[int, str]) -> bool:
+        """Whether :meth:`attribute` will read ``/proc`` (else it may run on the loop)."""
+        return any(p.pid not in listed for p in reading.processes)
+
+    def attribute(
+        self,
+        reading: GpuReading,
+        known_containers: Collection[str],
+        listed: Mapping[int, str],
+    ) -> GpuReading:
+        """``reading`` with each GPU process's container (of ``known_containers``):
+        from ``listed``, the PIDs this scrape found in the containers' ``cgroup.procs``,
+        else from ``/proc/<pid>/cgroup`` (blocking then: call it in a thread)."""
+        known = frozenset(known_containers)
+        pids: dict[int, str] = {}
+        for pid in {p.pid for p in reading.processes}:
+            cid = listed.get(pid)
+            if cid is None or cid not in known:
+                cid = container_of_pid(pid, known, self._proc_root)
+            if cid is not None:
+                pids[pid] = cid
+        return dataclasses.replace(reading, pid_containers=pids)
 
 
 def _mean_utilization(samples: Iterable[ProcessUtilization]) -> dict[tuple[str, int], float]:

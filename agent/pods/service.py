@@ -192,7 +192,10 @@ class PodService:
         await self._sandboxes.stop(sandbox_id)
 
     async def remove_sandbox(self, sandbox_id: str) -> None:
+        members = [c.id for c in self._store.containers() if c.sandbox_id == sandbox_id]
         await self._sandboxes.remove(sandbox_id)
+        for object_id in (sandbox_id, *members):
+            self._stats.forget(object_id)  # its last CPU sample and layer size
 
     def sandbox_status(self, sandbox_id: str) -> SandboxRecord:
         """The sandbox, with a dead infra process noticed first."""
@@ -240,6 +243,7 @@ class PodService:
 
     async def remove_container(self, container_id: str) -> None:
         await self._containers.remove(container_id)
+        self._stats.forget(container_id)
 
     def container_status(self, container_id: str) -> ContainerRecord:
         """The container, with an exit conmon recorded (or a dead conmon) noticed first."""

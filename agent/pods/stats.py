@@ -114,7 +114,9 @@ class StatsCollector:
     def _keep_layers(self, walked: dict[str, FsUsage | None]) -> None:
         now = time.monotonic()
         for container_id, usage in walked.items():
-            if usage is not None:
+            if usage is None:
+                self._fs.pop(container_id, None)  # no writable layer (any more)
+            else:
                 self._fs[container_id] = (now, usage)
 
     async def container(self, record: ContainerRecord, cgroups_path: str) -> ContainerUsage:

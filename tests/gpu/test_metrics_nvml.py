@@ -29,7 +29,7 @@ MIB = 1024 * 1024
 
 
 def scrape(reader: GpuReader, nvml: GpuBackend) -> tuple[str, dict[str, list[Any]]]:
-    reading = reader.read(nvml, Inventory.read(nvml), ())
+    reading = reader.attribute(reader.read(nvml, Inventory.read(nvml)), (), {})
     text = render(
         gpu_families(reading, {}, {}, {}, GpuFamilyOptions("gpu-node")), openmetrics=False
     )

@@ -72,6 +72,27 @@ async def test_pod_network_bytes_grow_after_traffic(env):
     assert await rx() - before >= len(payload)
 
 
+async def test_removed_containers_and_pods_leave_no_samples_behind(env):
+    """The CPU rate's last sample and the cached layer size of each object go with it
+    (a node that churns pods for months must not keep one entry per pod it ever ran)."""
+    rt = env.cri.runtime
+    sid = await env.run_pod()
+    cid = await env.run(sid, "steady", "sleep", "1000")
+    await rt.ContainerStats(pb.ContainerStatsRequest(container_id=cid))
+    await rt.PodSandboxStats(pb.PodSandboxStatsRequest(pod_sandbox_id=sid))
+    collector = env.agent.pods._stats
+    assert cid in collector._last_cpu and cid in collector._fs and sid in collector._last_cpu
+    other = await env.run(sid, "second", "sleep", "1000")
+    await rt.ContainerStats(pb.ContainerStatsRequest(container_id=other))
+    await rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0))
+    await rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
+    assert cid not in collector._last_cpu and cid not in collector._fs
+    assert other in collector._last_cpu
+    await rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sid))
+    await rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sid))
+    assert not {sid, other} & (set(collector._last_cpu) | set(collector._fs))
+
+
 async def test_list_and_single_variants_agree(env):
     sid = await env.run_pod()
     cid = await env.run(sid, "steady", "sleep", "1000")

@@ -131,6 +131,13 @@ def test_scrape_time_answers_are_asked_again_only_after_a_commit(tmp_path):
         assert db.gpu_holders() == [] and db.gpu_holders() == []
         assert sum("FROM dra_prepared_devices ORDER" in q for q in queries) == 3
         assert sum("FROM gpu_assignments" in q for q in queries) == 1
+        db.put_dra_claim("u1", [device])
+        assert db.dra_devices() == [device]
+        with pytest.raises(RuntimeError), db.transaction() as conn:  # read, then rolled back
+            conn.execute("DELETE FROM dra_prepared_devices")
+            assert db.dra_devices() == []
+            raise RuntimeError("roll back")
+        assert db.dra_devices() == [device]  # not the rolled-back answer
     finally:
         db.close()
 

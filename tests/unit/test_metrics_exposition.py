@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+from typing import Any
+
 import pytest
 
 from agent.metrics.exposition import FamilyBuilder, LabelCache, render
@@ -31,7 +34,16 @@ def test_a_label_set_of_the_wrong_length_is_refused():
 def test_samples_render_as_lines_with_exact_numbers():
     cache = LabelCache()
     family = FamilyBuilder("demo_bytes_total", "Bytes.", "counter", ("gpu",), cache)
-    for gpu, value in (("0", 12), ("1", 2.5), ("2", True), ("3", 1e20), ("4", float("nan"))):
+    values: tuple[tuple[str, Any], ...] = (
+        ("0", 12),
+        ("1", 2.5),
+        ("2", True),
+        ("3", 1e20),
+        ("4", float("nan")),
+        ("5", Decimal("1.5")),
+        ("6", 2**63),
+    )
+    for gpu, value in values:
         family.add((gpu,), value)
     text = render([family.family], openmetrics=True)
     assert text.splitlines() == [
@@ -42,6 +54,8 @@ def test_samples_render_as_lines_with_exact_numbers():
         'demo_bytes_total{gpu="2"} 1',
         'demo_bytes_total{gpu="3"} 1e+20',
         'demo_bytes_total{gpu="4"} NaN',
+        'demo_bytes_total{gpu="5"} 1.5',  # any number type, written as a float
+        'demo_bytes_total{gpu="6"} 9223372036854775808',  # exact
     ]
     assert render([family.family], openmetrics=False).startswith(
         "# HELP demo_bytes_total Bytes.\n# TYPE demo_bytes_total counter\n"

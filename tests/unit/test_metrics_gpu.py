@@ -360,20 +360,27 @@ used_memory_mib = 64
     write_proc(proc, 4242, "0::/pods/" + "c" * 64 + "\n")
     reader = GpuReader(db, proc)
     try:
-        first = reader.read(backend, Inventory.read(backend), {"c" * 64})
+        first = reader.read(backend, Inventory.read(backend))
+        assert first.pid_containers == {}  # attributed next, once the cgroups were read
+        assert reader.needs_proc(first, {})
+        first = reader.attribute(first, {"c" * 64}, {})
         assert set(first.samples) == {GPU0, GPU1, MIG0}
         assert {p.pid for p in first.processes} == {4242, 4343}
         assert first.pid_containers == {4242: "c" * 64}
         assert first.utilization == {(GPU0, 4242): 30.0}  # none on the MIG device
         assert first.gpm == {}  # the first GPM read primes
         assert first.holders == () and first.dra_by_cdi == {}
-        second = reader.read(backend, Inventory.read(backend), {"c" * 64})
+        second = reader.read(backend, Inventory.read(backend))
         assert second.utilization == {(GPU0, 4242): 50.0}  # only samples since the last read
         assert set(second.gpm) == {GPU0}
         # PIDs the scrape found in the containers' cgroup.procs need no /proc read:
-        # 4343 has no /proc entry here, 4242's would say another container.
+        # 4343 has no /proc entry here, 4242's would say container c.
         listed = {4343: "d" * 64, 4242: "e" * 64}
-        third = reader.read(backend, Inventory.read(backend), {"c" * 64}, listed)
+        assert not reader.needs_proc(second, listed)
+        third = reader.attribute(second, {"c" * 64, "d" * 64, "e" * 64}, listed)
         assert third.pid_containers == listed
+        # A listed container that is not (or no longer) known: /proc decides.
+        fourth = reader.attribute(second, {"c" * 64, "d" * 64}, listed)
+        assert fourth.pid_containers == {4343: "d" * 64, 4242: "c" * 64}
     finally:
         db.close()
