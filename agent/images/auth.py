@@ -121,6 +121,22 @@ class TokenCache:
         margin = min(10.0, expires_in / 10)
         self._tokens[key] = (token, time.monotonic() + max(1.0, expires_in - margin))
 
+    def export(self, scope: str) -> list[tuple[tuple[str, ...], str, float]]:
+        """The live tokens for ``scope``, with the seconds each has left (for the
+        download process: a token fetched for a pull's manifest serves its blobs)."""
+        now = time.monotonic()
+        return [
+            (key, token, expires - now)
+            for key, (token, expires) in list(self._tokens.items())
+            if len(key) > 1 and key[1] == scope and expires > now
+        ]
+
+    def adopt(self, entries: list[tuple[tuple[str, ...], str, float]]) -> None:
+        """Tokens another process exported, expiring when they would have there."""
+        now = time.monotonic()
+        for key, token, left in entries:
+            self._tokens[key] = (token, now + left)
+
 
 def token_from_response(body: bytes) -> tuple[str, float]:
     """``(token, expires_in)`` from a token endpoint's JSON answer."""

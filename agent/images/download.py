@@ -8,8 +8,8 @@ stalled connection resumes its part where it stopped; parts finished before
 a crash are not fetched again. A registry without ``Range`` support gets one
 plain sequential request.
 
-It runs on the download thread's loop (``download_thread``), not the agent's,
-and that loop only receives bytes: every file write (a ``pwritev`` per
+It runs in the download process (``download_process``), not the agent's, and
+that process's loop only receives bytes: every file write (a ``pwritev`` per
 megabyte, which can block for long when the kernel throttles dirty pages) and
 every ``parts.json`` update runs in a worker thread. Writes keep ``reserve``
 bytes free on the filesystem: the download stops with ``RESOURCE_EXHAUSTED``

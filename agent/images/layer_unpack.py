@@ -26,7 +26,7 @@ from agent.errors import AgentError, InvalidArgument, ResourceExhausted
 from agent.images.artifact import place_file
 from agent.images.content import ContentStore, DigestMismatch, Ingest
 from agent.images.download import Watermark
-from agent.images.download_thread import DownloadThread
+from agent.images.download_process import DownloadProcess
 from agent.images.manifest import LAYER_TYPES, Descriptor
 from agent.images.progress import PullObserver, PullProgress
 from agent.images.repository import Repository
@@ -54,7 +54,7 @@ class LayerUnpacker:
         metrics: PullObserver,
         lock: StoreLock,
         pool: UnpackPool,
-        downloads: DownloadThread,
+        downloads: DownloadProcess,
         trashed: Callable[[], None],
     ) -> None:
         self._settings = settings

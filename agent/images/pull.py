@@ -42,7 +42,7 @@ from agent.errors import AgentError, DeadlineExceeded, InvalidArgument
 from agent.images.artifact import artifact_layers
 from agent.images.auth import Credentials
 from agent.images.content import ContentStore
-from agent.images.download_thread import DownloadThread
+from agent.images.download_process import DownloadProcess
 from agent.images.layer_unpack import LayerUnpacker
 from agent.images.manifest import (
     INDEX_TYPES,
@@ -120,7 +120,7 @@ class Puller:
         self._client = client
         self._metrics = metrics
         self._lock = lock
-        self._downloads = DownloadThread(client)
+        self._downloads = DownloadProcess(client)
         self._unpacker = LayerUnpacker(
             settings,
             content=content,
@@ -142,6 +142,10 @@ class Puller:
     def protected(self) -> set[str]:
         """Chain ids and blob digests in-flight pulls create or rely on: GC skips them."""
         return {key for key, count in self._protected.items() if count > 0}
+
+    def prestart(self) -> None:
+        """Start the download process now, so the first pull does not wait for it."""
+        self._downloads.prestart()
 
     async def close(self) -> None:
         tasks = [*self._pulls.values(), *self._layers.values()]

@@ -175,17 +175,16 @@ class RegistryClient:
             )
         return self._session
 
-    def sibling(self) -> RegistryClient:
-        """A client for another event loop (its own connections), sharing this one's
-        settings and token cache: a token fetched for a manifest serves the blobs."""
-        other = RegistryClient(
-            self._settings,
-            read_timeout=self._read_timeout,
-            retry=self._retry,
-            connections=self._connections,
-        )
-        other._tokens = self._tokens
-        return other
+    def child_settings(self) -> tuple[ImageSection, float, RetryPolicy, int]:
+        """What a client in another process is made of (``download_process``): the same
+        host settings, so the same trust, mirror and redirect rules."""
+        return self._settings, self._read_timeout, self._retry, self._connections
+
+    def tokens_for(self, scope: str) -> list[tuple[tuple[str, ...], str, float]]:
+        return self._tokens.export(scope)
+
+    def adopt_tokens(self, entries: list[tuple[tuple[str, ...], str, float]]) -> None:
+        self._tokens.adopt(entries)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -55,9 +55,10 @@ class Repository:
             client.node_credentials() if node_credentials is None else node_credentials
         )
 
-    def with_client(self, client: RegistryClient) -> Repository:
-        """The same repository and credentials through ``client`` (another loop's)."""
-        return Repository(client, self.ref, self._credentials, self._node_credentials)
+    def credentials_for_child(self) -> tuple[Credentials | None, Mapping[str, Credentials]]:
+        """This pull's credentials and the node's, for the same repository in the download
+        process (they go only where this side would send them: the same rules run there)."""
+        return self._credentials, dict(self._node_credentials)
 
     def _credentials_for(self, endpoint: Endpoint) -> Credentials | None:
         # The pull's own credentials (from the kubelet) are for the registry, not

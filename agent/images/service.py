@@ -231,6 +231,7 @@ class ImageManager:
         """
         await asyncio.to_thread(self._recover_locked)
         self.pool.prestart()
+        self.puller.prestart()
 
     def _recover_locked(self) -> None:
         swept = self.snapshots.sweep_temporary()

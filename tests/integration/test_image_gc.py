@@ -137,12 +137,16 @@ async def test_removal_returns_at_once_and_image_fs_info_counts_the_trash(
     pulled = await fs_inodes(cri)
     assert pulled - before >= 2 * MANY
     await cri.images.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=ref)))
-    # Gone from the records at once; its files are still on disk, and counted, until deleted.
+    # Gone from the records at once; its files stay on disk, and counted, until deleted
+    # (the janitor may delete all 1,200 within a few ms here: what is counted must cover
+    # whatever is still there, not a fixed share of it).
     assert not (
         await cri.images.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=ref)))
     ).HasField("image")
-    assert await fs_inodes(cri) >= before + MANY  # (the janitor may have begun)
-    assert trash_entries(agent) > 0
+    assert agent.images is not None
+    counted = await fs_inodes(cri)
+    on_disk = files_under(agent.images.snapshots.root) + files_under(agent.images.content.root)
+    assert on_disk <= counted + 20  # (directories aside), the trash's remains included
     await trash_drained(agent)
     assert await fs_inodes(cri) <= before + 10
 

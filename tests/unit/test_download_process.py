@@ -1,23 +1,27 @@
-"""Blob downloads on the download thread's loop, against a small registry stand-in on
+"""Blob downloads in the download process, against a small registry stand-in on
 127.0.0.1 that answers ranged blob requests (optionally slowly): the blob arrives whole,
-the watermark and progress reach the agent's loop, and a cancelled download has
-stopped writing by the time the cancellation returns."""
+the watermark and progress reach the agent's loop, a cancelled download has stopped
+writing by the time the cancellation returns, and a child that dies fails its downloads
+and is replaced by the next one."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import os
+import signal
 import threading
+from typing import Any
 
 import pytest
 from aiohttp import web
 
 from agent.config import ImageSection
+from agent.errors import RegistryUnavailable
 from agent.images import reference
 from agent.images.content import ContentStore
 from agent.images.download import Watermark
-from agent.images.download_thread import DownloadThread, _Bridge
+from agent.images.download_process import DownloadProcess, _ChildBridge
 from agent.images.registry import RegistryClient
 from agent.images.repository import Repository
 
@@ -72,15 +76,10 @@ class BlobServer:
             await self._runner.cleanup()
 
 
-async def tasks_on(downloads: DownloadThread) -> int:
-    """Tasks running on the download loop now (besides this question)."""
-    loop = downloads._loop
-    assert loop is not None
-
-    async def count() -> int:
-        return len(asyncio.all_tasks()) - 1
-
-    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(count(), loop))
+def in_flight(downloads: DownloadProcess) -> int:
+    """Downloads the child has not reported ended (it reports once its task finished)."""
+    running = downloads._running
+    return len(running.jobs) if running is not None else 0
 
 
 async def run_download(tmp_path, server: BlobServer, *, cancel_after: int = 0):
@@ -101,7 +100,7 @@ async def run_download(tmp_path, server: BlobServer, *, cancel_after: int = 0):
         if cancel_after and sum(received) >= cancel_after:
             enough.set()
 
-    downloads = DownloadThread(client)
+    downloads = DownloadProcess(client)
     try:
         task = asyncio.ensure_future(
             downloads.download(repo, ingest, watermark, asyncio.Semaphore(2), 2, on_bytes)
@@ -111,7 +110,7 @@ async def run_download(tmp_path, server: BlobServer, *, cancel_after: int = 0):
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            assert await tasks_on(downloads) == 0  # the download itself ended first
+            assert in_flight(downloads) == 0  # the child's download itself ended first
             return ingest, watermark, received, downloads
         await task
         assert threads == {loop_thread}  # progress arrives on the agent's loop
@@ -169,11 +168,11 @@ def test_a_download_cancelled_as_it_starts_returns_at_once(tmp_path):
         server = BlobServer(delay=0.02)
         await server.start()
         client = RegistryClient(ImageSection(), read_timeout=10)
-        downloads = DownloadThread(client)
+        downloads = DownloadProcess(client)
         repo = Repository(client, reference.parse(f"127.0.0.1:{server.port}/t/b"), None, {})
         store = ContentStore(str(tmp_path / "content"))
         try:
-            for _ in range(20):  # before, during and after the download loop starts it
+            for _ in range(20):  # before, during and after the child starts it
                 ingest = store.open_ingest(DIGEST, len(BLOB), PART)
                 task = asyncio.ensure_future(
                     downloads.download(
@@ -184,7 +183,7 @@ def test_a_download_cancelled_as_it_starts_returns_at_once(tmp_path):
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await asyncio.wait_for(task, 5)
-                assert await tasks_on(downloads) == 0
+                assert in_flight(downloads) == 0
         finally:
             await downloads.close()
             await client.close()
@@ -193,29 +192,65 @@ def test_a_download_cancelled_as_it_starts_returns_at_once(tmp_path):
     asyncio.run(main())
 
 
-def test_the_bridge_batches_progress_and_the_watermark(tmp_path):
+def test_a_child_that_dies_fails_its_downloads_and_the_next_one_starts_another(tmp_path):
     async def main():
-        loop = asyncio.get_running_loop()
-        watermark = Watermark(10 << 20)
-        received: list[int] = []
-        bridge = _Bridge(loop, watermark, received.append)
-
-        def on_download_side() -> None:
-            for _ in range(3):
-                bridge.add_bytes(300 << 10)  # 900 KiB: held back
-            bridge.advance(1 << 20)  # under the 4 MiB step: held back
-            bridge.add_bytes(200 << 10)  # 1.1 MiB: sent
-            bridge.advance(5 << 20)  # sent
-            bridge.add_bytes(10)
-            bridge.advance(6 << 20)
-            bridge.flush()  # the rest
-
-        await asyncio.to_thread(on_download_side)
-        await asyncio.sleep(0.05)
-        assert received == [1100 << 10, 10]
-        assert watermark.value == 6 << 20 and not watermark.finished
-        await asyncio.to_thread(bridge.finish)
-        await asyncio.sleep(0.05)
-        assert watermark.finished
+        server = BlobServer(delay=0.02)
+        await server.start()
+        client = RegistryClient(ImageSection(), read_timeout=10)
+        downloads = DownloadProcess(client)
+        repo = Repository(client, reference.parse(f"127.0.0.1:{server.port}/t/b"), None, {})
+        store = ContentStore(str(tmp_path / "content"))
+        os.makedirs(store.ingests, exist_ok=True)
+        started = asyncio.Event()
+        try:
+            ingest = store.open_ingest(DIGEST, len(BLOB), PART)
+            task = asyncio.ensure_future(
+                downloads.download(
+                    repo,
+                    ingest,
+                    Watermark(len(BLOB)),
+                    asyncio.Semaphore(2),
+                    2,
+                    lambda _: started.set(),
+                )
+            )
+            await asyncio.wait_for(started.wait(), 30)
+            assert downloads._running is not None
+            first = downloads._running.child.pid
+            os.kill(first, signal.SIGKILL)
+            with pytest.raises(RegistryUnavailable, match="download process ended"):
+                await asyncio.wait_for(task, 10)
+            server.delay = 0.0
+            again = store.open_ingest(DIGEST, len(BLOB), PART)
+            watermark = Watermark(len(BLOB))
+            await downloads.download(repo, again, watermark, asyncio.Semaphore(2), 2, ignore)
+            assert watermark.finished and again.complete
+            assert downloads._running is not None and downloads._running.child.pid != first
+        finally:
+            await downloads.close()
+            await client.close()
+            await server.stop()
 
     asyncio.run(main())
+
+
+def test_the_bridge_batches_progress_and_the_watermark():
+    sent: list[tuple[Any, ...]] = []
+    bridge = _ChildBridge(sent.append, 7, 10 << 20)
+    for _ in range(3):
+        bridge.add_bytes(300 << 10)  # 900 KiB: held back
+    bridge.advance(1 << 20)  # under the 4 MiB step: held back
+    assert sent == []
+    bridge.add_bytes(200 << 10)  # 1.1 MiB: sent
+    bridge.advance(5 << 20)  # sent
+    bridge.add_bytes(10)
+    bridge.advance(6 << 20)
+    bridge.flush()  # the rest
+    assert sent == [
+        ("bytes", 7, 1100 << 10),
+        ("advance", 7, 5 << 20),
+        ("bytes", 7, 10),
+        ("advance", 7, 6 << 20),
+    ]
+    bridge.finish()
+    assert sent[-1] == ("finish", 7)
