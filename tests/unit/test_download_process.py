@@ -7,10 +7,12 @@ and is replaced by the next one."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import signal
 import threading
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -163,15 +165,29 @@ def ignore(count: int) -> None:
     pass
 
 
+@contextlib.asynccontextmanager
+async def slow_node(
+    tmp_path,
+) -> AsyncIterator[tuple[BlobServer, DownloadProcess, Repository, ContentStore]]:
+    """A slow blob server, a download process, the repository and a content store."""
+    server = BlobServer(delay=0.02)
+    await server.start()
+    client = RegistryClient(ImageSection(), read_timeout=10)
+    downloads = DownloadProcess(client)
+    repo = Repository(client, reference.parse(f"127.0.0.1:{server.port}/t/b"), None, {})
+    store = ContentStore(str(tmp_path / "content"))
+    os.makedirs(store.ingests, exist_ok=True)
+    try:
+        yield server, downloads, repo, store
+    finally:
+        await downloads.close()
+        await client.close()
+        await server.stop()
+
+
 def test_a_download_cancelled_as_it_starts_returns_at_once(tmp_path):
     async def main():
-        server = BlobServer(delay=0.02)
-        await server.start()
-        client = RegistryClient(ImageSection(), read_timeout=10)
-        downloads = DownloadProcess(client)
-        repo = Repository(client, reference.parse(f"127.0.0.1:{server.port}/t/b"), None, {})
-        store = ContentStore(str(tmp_path / "content"))
-        try:
+        async with slow_node(tmp_path) as (_, downloads, repo, store):
             for _ in range(20):  # before, during and after the child starts it
                 ingest = store.open_ingest(DIGEST, len(BLOB), PART)
                 task = asyncio.ensure_future(
@@ -184,25 +200,14 @@ def test_a_download_cancelled_as_it_starts_returns_at_once(tmp_path):
                 with pytest.raises(asyncio.CancelledError):
                     await asyncio.wait_for(task, 5)
                 assert in_flight(downloads) == 0
-        finally:
-            await downloads.close()
-            await client.close()
-            await server.stop()
 
     asyncio.run(main())
 
 
 def test_a_child_that_dies_fails_its_downloads_and_the_next_one_starts_another(tmp_path):
     async def main():
-        server = BlobServer(delay=0.02)
-        await server.start()
-        client = RegistryClient(ImageSection(), read_timeout=10)
-        downloads = DownloadProcess(client)
-        repo = Repository(client, reference.parse(f"127.0.0.1:{server.port}/t/b"), None, {})
-        store = ContentStore(str(tmp_path / "content"))
-        os.makedirs(store.ingests, exist_ok=True)
         started = asyncio.Event()
-        try:
+        async with slow_node(tmp_path) as (server, downloads, repo, store):
             ingest = store.open_ingest(DIGEST, len(BLOB), PART)
             task = asyncio.ensure_future(
                 downloads.download(
@@ -226,10 +231,6 @@ def test_a_child_that_dies_fails_its_downloads_and_the_next_one_starts_another(t
             await downloads.download(repo, again, watermark, asyncio.Semaphore(2), 2, ignore)
             assert watermark.finished and again.complete
             assert downloads._running is not None and downloads._running.child.pid != first
-        finally:
-            await downloads.close()
-            await client.close()
-            await server.stop()
 
     asyncio.run(main())
 
