@@ -112,7 +112,7 @@ class TokenCache:
             return None
         token, expires = entry
         if time.monotonic() >= expires:
-            self._tokens.pop(key, None)  # (the download thread may drop it too)
+            self._tokens.pop(key, None)
             return None
         return token
 
