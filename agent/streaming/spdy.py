@@ -24,8 +24,10 @@ A DATA frame (up to 16 MiB) is read in ``READ_PIECE`` pieces into its
 stream's ``Inbox``; when a stream or the whole connection holds its limit of
 unread data, the connection stops reading (TCP pushes back on the sender;
 while it waits it PINGs the peer now and then, so a peer that went away is
-noticed). When the connection ends every stream is aborted and what it held
-is released.
+noticed). When the peer ends the connection cleanly (GOAWAY, or EOF) what its
+streams already received stays readable: a server's last words (the exit
+status on the error stream) come just before it closes. A reset, a protocol
+error or ``close()`` aborts every stream and releases what it held.
 """
 
 from __future__ import annotations
@@ -145,6 +147,11 @@ class SpdyStream:
         self.reset = True
         self.local_closed = True
         self.inbox.abort()
+
+    def _peer_gone(self) -> None:
+        """The connection ended cleanly: nothing more comes or goes, what came stays."""
+        self.local_closed = True
+        self.inbox.end()
 
     async def read(self) -> bytes:
         """The next chunk the peer sent; b"" once it half-closed (or the stream died)."""
@@ -300,21 +307,26 @@ class SpdyConnection:
             self._pings.pop(ping_id, None)
 
     async def close(self, status: int = GOAWAY_OK) -> None:
-        """GOAWAY, then close the socket; every stream ends."""
-        if self.closed.is_set():
-            return
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await self._send_control(GOAWAY, 0, struct.pack(">II", self._last_peer_id, status))
+        """GOAWAY (unless the connection already ended), close the socket, and abort
+        every stream, releasing what each still held."""
+        if not self.closed.is_set():
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self._send_control(GOAWAY, 0, struct.pack(">II", self._last_peer_id, status))
         self._shutdown("closed")
+        self._abort_streams()
 
-    def _shutdown(self, reason: str) -> None:
+    def _shutdown(self, reason: str, *, keep_received: bool = False) -> None:
+        """End the connection; ``keep_received``: the peer ended it cleanly, so what its
+        streams already received stays readable (until ``close()``)."""
         if self.closed.is_set():
             return
         self.close_reason = reason
         self.closed.set()
-        for stream in self.streams.values():
-            stream._abort()  # releases what each held
-        self.streams.clear()
+        if keep_received:
+            for stream in self.streams.values():
+                stream._peer_gone()
+        else:
+            self._abort_streams()
         while not self.incoming.empty():
             self.incoming.get_nowait()._abort()
         for future in [*self._replies.values(), *self._pings.values()]:
@@ -322,6 +334,11 @@ class SpdyConnection:
                 future.set_exception(ConnectionResetError(reason))
         with contextlib.suppress(Exception):
             self._writer.close()
+
+    def _abort_streams(self) -> None:
+        for stream in self.streams.values():
+            stream._abort()  # releases what each held
+        self.streams.clear()
 
     # -- receiving -----------------------------------------------------------------
 
@@ -339,7 +356,9 @@ class SpdyConnection:
             self._shutdown(f"protocol error: {exc}")
         except TimeoutError:
             self._shutdown("idle timeout")
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except asyncio.IncompleteReadError:
+            self._shutdown("the peer closed the connection", keep_received=True)
+        except ConnectionError:
             self._shutdown("the peer went away")
         finally:
             self._shutdown("connection ended")
@@ -417,7 +436,7 @@ class SpdyConnection:
             else:
                 await self._send_control(PING, 0, body)  # the peer's ping: echo it
         elif kind == GOAWAY:
-            self._shutdown("the peer sent GOAWAY")
+            self._shutdown("the peer sent GOAWAY", keep_received=True)
         elif kind == HEADERS:
             if len(body) < 4:
                 raise ProtocolError("HEADERS too short")

@@ -172,6 +172,39 @@ async def test_the_connections_end_releases_what_its_streams_held(pair, monkeypa
     assert await accepted.read() == b""  # aborted: what it held is gone
 
 
+@pytest.mark.parametrize("goaway", [True, False], ids=["goaway", "eof"])
+async def test_what_came_before_the_peer_closed_stays_readable(pair, goaway):
+    # An exec's server writes the exit status, then GOAWAY and closes at once: a
+    # client that dropped what it had not read yet lost the status (and stderr).
+    link = await pair(lambda stream: True)
+    error = await link.client.open_stream({"streamtype": "error"})
+    stderr = await link.client.open_stream({"streamtype": "stderr"})
+    accepted = {s.header("streamtype"): s for s in [await link.accepted(), await link.accepted()]}
+    await stderr.write(b"to-stderr\n")
+    await error.write(b'{"status":"Failure","reason":"NonZeroExitCode"}')
+    await link.client.close(goaway=goaway)
+    await asyncio.wait_for(link.serving, 10)
+    assert link.server.closed.is_set()
+    assert await accepted["stderr"].read_all() == b"to-stderr\n"
+    assert await accepted["error"].read_all() == b'{"status":"Failure","reason":"NonZeroExitCode"}'
+    with pytest.raises(ConnectionError):
+        await accepted["error"].write(b"nobody hears this")
+
+
+async def test_close_releases_what_a_closed_peer_left_unread(pair):
+    link = await pair(lambda stream: True)
+    stream = await link.client.open_stream({"streamtype": "stdin"})
+    accepted = await link.accepted()
+    await stream.write(bytes(1 << 20))
+    await link.client.close()
+    await asyncio.wait_for(link.serving, 10)
+    assert link.server.budget.used == 1 << 20  # kept for a reader, until the owner closes
+    await link.server.close()
+    assert link.server.budget.used == 0
+    assert link.server.streams == {}
+    assert await accepted.read() == b""
+
+
 async def test_a_header_block_with_too_many_pairs_ends_the_connection(pair):
     link = await pair(lambda stream: True)
     headers = {f"h{i}": "v" for i in range(spdy.MAX_HEADER_PAIRS + 1)}
