@@ -35,7 +35,7 @@ from agent._util.fs import ensure_dir
 from agent._util.sdnotify import Notifier
 from agent.config import Config
 from agent.cri import CriServer, ImageService, RpcInterceptor, RuntimeService
-from agent.db import MetadataDB
+from agent.db import MetadataDB, open_database
 from agent.errors import FailedPrecondition
 from agent.gpu import GpuService, KubeletPlugins
 from agent.health import NodeHealth
@@ -148,7 +148,7 @@ class Agent:
         ensure_dir(agent.state_dir, 0o711)
         self._lock_state_dir()
         try:
-            self.db = MetadataDB(os.path.join(agent.root_dir, "metadata.db"))
+            self.db = open_database(agent.root_dir)
             if self.db.get_info("first_start_version") is None:
                 self.db.set_info("first_start_version", __version__)
             self.db.set_info("last_start_version", __version__)

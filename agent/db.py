@@ -1,4 +1,4 @@
-"""The SQLite metadata database (``<root_dir>/metadata.db``).
+"""The SQLite metadata database (``<root_dir>/db/metadata.db``).
 
 One connection in WAL mode holds every record that must survive a restart
 (images, layers, pods, containers, GPU assignments as later packages add
@@ -6,7 +6,10 @@ them). The schema is versioned with ``PRAGMA user_version``: on open, every
 migration newer than the file's version runs, each in its own transaction, so
 a crash mid-migration leaves the previous version intact. A database written
 by a newer agent (a version this code does not know) is refused rather than
-guessed at. Imports nothing from the agent except ``errors``.
+guessed at. It lives in a 0700 directory of its own (the root dir is 0711, for
+user-namespaced containers to traverse); ``open_database`` moves one an older
+agent kept at ``<root_dir>/metadata.db``. Imports nothing from the agent except
+``errors``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,15 @@ __all__ = [
     "GpuHolder",
     "MetadataDB",
     "SchemaTooNew",
+    "database_path",
+    "legacy_database_path",
+    "open_database",
 ]
+
+#: The database's directory under the root dir (0700) and its file name.
+DATABASE_DIR, DATABASE_FILE = "db", "metadata.db"
+#: SQLite's companions of a WAL-mode database, which must move with it.
+_COMPANIONS = ("-wal", "-shm")
 
 #: Each entry migrates from version i to i+1. Append only; never edit a shipped one.
 MIGRATIONS: Sequence[str] = (
@@ -222,6 +233,35 @@ class DevicePluginAllocation:
 
 class SchemaTooNew(AgentError):
     """The database was written by a newer agent; refusing to touch it."""
+
+
+def database_path(root_dir: str) -> str:
+    """Where the agent keeps its database under ``root_dir``."""
+    return os.path.join(root_dir, DATABASE_DIR, DATABASE_FILE)
+
+
+def legacy_database_path(root_dir: str) -> str:
+    """Where agents before the 0700 database directory kept it."""
+    return os.path.join(root_dir, DATABASE_FILE)
+
+
+def open_database(root_dir: str) -> MetadataDB:
+    """The database under ``root_dir`` (created if new), in its 0700 directory.
+
+    A database an older agent left at ``<root_dir>/metadata.db`` is moved in first:
+    its WAL (which may hold the last commits) and shared-memory files before the
+    database itself, so a crash half-way leaves a move the next start finishes.
+    """
+    directory = os.path.join(root_dir, DATABASE_DIR)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    os.chmod(directory, 0o700)
+    path = database_path(root_dir)
+    legacy = legacy_database_path(root_dir)
+    if os.path.exists(legacy) and not os.path.exists(path):
+        for suffix in (*_COMPANIONS, ""):
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(legacy + suffix, path + suffix)
+    return MetadataDB(path)
 
 
 class MetadataDB:

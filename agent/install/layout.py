@@ -17,6 +17,8 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from agent.db import database_path, legacy_database_path
+
 __all__ = ["UNIT_NAME", "Layout", "Manifest"]
 
 UNIT_NAME = "model-agent.service"
@@ -93,7 +95,11 @@ class Layout:
 
     @property
     def database(self) -> str:
-        return os.path.join(self.root_dir, "metadata.db")
+        """The agent's database: in its 0700 directory, or where an older agent kept it
+        (the agent moves it on its next start)."""
+        path = database_path(self.root_dir)
+        legacy = legacy_database_path(self.root_dir)
+        return legacy if not os.path.exists(path) and os.path.exists(legacy) else path
 
     @property
     def executable(self) -> str:

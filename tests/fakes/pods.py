@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from agent.config import Config
-from agent.db import MetadataDB
+from agent.db import MetadataDB, open_database
 from agent.images import ImageRecord
 from agent.oci import ExitWatcher, Runtime
 from agent.pods import model
@@ -120,7 +120,7 @@ def build(config: Config, *, runtime: FakeRuntime | None = None, watch: bool = T
     os.makedirs(config.agent.root_dir, exist_ok=True)
     runtime = runtime or FakeRuntime(state_dir)
     runtimes: dict[str, Runtime] = {"runc": runtime}
-    db = MetadataDB(os.path.join(config.agent.root_dir, "metadata.db"))
+    db = open_database(config.agent.root_dir)
     store = PodStore(db)
     mounter = FakeMounter()
     dirs = PodDirs(config.agent.root_dir, state_dir)

@@ -228,7 +228,7 @@ async def node(node_root: Path) -> AsyncIterator[Node]:
             if agent.proc is not None and agent.proc.poll() is None:
                 agent.stop()
         config = node_root / "etc/model-agent/config.toml"
-        db = node_root / "var/lib/model-agent/metadata.db"
+        db = node_root / "var/lib/model-agent/db/metadata.db"
         if db.exists():  # the downgrade step raises the schema version; put it back
             conn = sqlite3.connect(db)
             conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
@@ -391,7 +391,7 @@ async def test_install_run_upgrade_with_a_container_running_downgrade_refused_un
     assert (root / "opt/model-agent/install.json").exists()  # refused before removing anything
 
     # -- a downgrade is refused before anything switches -----------------------------------
-    db = root / "var/lib/model-agent/metadata.db"
+    db = root / "var/lib/model-agent/db/metadata.db"
     conn = sqlite3.connect(db)
     conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")  # as a newer agent left it
     conn.close()
@@ -416,7 +416,7 @@ async def test_install_run_upgrade_with_a_container_running_downgrade_refused_un
     done = node.uninstall()
     assert done.returncode == 0, done.stderr
     left = under(root)
-    assert "etc/model-agent/config.toml" in left and "var/lib/model-agent/metadata.db" in left
+    assert "etc/model-agent/config.toml" in left and "var/lib/model-agent/db/metadata.db" in left
     for gone in ("opt", "usr", "etc/systemd", "etc/crictl.yaml", "etc/sysctl.d"):
         assert gone not in left
     done = node.uninstall("--purge")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 
 import pytest
 
-from agent.db import MIGRATIONS, MetadataDB, SchemaTooNew
+from agent.db import MIGRATIONS, MetadataDB, SchemaTooNew, database_path, open_database
 
 
 def test_fresh_database_is_migrated_to_the_latest_version(tmp_path):
@@ -154,3 +155,36 @@ def test_the_database_and_its_wal_are_owner_only(tmp_path):
             assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
     finally:
         db.close()
+
+
+def test_the_database_lives_in_an_owner_only_directory(tmp_path):
+    """The root dir is 0711 (user-namespaced containers traverse it); the database's is 0700."""
+    db = open_database(str(tmp_path))
+    try:
+        assert db.path == database_path(str(tmp_path)) == str(tmp_path / "db" / "metadata.db")
+        assert (tmp_path / "db").stat().st_mode & 0o777 == 0o700
+    finally:
+        db.close()
+
+
+def test_a_database_an_older_agent_left_in_the_root_dir_is_moved_with_its_wal(tmp_path):
+    legacy = MetadataDB(str(tmp_path / "metadata.db"))
+    legacy.set_info("written_by", "an older agent")
+    # Copy the files while the connection is open: the commit is in the WAL only.
+    copies = tmp_path / "crashed"
+    copies.mkdir()
+    for name in ("metadata.db", "metadata.db-wal"):
+        shutil.copy(tmp_path / name, copies / name)
+    legacy.close()
+    db = open_database(str(copies))
+    try:
+        assert db.get_info("written_by") == "an older agent"
+        assert not (copies / "metadata.db").exists()
+        assert not (copies / "metadata.db-wal").exists()
+    finally:
+        db.close()
+    again = open_database(str(copies))  # a second start finds it where it now is
+    try:
+        assert again.get_info("written_by") == "an older agent"
+    finally:
+        again.close()
