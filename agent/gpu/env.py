@@ -18,9 +18,9 @@
 ``visible_devices_policy`` is the secure default as a pure function: the image's
 variable grants nothing (CUDA base images set ``all``); the CRI request's is
 honoured for devices the agent itself allocated to the container (a device
-plugin's env fallback), or for any device when the node sets
-``[gpu] accept_env = true``, since a pod spec can set the same variable without
-asking Kubernetes for a GPU. Imports ``gpu.inventory`` and ``errors``.
+plugin's env fallback), or for any device (and ``none``, the driver alone) when
+the node sets ``[gpu] accept_env = true``, since a pod spec can set the same
+variable without asking Kubernetes for a GPU. Imports ``gpu.inventory`` and ``errors``.
 """
 
 from __future__ import annotations
@@ -318,8 +318,13 @@ def visible_devices_policy(
                 f"{VISIBLE_DEVICES}: {request} ({device.uuid}) was not allocated to this "
                 "container (set [gpu] accept_env = true to trust the variable)"
             )
-    if not devices and not visible.driver_only:
+    if visible.driver_only:
+        # "none" asks for the driver's device interface (nvidiactl, nvidia-uvm, its
+        # libraries) without a GPU: no Kubernetes request stands behind it either.
+        denied.append(
+            f"{VISIBLE_DEVICES}=none gives the driver's files only where the node trusts "
+            "the variable ([gpu] accept_env = true)"
+        )
+    if not devices:
         return EnvGrant(denied=tuple(denied), image_value_ignored=ignored)
-    return EnvGrant(
-        tuple(devices), tuple(requests), visible.driver_only, tuple(denied), "cri", ignored
-    )
+    return EnvGrant(tuple(devices), tuple(requests), False, tuple(denied), "cri", ignored)

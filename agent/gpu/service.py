@@ -15,7 +15,10 @@ resolved against one registry snapshot, checked against the host, and merged
 (each spec's own edits once, then each device's). ``NVIDIA_DRIVER_CAPABILITIES``
 narrows the driver files of the agent's own spec when the container sets it (or,
 for a grant through the variable, to the toolkit's default ``compute,utility``);
-``NVIDIA_REQUIRE_*`` is checked when the container gets a GPU. The variable
+``NVIDIA_REQUIRE_*`` is checked when the container gets a GPU. A CRI ``Device``
+that is a GPU's node (a device plugin's ``DeviceSpec``) is applied by
+``pods.spec``; here it adds the node spec's shared edits (control nodes, driver
+files, the ldconfig hook), as ``none`` does, so CUDA runs with it. The variable
 itself is rewritten to what was granted (``void`` when nothing), so a legacy
 NVIDIA hook downstream cannot widen the grant.
 
@@ -236,13 +239,18 @@ class GpuService:
         names = [*requested, *from_annotations, *(n for n, _ in env_names if n not in requested)]
         resolved = snapshot.resolve(dict.fromkeys(names))
         env = {**image_env, **cri_env}
-        caps = self._capabilities(env, grant)
-        edits, per_device = self._merge(resolved, caps, snapshot if grant.driver_only else None)
+        held_by_device = self._device_grants(devices, inventory, set())
+        caps = self._capabilities(env, grant, by_device=bool(held_by_device))
+        # A GPU given as a CRI Device (a device plugin's DeviceSpec) needs the driver's
+        # control nodes and libraries as much as one given by CDI name.
+        needs_driver = grant.driver_only or bool(held_by_device)
+        edits, per_device = self._merge(resolved, caps, snapshot if needs_driver else None)
         via = dict.fromkeys(requested, "cdi") | dict.fromkeys(from_annotations, "annotation")
         via |= {n: "env" for n, _ in env_names if n not in via}
         env_request = dict(env_names)
         grants = self._grants(per_device, via, env_request, inventory)
-        grants += self._device_grants(devices, inventory, {g.uuid for g in grants})
+        held = {g.uuid for g in grants}
+        grants += [g for g in held_by_device if g.uuid not in held]
         if grants or grant.driver_only:
             check_requirements(env, self._facts(grants, inventory))
         visible = ",".join(g.uuid for g in grants) or ("none" if grant.driver_only else "void")
@@ -277,10 +285,12 @@ class GpuService:
             out.append((name, request))
         return out
 
-    def _capabilities(self, env: Mapping[str, str], grant: EnvGrant) -> tuple[str, ...] | None:
+    def _capabilities(
+        self, env: Mapping[str, str], grant: EnvGrant, *, by_device: bool
+    ) -> tuple[str, ...] | None:
         if DRIVER_CAPABILITIES in env:
             return parse_capabilities(env[DRIVER_CAPABILITIES])
-        if grant.devices or grant.driver_only:
+        if grant.devices or grant.driver_only or by_device:
             return DEFAULT_CAPABILITIES
         return None  # CDI only: the specs' edits as written
 
@@ -306,7 +316,8 @@ class GpuService:
             ours = next((s for s in specs if s.path == self._node_spec_file), None)
             if ours is None:
                 raise InvalidArgument(
-                    f"{VISIBLE_DEVICES}=none: the node has no CDI spec ({self._node_spec_file})"
+                    f"the driver's files were asked for ({VISIBLE_DEVICES}=none or a GPU "
+                    f"device node) but the node has no CDI spec ({self._node_spec_file})"
                 )
             edits = ours.spec.edits
             if caps is not None:

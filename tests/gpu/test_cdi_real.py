@@ -9,8 +9,10 @@
   one); ``GpuService`` applies the edits for ``nvidia.com/gpu=<uuid>`` and runc
   runs ``nvidia-smi -L`` from the mounted host binary, which must list exactly
   that GPU; with busybox, a CUDA-free check lists ``/dev/nvidia*`` and
-  ``libcuda.so*`` inside. The CRI path (``CDI_devices`` through ``pods/``) is
-  checked separately once the agent wires it.
+  ``libcuda.so*`` inside. The CRI path (``CDI_devices`` through ``pods/`` into
+  the same ``GpuService``) is covered on the simulated node by
+  ``tests/integration/test_gpu_containers.py``; a full agent (registry, CNI,
+  conmon) is more than the bare GPU machine can take along.
 """
 
 from __future__ import annotations

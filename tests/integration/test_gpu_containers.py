@@ -88,19 +88,16 @@ async def gpu_container(env: Env, sid: str, name: str, **changes: object) -> str
     return await env.run(sid, name, "sleep", "1000", **changes)
 
 
-async def test_a_container_given_gpu_1_by_cdi_name_sees_exactly_it(gpu_env, node):
-    env = gpu_env
-    sid = await env.run_pod()
-    cid = await gpu_container(env, sid, "cdi", CDI_devices=[pb.CDIDevice(name="nvidia.com/gpu=1")])
+async def assert_holds_exactly_gpu_1(env: Env, node: GpuNode, cid: str) -> None:
+    """GPU 1's node and the control nodes in /dev and in the device cgroup, none of GPU 0;
+    the driver's files mounted read-only and found through the ld cache the hook wrote."""
     assert await nvidia_nodes(env, cid) == GPU1_NODES
-    # The device cgroup allows exactly GPU 1 and the control nodes, nothing of GPU 0.
     rules = allowed_devices(env, cid)
-    majors = {name: node.device_nodes[name] for name in GPU1_NODES}
-    for major, minor in majors.values():
-        assert any(r.startswith(f"c {major}:{minor} ") for r in rules), (major, minor, rules)
+    for name in GPU1_NODES:
+        major, minor = node.device_nodes[name]
+        assert any(r.startswith(f"c {major}:{minor} ") for r in rules), (name, rules)
     gpu0_major, gpu0_minor = node.device_nodes["nvidia0"]
     assert not any(r.startswith(f"c {gpu0_major}:{gpu0_minor} ") for r in rules)
-    # The driver's files are mounted read-only; the ldconfig hook made them findable.
     libs = await env.exec(cid, "sh", "-c", f"ls {LIB}; echo x > {LIB}/libcuda.so.1")
     assert "libcuda.so.1" in libs.stdout.decode() and libs.exit_code != 0
     assert b"Read-only file system" in libs.stderr
@@ -110,6 +107,13 @@ async def test_a_container_given_gpu_1_by_cdi_name_sees_exactly_it(gpu_env, node
     assert b"libcuda.so.1" in cache.stdout  # written by the hook, in the container's root
     env_out = await env.exec(cid, "sh", "-c", "echo $NVIDIA_VISIBLE_DEVICES")
     assert env_out.stdout.decode().strip() == GPU1
+
+
+async def test_a_container_given_gpu_1_by_cdi_name_sees_exactly_it(gpu_env, node):
+    env = gpu_env
+    sid = await env.run_pod()
+    cid = await gpu_container(env, sid, "cdi", CDI_devices=[pb.CDIDevice(name="nvidia.com/gpu=1")])
+    await assert_holds_exactly_gpu_1(env, node, cid)
     gpu = await verbose_gpu(env, cid)
     grants = gpu["grants"]
     assert isinstance(grants, list)
@@ -125,15 +129,15 @@ async def test_by_uuid_env_when_the_node_accepts_env_and_by_device(short_dir, im
         by_env = await gpu_container(
             env, sid, "env", envs=[pb.KeyValue(key="NVIDIA_VISIBLE_DEVICES", value=GPU1)]
         )
-        assert await nvidia_nodes(env, by_env) == GPU1_NODES
+        await assert_holds_exactly_gpu_1(env, node, by_env)
         device = pb.Device(
             container_path="/dev/nvidia1",
             host_path=os.path.join(node.dev_root, "dev", "nvidia1"),
             permissions="rw",
         )
+        # A device plugin's DeviceSpec: the node itself, and what CUDA needs beside it.
         by_device = await gpu_container(env, sid, "dev", devices=[device])
-        listed = await nvidia_nodes(env, by_device)
-        assert "nvidia1" in listed and "nvidia0" not in listed
+        await assert_holds_exactly_gpu_1(env, node, by_device)
         grants = (await verbose_gpu(env, by_device))["grants"]
         assert isinstance(grants, list)
         assert [(g["uuid"], g["via"]) for g in grants] == [(GPU1, "device")]

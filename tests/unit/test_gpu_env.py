@@ -252,7 +252,12 @@ def test_cri_env_is_parsed_and_bad_ids_are_errors():
 
 
 def test_none_and_void_in_the_cri_request():
-    assert policy(cri_env={"NVIDIA_VISIBLE_DEVICES": "none"}).driver_only
+    # "none" is the driver without a GPU: a pod spec can set it with no resource request,
+    # so only a node that trusts the variable honours it.
+    secure = policy(cri_env={"NVIDIA_VISIBLE_DEVICES": "none"})
+    assert not secure.driver_only and secure.devices == ()
+    assert "accept_env" in secure.denied[0]
+    assert policy(cri_env={"NVIDIA_VISIBLE_DEVICES": "none"}, accept_env=True).driver_only
     assert policy(cri_env={"NVIDIA_VISIBLE_DEVICES": "void"}).devices == ()
     cri_void = policy(
         image_env={"NVIDIA_VISIBLE_DEVICES": "all"}, cri_env={"NVIDIA_VISIBLE_DEVICES": "void"}

@@ -120,14 +120,21 @@ def test_the_same_gpu_by_uuid_env_and_by_device_gives_the_same_devices(node):
     assert allowed(by_env) == allowed(by_cdi)
     ((grant),) = env_assignment.grants
     assert (grant.uuid, grant.via, grant.request) == (GPU1, "env", GPU1)
-    # A CRI Device entry (pods.spec applies it; the facade records it).
-    _, dev_assignment = service.resolve(devices=[f"{node.dev_root}/dev/nvidia1"])
+    # A CRI Device entry: pods.spec applies the node itself; the facade records it and
+    # adds what CUDA needs beside it (the control nodes, the driver's files, the hook).
+    edits, dev_assignment = service.resolve(devices=[f"{node.dev_root}/dev/nvidia1"])
     ((grant),) = dev_assignment.grants
     assert (grant.uuid, grant.via, grant.request) == (
         GPU1,
         "device",
         f"{node.dev_root}/dev/nvidia1",
     )
+    by_device = applied(service, edits)
+    assert device_paths(by_device) == CONTROL
+    assert mounted(by_env) <= mounted(by_device) and f"{LIB}/libcuda.so.{V}" in mounted(by_device)
+    assert env(by_device)["NVIDIA_VISIBLE_DEVICES"] == GPU1
+    (hook,) = by_device["hooks"]["createContainer"]
+    assert "update-ldcache" in hook["args"]
 
 
 def test_annotations_and_the_field_are_merged(node):
