@@ -16,6 +16,7 @@ from agent.errors import InvalidArgument
 
 __all__ = [
     "absolute",
+    "cgroup_parent",
     "container_target",
     "enum_name",
     "object_name",
@@ -75,6 +76,20 @@ def container_target(path: str, field: str) -> str:
             depth += 1
     if depth == 0:
         raise InvalidArgument(f"{field}: '{path}' is the container's root filesystem")
+    return path
+
+
+def cgroup_parent(path: str, field: str) -> str:
+    """The kubelet's pod cgroup: a cgroupfs path (``/kubepods/burstable/pod<uid>``) or a
+    systemd slice (``kubepods-burstable-pod<uid>.slice``); empty means the default. The
+    agent reads stats and ``cgroup.procs`` under it, so it never climbs out of the
+    cgroup root."""
+    if "\x00" in path:
+        raise InvalidArgument(f"{field}: contains a NUL byte")
+    if any(part in (".", "..") for part in path.split("/")):
+        raise InvalidArgument(f"{field}: '{path[:200]}' has a '.' or '..' component")
+    if len(path) > 4096:
+        raise InvalidArgument(f"{field}: longer than 4096 bytes")
     return path
 
 

@@ -9,7 +9,7 @@ from agent._util.serde import to_dict
 from agent.api.cri.runtime.v1 import api_pb2 as pb
 from agent.cri.convert.resources import resources_from_pb
 from agent.cri.convert.security import namespace_option_to_pb, namespaces_from_pb, seccomp_from_pb
-from agent.cri.validate import absolute, enum_name, object_name, require
+from agent.cri.validate import absolute, cgroup_parent, enum_name, object_name, require
 from agent.errors import InvalidArgument
 from agent.pods import SandboxRecord, SandboxState, Selector, model
 
@@ -76,7 +76,7 @@ def sandbox_config_from_pb(message: pb.PodSandboxConfig, handler: str) -> model.
         ),
         labels=dict(message.labels),
         annotations=dict(message.annotations),
-        cgroup_parent=linux.cgroup_parent,
+        cgroup_parent=cgroup_parent(linux.cgroup_parent, "config.linux.cgroup_parent"),
         security=pod_security,
         sysctls=dict(linux.sysctls),
         resources=resources_from_pb(linux.resources, "config.linux.resources")
