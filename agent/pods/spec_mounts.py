@@ -137,16 +137,23 @@ def cri_mounts(mounts: Sequence[Mount]) -> tuple[list[dict[str, Any]], str]:
                 f"mount {mount.container_path}: unknown propagation '{mount.propagation}'"
             )
         if propagation != "rprivate":
+            # An image volume's source is the agent's own mount under its state dir: it
+            # takes that dir's propagation (shared on a systemd host).
+            where = (
+                f"the agent's state dir (image volume {mount.image} at {mount.host_path})"
+                if mount.image
+                else f"the host path {mount.host_path}"
+            )
             host = _mountinfo_propagation(mount.host_path)
             if propagation == "rshared" and host != "shared":
                 raise InvalidArgument(
-                    f"mount {mount.container_path}: Bidirectional propagation needs the host "
-                    f"path {mount.host_path} on a shared mount (it is {host})"
+                    f"mount {mount.container_path}: Bidirectional propagation needs {where} "
+                    f"on a shared mount (it is {host})"
                 )
             if propagation == "rslave" and host == "private":
                 raise InvalidArgument(
-                    f"mount {mount.container_path}: HostToContainer propagation needs the host "
-                    f"path {mount.host_path} on a shared or slave mount (it is private)"
+                    f"mount {mount.container_path}: HostToContainer propagation needs {where} "
+                    "on a shared or slave mount (it is private)"
                 )
             if propagation == "rshared" or not rootfs_propagation:
                 rootfs_propagation = propagation

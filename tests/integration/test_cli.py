@@ -172,3 +172,44 @@ def test_ctl_image_verbs(short_dir, registry, pusher):
         assert "no such image" in missing.stderr
         proc.terminate()
         assert proc.wait(timeout=30) == 0
+
+
+def test_ctl_inspecti_table_shows_model_labels_and_artifact_type(short_dir, registry, pusher):
+    """The labels a model image carries (what it serves, its metrics port, its GPU need)
+    and an artifact's type and annotations are what ``inspecti -o table`` prints."""
+    from tests.integration.test_artifacts import TYPE, file_blob, push_artifact
+    from tests.support.images import busybox_image
+
+    labels = {
+        "org.opencontainers.image.title": "sklearn-iris",
+        "io.model-agent.model.name": "sklearn-iris",
+        "io.model-agent.model.version": "1",
+        "io.model-agent.model.metrics-port": "8082",
+        "io.model-agent.model.gpu": "none",
+    }
+    pusher.push_image("cli/labelled", busybox_image(labels=labels), tag="v1")
+    image = f"{registry.host}/cli/labelled:v1"
+    push_artifact(pusher, "cli/weights", "v2", [file_blob(b"w" * 64, "weights.bin")])
+    artifact = f"{registry.host}/cli/weights:v2"
+    with serving(short_dir) as proc:
+        for ref in (image, artifact):
+            pulled = ctl(short_dir, "pull", ref)
+            assert pulled.returncode == 0, pulled.stderr
+        shown = ctl(short_dir, "inspecti", "-o", "table", image)
+        assert shown.returncode == 0, shown.stderr
+        lines = shown.stdout.splitlines()
+        assert [line for line in lines if line.startswith("Label: ")] == [
+            f"Label: {key}={value}" for key, value in sorted(labels.items())
+        ]
+        assert not [line for line in lines if line.startswith("Artifact: ")]
+        shown = ctl(short_dir, "inspecti", "-o", "table", artifact)
+        assert shown.returncode == 0, shown.stderr
+        lines = shown.stdout.splitlines()
+        assert f"Artifact: {TYPE}" in lines
+        assert "Label: org.opencontainers.image.version=v2" in lines
+        quiet = ctl(short_dir, "inspecti", "-o", "table", "-q", image)
+        assert "Label: " not in quiet.stdout  # -q: the status alone
+        for ref in (image, artifact):
+            assert ctl(short_dir, "rmi", ref).returncode == 0
+        proc.terminate()  # a clean stop takes down the agent's netns pin mount
+        assert proc.wait(timeout=30) == 0

@@ -204,6 +204,10 @@ _PROPAGATION_PB = {v: pb.MountPropagation.Value(k) for k, v in PROPAGATION.items
 
 
 def container_status_to_pb(record: ContainerRecord) -> pb.ContainerStatus:
+    # An image volume's propagation is the one its request asked for (and the spec applied).
+    image_propagation = {
+        (m.container_path, m.image): m.propagation for m in record.config.mounts if m.image
+    }
     status = pb.ContainerStatus(
         id=record.id,
         metadata=container_metadata_to_pb(record),
@@ -233,6 +237,9 @@ def container_status_to_pb(record: ContainerRecord) -> pb.ContainerStatus:
                 readonly=True,
                 image=pb.ImageSpec(image=ref, image_ref=image_id),
                 image_sub_path=sub_path,
+                propagation=_PROPAGATION_PB.get(
+                    image_propagation.get((c, ref), ""), pb.PROPAGATION_PRIVATE
+                ),
             )
             for c, ref, image_id, sub_path in record.image_mounts
         ],
