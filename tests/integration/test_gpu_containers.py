@@ -17,11 +17,13 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
 
 from agent.api.cri.runtime.v1 import api_pb2 as pb
+from tests.integration.test_ctl_verbs import ctl
 from tests.integration.test_pods import Env, cgroup_dirs, environment, images  # noqa: F401
 from tests.support.gpu_node import GPU0, GPU1, GpuNode, make_gpu_node
 from tests.support.images import busybox_image
@@ -141,6 +143,37 @@ async def test_by_uuid_env_when_the_node_accepts_env_and_by_device(short_dir, im
         grants = (await verbose_gpu(env, by_device))["grants"]
         assert isinstance(grants, list)
         assert [(g["uuid"], g["via"]) for g in grants] == [(GPU1, "device")]
+
+
+async def inspected_info(env: Env, *cids: str) -> list[dict[str, Any]]:
+    """Each container's verbose ``info`` as ``ctl inspect`` prints it (JSON)."""
+    out = json.loads((await ctl(env, "inspect", *cids)).stdout)
+    return [doc["info"] for doc in (out if isinstance(out, list) else [out])]
+
+
+async def test_ctl_inspect_shows_which_gpus_a_container_holds_and_how(short_dir, images, node):  # noqa: F811
+    """An operator asks ``ctl inspect`` which GPU a pod got; the device plugin's CDI name
+    and an accepted NVIDIA_VISIBLE_DEVICES both answer under ``info.gpu.grants``."""
+    async with environment(short_dir, images, **node.config_keys(accept_env=True)) as env:
+        sid = await env.run_pod()
+        plugin_name = f"nvidia.com/gpu={GPU1}"  # what the device plugin's Allocate answers
+        by_plugin = await gpu_container(
+            env, sid, "plugin", CDI_devices=[pb.CDIDevice(name=plugin_name)]
+        )
+        by_env = await gpu_container(
+            env, sid, "env", envs=[pb.KeyValue(key="NVIDIA_VISIBLE_DEVICES", value=GPU0)]
+        )
+        plain = await gpu_container(env, sid, "plain")
+        plugin_info, env_info, plain_info = await inspected_info(env, by_plugin, by_env, plain)
+        plugin_gpu, env_gpu = plugin_info["gpu"], env_info["gpu"]
+        assert [(g["uuid"], g["index"], g["via"], g["request"]) for g in plugin_gpu["grants"]] == [
+            (GPU1, "1", "cdi", plugin_name)
+        ]
+        assert plugin_gpu["cdi_devices"] == [plugin_name]
+        assert [(g["uuid"], g["index"], g["via"]) for g in env_gpu["grants"]] == [
+            (GPU0, "0", "env")
+        ]
+        assert "gpu" not in plain_info  # no assignment, no field
 
 
 async def test_the_secure_default_grants_nothing_from_environment_variables(gpu_env):

@@ -10,6 +10,7 @@ created through the CRI with the CDI ids the driver answered.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -20,11 +21,17 @@ import pytest
 
 from agent.api.cri.runtime.v1 import api_pb2 as pb
 from agent.gpu.dra.kube import ResourceApi
-from tests.integration.test_gpu_containers import GPU1_NODES, nvidia_nodes, verbose_gpu
+from tests.integration.test_gpu_containers import (
+    GPU1_NODES,
+    inspected_info,
+    nvidia_nodes,
+    verbose_gpu,
+)
 from tests.integration.test_pods import environment, images  # noqa: F401
 from tests.support.apiserver import APIServerStandIn, allocated_claim
 from tests.support.gpu_node import GPU0, GPU1, GpuNode, make_gpu_node, simulation_toml
-from tests.support.kubelet import ClaimRef, Kubelet
+from tests.support.kubelet import DRA_SERVICES, ClaimRef, Kubelet
+from tests.support.kubelet_dra import PRE_V1_KUBELET_SERVICES
 
 pytestmark = pytest.mark.integration
 
@@ -150,6 +157,12 @@ async def test_prepare_a_claim_into_a_real_container_unprepare_after_a_restart(
             assert isinstance(grants, list)
             assert [(g["uuid"], g["via"], g["request"]) for g in grants] == [(GPU1, "cdi", cdi_id)]
             cids.append(cid)
+        # ``ctl inspect`` shows the same: which GPU, and through which claim.
+        inspected = [info["gpu"]["grants"] for info in await inspected_info(env, *cids)]
+        assert [[(g["uuid"], g["request"]) for g in grants] for grants in inspected] == [
+            [(GPU1, cdi_id)],
+            [(GPU1, cdi_id)],
+        ]
         assert env.agent.db is not None
         [row] = env.agent.db.dra_devices()
         assert (row.claim_uid, row.device, row.device_uuid, row.cdi_device) == (
@@ -201,6 +214,44 @@ async def test_claims_the_driver_cannot_prepare_say_why(api, start_agent, node, 
         ("gpu-1", True),
     }
     assert await plugin.unprepare([admin]) == {admin.uid: ""}
+
+
+def claim_spec_document(node: GpuNode, uid: str) -> dict[str, Any]:
+    with open(os.path.join(node.run_cdi, f"k8s.gpu.model-agent.io-claim_{uid}.json")) as f:
+        document: dict[str, Any] = json.load(f)
+    return document
+
+
+async def test_a_kubelet_before_1_34_prepares_and_unprepares_over_v1beta1(
+    api, start_agent, node, kubelet, short_dir
+):
+    """Such a kubelet has no v1.DRAPlugin; the agent's v1beta1 service must answer the same."""
+    agent = await start_agent(**dra_keys(node, api, short_dir))
+    plugin = await kubelet.watcher.wait_registered(DRIVER)
+    assert plugin.choose_service(PRE_V1_KUBELET_SERVICES) == "v1beta1.DRAPlugin"
+    body = allocated_claim("test", "old-kubelet", driver=DRIVER, pool=NODE, devices=["gpu-0"])
+    ref = ClaimRef("test", "old-kubelet", api.add_claim(body)["metadata"]["uid"])
+    cdi_id = f"{CLAIM_KIND}={ref.uid}-gpu-0"
+
+    prepared = await plugin.prepare([ref])
+    [device] = prepared[ref.uid].devices
+    assert (device.pool_name, device.device_name, device.request_names) == (NODE, "gpu-0", ("gpu",))
+    assert device.cdi_device_ids == (cdi_id,)
+    assert spec_files(node) == [f"k8s.gpu.model-agent.io-claim_{ref.uid}.json"]
+    spec = claim_spec_document(node, ref.uid)
+    assert spec["kind"] == CLAIM_KIND
+    assert [d["name"] for d in spec["devices"]] == [f"{ref.uid}-gpu-0"]
+    assert agent.db is not None
+    assert [(r.claim_uid, r.device_uuid) for r in agent.db.dra_devices()] == [(ref.uid, GPU0)]
+    assert await plugin.unprepare([ref]) == {ref.uid: ""}
+    assert spec_files(node) == [] and agent.db.dra_devices() == []
+
+    # A 1.36 kubelet (v1) gets the same answer and the same spec for the same claim.
+    assert plugin.choose_service(DRA_SERVICES) == "v1.DRAPlugin"
+    assert await plugin.prepare([ref]) == prepared
+    assert claim_spec_document(node, ref.uid) == spec
+    assert await plugin.unprepare([ref]) == {ref.uid: ""}
+    assert spec_files(node) == []
 
 
 async def test_re_registers_when_its_socket_is_removed_and_when_the_kubelet_restarts(

@@ -2,11 +2,12 @@
 
 Owns ``NodePrepareResources`` / ``NodeUnprepareResources`` on the DRA service the kubelet
 chose (v1 or v1beta1; the same fields, converted one to one) with the kubelet's checks of
-the answer, and the reader of the plugin's ``NodeWatchResources`` health stream
-(dra-health v1alpha1, which a 1.36 kubelet calls, or v1beta1, which 1.37 calls), re-opened
-every ``retry`` seconds after it fails or ends (Unimplemented included, as 1.36 does),
-with the kubelet's 1024-character cut of messages. Written from the upstream kubelet
-(``pkg/kubelet/cm/dra``) of Kubernetes 1.36.
+the answer (``choose_service`` picks it again as a kubelet of another minor would: one
+before 1.34 has no v1, so it calls v1beta1), and the reader of the plugin's
+``NodeWatchResources`` health stream (dra-health v1alpha1, which a 1.36 kubelet calls,
+or v1beta1, which 1.37 calls), re-opened every ``retry`` seconds after it fails or ends
+(Unimplemented included, as 1.36 does), with the kubelet's 1024-character cut of
+messages. Written from the upstream kubelet (``pkg/kubelet/cm/dra``) of Kubernetes 1.36.
 
 Must not import agent/ other than the generated ``agent.api`` modules.
 """
@@ -35,7 +36,9 @@ from tests.support._changes import Changes
 
 __all__ = [
     "DEFAULT_CALL_TIMEOUT",
+    "DRA_CLIENTS",
     "HEALTH_SERVICES",
+    "PRE_V1_KUBELET_SERVICES",
     "ClaimRef",
     "DRAPlugin",
     "DeviceHealthReport",
@@ -46,6 +49,13 @@ __all__ = [
 ]
 
 DEFAULT_CALL_TIMEOUT = 45.0  # the kubelet's defaultClientCallTimeout
+#: The DRA services this stand-in can call, by the name a plugin registers them under.
+DRA_CLIENTS: dict[str, tuple[Any, Any]] = {
+    "v1.DRAPlugin": (dra_v1_grpc, dra_v1),
+    "v1beta1.DRAPlugin": (dra_v1beta1_grpc, dra_v1beta1),
+}
+#: The DRA services a kubelet before 1.34 speaks: v1 came with 1.34.
+PRE_V1_KUBELET_SERVICES = ("v1beta1.DRAPlugin",)
 HEALTH_SERVICES = {"v1alpha1": health_v1alpha1_grpc, "v1beta1": health_v1beta1_grpc}
 HEALTH_NAMES = {0: "Unknown", 1: "Healthy", 2: "Unhealthy"}
 
@@ -185,10 +195,24 @@ class DRAPlugin:
     def connected(self) -> bool:
         return self.channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY
 
+    def choose_service(self, kubelet_services: Sequence[str]) -> str:
+        """Pick the service again as a kubelet speaking only ``kubelet_services`` would: the
+        first of the plugin's supported versions it knows. Later calls go to that one."""
+        unknown = [s for s in kubelet_services if s not in DRA_CLIENTS]
+        if unknown:
+            raise ValueError(f"the stand-in cannot call {unknown!r}")
+        for service in self.supported_versions:
+            if service in kubelet_services:
+                self.service = service
+                return service
+        raise KubeletRejected(
+            f"none of services supported by the plugin ({list(self.supported_versions)!r}) "
+            f"are supported by the kubelet ({list(kubelet_services)!r})"
+        )
+
     def _stub_and_module(self) -> tuple[Any, Any]:
-        if self.service == "v1.DRAPlugin":
-            return dra_v1_grpc.DRAPluginStub(self.channel), dra_v1
-        return dra_v1beta1_grpc.DRAPluginStub(self.channel), dra_v1beta1
+        grpc_module, module = DRA_CLIENTS[self.service]
+        return grpc_module.DRAPluginStub(self.channel), module
 
     async def prepare(
         self, claims: Sequence[ClaimRef], *, check: bool = True

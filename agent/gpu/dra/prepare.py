@@ -7,13 +7,16 @@ name is another claim), takes the results of this driver from
 the claim's CDI spec (``cdi.claimspec``: the node spec's edits for that GPU or MIG
 device) and records the devices in the ``dra_prepared_devices`` checkpoint, in that
 order, before answering the CDI ids. It is idempotent: a claim already in the
-checkpoint is answered from it without asking the API server again (its spec is
-rewritten if it went missing, as after a reboot clears ``/var/run/cdi``), so a shared
-claim used by several pods is prepared once. Results with ``adminAccess`` are prepared
-the same (monitoring tools get the device even while another claim holds it, and even
-while it is unhealthy) and recorded as such. ``unprepare`` removes the spec and the
-rows; unknown claims are fine (the kubelet retries), and it needs no API server, so it
-works after an agent restart from the checkpoint alone.
+checkpoint is answered from it without asking the API server again, so a shared claim
+used by several pods is prepared once; its spec is rendered again from the current node
+spec and rewritten (atomically) when it differs or went missing — a reboot clears
+``/var/run/cdi``, a driver upgrade without one moves libraries and device nodes.
+``restore`` does the same for every checkpointed claim when the agent starts; a spec
+that cannot be rendered any more is kept as it was. Results with ``adminAccess`` are
+prepared the same (monitoring tools get the device even while another claim holds it,
+and even while it is unhealthy) and recorded as such. ``unprepare`` removes the spec
+and the rows; unknown claims are fine (the kubelet retries), and it needs no API server,
+so it works after an agent restart from the checkpoint alone.
 
 Blocking (files, SQLite, HTTP): run in a thread, one call per claim at a time (the
 driver holds a per-claim lock). Imports ``gpu`` modules and ``db``.
@@ -21,6 +24,7 @@ driver holds a per-claim lock). Imports ``gpu`` modules and ``db``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -36,7 +40,7 @@ from agent.gpu.cdi.claimspec import (
     remove_claim_spec,
     write_claim_spec,
 )
-from agent.gpu.cdi.spec import Spec
+from agent.gpu.cdi.spec import Spec, spec_to_dict
 from agent.gpu.dra.devices import DraDevice
 from agent.gpu.dra.kube import ResourceApi
 
@@ -102,22 +106,23 @@ class ClaimPreparer:
         return out
 
     def restore(self) -> None:
-        """After a start: rewrite the CDI spec of every checkpointed claim that lost it."""
+        """After a start: bring every checkpointed claim's CDI spec in line with the node's.
+
+        The node spec may have changed while the agent was down (a driver upgrade moves
+        libraries), and containers created from a stale claim spec would miss them.
+        """
         for uid, rows in self.checkpoint().items():
-            if not os.path.exists(claim_spec_path(self._spec_dir, uid)):
-                try:
-                    self._write_spec(uid, [(r.device, r.device_uuid) for r in rows])
-                    log.info("DRA: rewrote the CDI spec of prepared claim %s", uid)
-                except (FailedPrecondition, OSError) as exc:  # prepare tries again
-                    log.warning("DRA: prepared claim %s: cannot rewrite its CDI spec: %s", uid, exc)
+            try:
+                self._refresh_spec(uid, rows)
+            except (FailedPrecondition, OSError) as exc:  # prepare tries again
+                log.warning("DRA: prepared claim %s: cannot rewrite its CDI spec: %s", uid, exc)
 
     # -- prepare / unprepare --------------------------------------------
 
     def prepare(self, claim: ClaimRef) -> list[PreparedDevice]:
         rows = self.checkpoint().get(claim.uid)
         if rows:
-            if not os.path.exists(claim_spec_path(self._spec_dir, claim.uid)):
-                self._write_spec(claim.uid, [(r.device, r.device_uuid) for r in rows])
+            self._refresh_spec(claim.uid, rows)
             return _answer(rows)
         results = self._allocated(claim)
         devices = self._devices()
@@ -199,10 +204,29 @@ class ClaimPreparer:
             result.admin = result.admin or bool(item.get("adminAccess"))
         return results
 
-    def _write_spec(self, claim_uid: str, devices: list[tuple[str, str]]) -> None:
+    def _refresh_spec(self, claim_uid: str, rows: list[DraPreparedDevice]) -> None:
+        """Rewrite a prepared claim's spec if the node spec now renders it differently.
+
+        When it cannot be rendered (no node spec, a GPU gone from it), the spec written
+        before is kept rather than leaving the claim's containers nothing; with none
+        left, it raises.
+        """
+        try:
+            if self._write_spec(claim_uid, _spec_devices(rows)):
+                log.info("DRA: rewrote the CDI spec of prepared claim %s", claim_uid)
+        except (FailedPrecondition, OSError) as exc:
+            if not os.path.exists(claim_spec_path(self._spec_dir, claim_uid)):
+                raise
+            log.warning(
+                "DRA: prepared claim %s: keeping its CDI spec, cannot render it again: %s",
+                claim_uid,
+                exc,
+            )
+
+    def _write_spec(self, claim_uid: str, devices: list[tuple[str, str]]) -> bool:
+        """Write the claim's spec as the node spec renders it now; False if it was already so."""
         if not devices:
-            remove_claim_spec(self._spec_dir, claim_uid)
-            return
+            return remove_claim_spec(self._spec_dir, claim_uid)
         node_spec = self._node_spec()
         if node_spec is None:
             raise FailedPrecondition("the node has no CDI spec for its GPUs (see Status: gpu)")
@@ -210,7 +234,24 @@ class ClaimPreparer:
             spec = claim_spec(claim_uid, devices, node_spec)
         except LookupError as exc:
             raise FailedPrecondition(f"claim {claim_uid}: {exc}") from None
+        if _written_as(claim_spec_path(self._spec_dir, claim_uid), spec):
+            return False
         write_claim_spec(self._spec_dir, claim_uid, spec)
+        return True
+
+
+def _spec_devices(rows: list[DraPreparedDevice]) -> list[tuple[str, str]]:
+    return [(r.device, r.device_uuid) for r in rows]
+
+
+def _written_as(path: str, spec: Spec) -> bool:
+    """Whether the file already holds ``spec`` (compared as JSON, whatever its layout)."""
+    try:
+        with open(path, "rb") as f:
+            written = json.loads(f.read())
+    except (OSError, ValueError):
+        return False
+    return bool(written == json.loads(json.dumps(spec_to_dict(spec))))
 
 
 def _answer(rows: list[DraPreparedDevice]) -> list[PreparedDevice]:
