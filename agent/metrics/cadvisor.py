@@ -310,7 +310,14 @@ DESCRIPTORS: tuple[Descriptor, ...] = (
 def _container_values(usage: ContainerUsage, pod: PodUsage) -> list[Value]:
     record = usage.record
     meta = pod.record.config.metadata
-    labels = (record.config.name, record.id, record.image_ref, record.id, meta.namespace, meta.name)
+    labels = (
+        record.config.name,
+        record.id,
+        record.display_image,
+        record.id,
+        meta.namespace,
+        meta.name,
+    )
     values: list[Value] = [(_LAST_SEEN, labels, usage.timestamp / 1e9)]
     reading = usage.cgroup
     if reading is not None:

@@ -184,6 +184,7 @@ class ContainerManager:
             config=config,
             image_id=image.id,
             image_ref=config.image,
+            image_name=_image_name(config.image, image),
             state=ContainerState.CREATED,
             created_at=time.time_ns(),
             log_path=log_path,
@@ -806,3 +807,13 @@ def _make_target(path: str, *, directory: bool) -> None:
 
 def _exists_path(path: str) -> bool:
     return os.path.lexists(path)
+
+
+def _image_name(requested: str, image: ImageRecord) -> str:
+    """A tag of the image when the request named it by id or digest (what a kubelet sends:
+    the id PullImage returned), as containerd reports it; else the name as requested."""
+    named_by_id = requested in (image.id, image.id.removeprefix("sha256:")) or "@" in requested
+    if not named_by_id:
+        return requested
+    tags = [n for n in image.names if "@" not in n]
+    return (tags or list(image.names) or [requested])[0]

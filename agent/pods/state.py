@@ -139,6 +139,14 @@ class ContainerRecord:
     #: image volumes: (container path, image as named, image id, sub path); the images
     #: count as in use while the container exists
     image_mounts: tuple[tuple[str, str, str, str], ...] = field(default_factory=tuple)
+    #: the image's name for people (status, metrics' ``image`` label): its first tag when
+    #: the kubelet named it by id (it sends the id PullImage returned), "" before this field
+    image_name: str = ""
+
+    @property
+    def display_image(self) -> str:
+        """The image as containerd shows it: a tag rather than an id where one is known."""
+        return self.image_name or self.image_ref
 
 
 def mark_exited(

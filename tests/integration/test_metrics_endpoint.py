@@ -172,6 +172,20 @@ async def test_container_metrics_under_cadvisor_names_and_their_switch(short_dir
         assert metrics.types["container_memory_failcnt"] == "unknown"  # cAdvisor's name kept
         assert metrics.value("model_agent_containers", state="running") == 1
         assert metrics.value("model_agent_pods", state="ready") == 1
+        # A kubelet names the image by the id PullImage returned: dashboards still see
+        # the name, as with containerd (ContainerStatus too).
+        status = await env.cri.images.ImageStatus(
+            pb.ImageStatusRequest(image=pb.ImageSpec(image=images["busybox"]))
+        )
+        by_id = pb.ImageSpec(image=status.image.id, user_specified_image=images["busybox"])
+        config = env.container_config("sidecar", "sleep", "100")
+        config.image.CopyFrom(by_id)
+        kubelet_style = await env.create(sid, config)
+        await env.start(kubelet_style)
+        metrics = await read(env)
+        sidecar = metrics.one("container_cpu_usage_seconds_total", pod="web", container="sidecar")
+        assert sidecar.labels["image"] == images["busybox"]
+        assert (await env.status(kubelet_style)).image.image == images["busybox"]
     async with environment(
         short_dir, images, **keys, **{"metrics.container_metrics": False}
     ) as env:
