@@ -263,8 +263,12 @@ _SOCKETS = Descriptor("container_sockets", "Number of open sockets for the conta
 _LAST_SEEN = Descriptor(
     "container_last_seen", "Last time a container was seen by the exporter.", False
 )
-_FS = Descriptor("container_fs_usage_bytes", "Current filesystem usage in bytes.", False)
-_FS_INODES = Descriptor("container_fs_inodes_used", "Inodes used by the writable layer.", False)
+_FS = Descriptor(
+    "container_fs_usage_bytes", "Current filesystem usage in bytes.", False, DEVICE_LABELS
+)
+_FS_INODES = Descriptor(
+    "container_fs_inodes_used", "Inodes used by the writable layer.", False, DEVICE_LABELS
+)
 _START = Descriptor(
     "container_start_time_seconds",
     "Start time of the container since unix epoch in seconds.",
@@ -337,8 +341,8 @@ def _container_values(usage: ContainerUsage, pod: PodUsage) -> list[Value]:
                     values.append((d, (*labels, device), (size, ios)[index]))
     layer = usage.writable_layer
     if layer is not None:
-        values.append((_FS, labels, layer.used_bytes))
-        values.append((_FS_INODES, labels, layer.inodes_used))
+        values.append((_FS, (*labels, layer.mountpoint), layer.used_bytes))
+        values.append((_FS_INODES, (*labels, layer.mountpoint), layer.inodes_used))
         values += [(d, (*labels, layer.mountpoint), getattr(layer, attr)) for d, attr in _FS_SPACE]
     if usage.processes is not None:
         values.append((_FDS, labels, usage.processes.file_descriptors))
@@ -359,7 +363,11 @@ def _device_name(major: int, minor: int) -> str:
 
 
 def pod_values(pod: PodUsage) -> tuple[list[Value], dict[str, list[Value]]]:
-    """The pod's own metrics (network), and each running container's, as values."""
+    """The pod's own metrics, and each running container's, as values.
+
+    The pod's are its network and, as cAdvisor reports a pod's cgroup (``container=""``),
+    its CPU and memory: what dashboards read per pod without adding up containers.
+    """
     meta = pod.record.config.metadata
     base = ("", pod.record.id, "", pod.record.id, meta.namespace, meta.name)
     pod_level: list[Value] = [
@@ -367,6 +375,8 @@ def pod_values(pod: PodUsage) -> tuple[list[Value], dict[str, list[Value]]]:
         for counters in pod.interfaces.values()
         for d, attr in _NETWORK
     ]
+    if pod.cgroup is not None:
+        pod_level += [(d, base, get(pod.cgroup)) for d, get in _CPU]
     return pod_level, {u.record.id: _container_values(u, pod) for u in pod.containers}
 
 

@@ -167,6 +167,12 @@ async def test_container_metrics_under_cadvisor_names_and_their_switch(short_dir
         assert cpu.labels["namespace"] == "test" and cpu.labels["id"] == cid
         assert cpu.labels["image"] == images["busybox"]
         assert 0 < cpu.value < 10 and cpu.value != int(cpu.value)  # seconds, not truncated
+        # The pod's own cgroup, as cAdvisor reports it: container="", holding the container.
+        pod_cpu = metrics.one("container_cpu_usage_seconds_total", pod="web", container="")
+        assert pod_cpu.value >= cpu.value and pod_cpu.labels["id"] == sid
+        assert metrics.value("container_memory_working_set_bytes", pod="web", container="") > 0
+        fs = metrics.one("container_fs_usage_bytes", container="app")
+        assert fs.labels["device"] and fs.value > 0
         assert metrics.value("container_memory_working_set_bytes", container="app") > 0
         assert metrics.find("container_network_receive_bytes_total", pod="web", interface="eth0")
         assert metrics.types["container_memory_failcnt"] == "unknown"  # cAdvisor's name kept
