@@ -217,7 +217,12 @@ async def test_serve_a_model_from_an_artifact_update_it_and_scale_on_its_metrics
 
     # A real Prometheus scrapes the agent and the server; the autoscaler's queries answer.
     agent_target = metrics_url.split("://", 1)[1].split("/", 1)[0]
-    with Prometheus(prometheus_dir, [agent_target, f"{ip}:8082"]) as prometheus:
+    # The server as a PodMonitor finds it: Kubernetes discovery labels its series by pod.
+    server_target = f"{ip}:8082"
+    pod_labels = {server_target: {"namespace": "test", "pod": "iris"}}
+    with Prometheus(
+        prometheus_dir, [agent_target, server_target], target_labels=pod_labels
+    ) as prometheus:
         for _ in range(5):
             await asyncio.to_thread(post_json, f"http://{ip}:8080/v2/models/{MODEL}/infer", REQUEST)
         served = await asyncio.to_thread(
@@ -231,6 +236,23 @@ async def test_serve_a_model_from_an_artifact_update_it_and_scale_on_its_metrics
             prometheus.wait_for, f'sum(model_server_queue_length{{model="{MODEL}"}})', 1
         )
         assert [float(s["value"][1]) for s in queue] == [0.0]  # idle: no one waits
+        # prometheus-adapter's rule (examples/models/sklearn-iris/k8s/hpa.yaml), as the HPA
+        # asks it for the pods of the Deployment: one series per pod, named by the pod.
+        per_pod = await asyncio.to_thread(
+            prometheus.wait_for,
+            'sum(model_server_queue_length{namespace="test",pod=~"iris"}) by (pod)',
+            1,
+        )
+        assert [(s["metric"], float(s["value"][1])) for s in per_pod] == [({"pod": "iris"}, 0.0)]
+        for _ in range(3):  # after Prometheus has a first sample of the counter
+            await asyncio.to_thread(post_json, f"http://{ip}:8080/v2/models/{MODEL}/infer", REQUEST)
+        busy = await asyncio.to_thread(
+            prometheus.wait_for,
+            f'sum(increase(model_server_requests_total{{namespace="test",model="{MODEL}"}}[1m]))'
+            " by (pod) > 0",
+            1,
+        )
+        assert [s["metric"] for s in busy] == [{"pod": "iris"}], busy
         memory = await asyncio.to_thread(
             prometheus.wait_for,
             'container_memory_working_set_bytes{pod="iris",container="server"}',

@@ -2,8 +2,9 @@
 
 ``Prometheus(root_dir, targets)`` scrapes the given ``host:port`` targets every second
 (``honor_labels: true``, as the chart's ServiceMonitor sets it) with its TSDB under
-``root_dir``; ``query(promql)`` runs an instant query through the HTTP API and
-returns the result vector. Independent of ``agent/``.
+``root_dir``; ``target_labels`` adds labels to a target's series, as Kubernetes service
+discovery adds ``namespace`` and ``pod`` to a pod's; ``query(promql)`` runs an instant
+query through the HTTP API and returns the result vector. Independent of ``agent/``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -51,9 +52,11 @@ class Prometheus:
         *,
         metrics_path: str = "/metrics",
         interval: str = "1s",
+        target_labels: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         self.root_dir = os.path.abspath(root_dir)
         self.targets = list(targets)
+        self.target_labels = {t: dict(labels) for t, labels in (target_labels or {}).items()}
         self.metrics_path = metrics_path
         self.interval = interval
         self.url = ""
@@ -68,7 +71,10 @@ class Prometheus:
                     "job_name": "model-agent",
                     "honor_labels": True,
                     "metrics_path": self.metrics_path,
-                    "static_configs": [{"targets": self.targets}],
+                    "static_configs": [
+                        {"targets": [t], "labels": self.target_labels.get(t, {})}
+                        for t in self.targets
+                    ],
                 }
             ],
         }
