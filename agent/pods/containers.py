@@ -310,12 +310,17 @@ class ContainerManager:
                 continue
             staged = os.path.join(self.state, cid, "volumes", str(i))
             _make_target(staged, directory=_is_dir(mount.host_path))
-            await self._mounter.bind_special(
-                mount.host_path,
-                staged,
-                readonly=mount.recursive_read_only,
-                userns=sandbox.userns if mount.uid_mappings else "",
-            )
+            try:
+                await self._mounter.bind_special(
+                    mount.host_path,
+                    staged,
+                    readonly=mount.recursive_read_only,
+                    userns=sandbox.userns if mount.uid_mappings else "",
+                )
+            except FailedPrecondition as exc:  # name the volume, not only its host path
+                raise FailedPrecondition(
+                    f"config.mounts[{i}] {mount.container_path}: {exc}"
+                ) from None
             mounts.append(replace(mount, host_path=staged))
         return replace(config, mounts=tuple(mounts))
 

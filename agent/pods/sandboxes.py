@@ -33,7 +33,7 @@ from agent.pods import spec
 from agent.pods.containers import ContainerManager
 from agent.pods.events import EventKind
 from agent.pods.model import Resources, SandboxConfig
-from agent.pods.mounts import Mounter, idmapped_mounts_supported
+from agent.pods.mounts import Mounter, why_no_idmapped_mounts
 from agent.pods.oom import OomPolicy
 from agent.pods.podfiles import PodDirs, pod_hostname
 from agent.pods.podnet import PodNetwork
@@ -157,6 +157,8 @@ class SandboxManager:
             if config.security.namespaces.ipc != "NODE":
                 await self._mounter.tmpfs(self._dirs.shm(sandbox_id), size=_SHM_SIZE, mode="1777")
                 undo.push_async_callback(self._mounter.unmount, self._dirs.shm(sandbox_id))
+                if userns is not None:  # the pod's root owns it, as in containerd
+                    os.chown(self._dirs.shm(sandbox_id), userns.root_uid, userns.root_gid)
             pid = await self._start_infra(record, runtime, undo)
             self._store.update_sandbox(
                 sandbox_id,
@@ -192,11 +194,9 @@ class SandboxManager:
             raise InvalidArgument(
                 f"a pod in a user namespace cannot use the host's {', '.join(shared)} namespace"
             )
-        if not idmapped_mounts_supported():
-            raise FailedPrecondition(
-                "user namespaces need idmapped overlay layers (Linux 5.19 or newer); this "
-                f"kernel is {os.uname().release}"
-            )
+        no_idmap = why_no_idmapped_mounts()
+        if no_idmap:
+            raise FailedPrecondition(f"user namespaces need id-mapped mounts: {no_idmap}")
 
     async def _start_infra(
         self, record: SandboxRecord, runtime: Runtime, undo: contextlib.AsyncExitStack

@@ -128,7 +128,8 @@ class PodService:
 
     @property
     def supports_user_namespaces(self) -> bool:
-        """``RuntimeHandlerFeatures.user_namespaces`` (idmapped overlay layers needed)."""
+        """``RuntimeHandlerFeatures.user_namespaces``: what the start-up probe of id-mapped
+        mounts found (the image store's filesystem and tmpfs, not the kernel version alone)."""
         return mounts.idmapped_mounts_supported()
 
     @property
@@ -145,6 +146,10 @@ class PodService:
     async def start(self) -> None:
         """Prepare host state, reconcile records with reality (``recovery``), watch exits."""
         ensure_infra_rootfs(self._config.agent.root_dir, self._config.runtime.infra_binary)
+        # Before Status answers: the advertised user_namespaces rests on it.
+        no_idmap = await mounts.probe_idmapped_mounts(self._config.agent.root_dir)
+        if no_idmap:
+            log.warning("no user namespaces (hostUsers: false) on this node: %s", no_idmap)
         await self._network.prepare()
         await self._recovery.run()
         self._watcher.start()

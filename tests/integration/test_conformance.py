@@ -1332,14 +1332,24 @@ def rro_mount(host_path: str, readonly: bool, rro: bool, **fields: Any) -> pb.Mo
     )
 
 
+#: A file only the tmpfs below the RRO host path holds.
+RRO_MARKER, RRO_MARKER_TEXT = "in-tmpfs", "only in the submount\n"
+
+
 async def rro_check(critest: Critest, sid: str, rro: bool) -> pb.ExecSyncResponse:
     """testRRO: the host dir (with its tmpfs) read-only on ``/mnt``, recursively or not;
     what the check exec answered: ``touch`` in the tmpfs, which must work when the mount is
     not recursive, and must fail with EROFS (``grep -q`` finds it) when it is."""
     with rro_host_path(sid) as path:
+        with open(os.path.join(path, "tmpfs", RRO_MARKER), "w") as f:
+            f.write(RRO_MARKER_TEXT)
         cid = await create_mount_container(critest, sid, [rro_mount(path, True, rro)])
         try:
             await critest.start_running(cid)
+            # Beyond critest: the tmpfs is there (its file reads back), so a failing touch
+            # below means read-only, not missing.
+            seen = await critest.exec_sync(cid, ["cat", f"/mnt/tmpfs/{RRO_MARKER}"])
+            assert (seen.exit_code, seen.stdout) == (0, RRO_MARKER_TEXT.encode()), seen
             command = ["touch", "/mnt/tmpfs/file"]
             if rro:
                 command = [

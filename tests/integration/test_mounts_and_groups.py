@@ -42,12 +42,16 @@ async def env(short_dir, images, grouped_image) -> AsyncIterator[Env]:  # noqa: 
         yield env
 
 
+SUBMOUNT_FILE, SUBMOUNT_TEXT = "only-in-sub", "from the submount\n"
+
+
 @contextlib.contextmanager
 def dir_with_a_submount(base) -> Iterator[str]:
     top = base / "top"
     (top / "sub").mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(top / "sub")], check=True)
     try:
+        (top / "sub" / SUBMOUNT_FILE).write_text(SUBMOUNT_TEXT)  # only in the submount
         yield str(top)
     finally:
         subprocess.run(["umount", "-l", str(top / "sub")], check=False)
@@ -64,8 +68,13 @@ async def test_a_recursive_read_only_mount_is_read_only_below_too(env, tmp_path)
             )
             name = f"rro-{int(rro)}"
             cid = await env.run(sid, name, "sleep", "1000", mounts=[mount])
+            # The submount is there (read-only, not missing) before its write is tried.
+            seen = await env.exec(cid, "cat", f"/data/sub/{SUBMOUNT_FILE}")
+            assert seen.stdout.decode() == SUBMOUNT_TEXT, (rro, seen)
             wrote = await env.exec(cid, "sh", "-c", "echo x > /data/sub/file")
             assert (wrote.exit_code != 0) == bool(outcome), (rro, wrote)
+            if outcome:
+                assert b"Read-only file system" in wrote.stderr, wrote
             top_write = await env.exec(cid, "sh", "-c", "echo x > /data/file")
             assert top_write.exit_code != 0  # the top is read-only either way
             await env.cri.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))

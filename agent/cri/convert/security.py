@@ -44,7 +44,8 @@ def id_mappings_from_pb(
 ) -> tuple[model.IdMapping, ...]:
     out = []
     for i, m in enumerate(mappings):
-        if m.length == 0 or m.host_id + m.length > 1 << 32 or m.container_id + m.length > 1 << 32:
+        # The kernel takes ranges that end below 2**32 (id 4294967295 is "no id").
+        if m.length == 0 or m.host_id + m.length >= 1 << 32 or m.container_id + m.length >= 1 << 32:
             raise InvalidArgument(f"{field}[{i}]: a mapping of {m.length} ids from {m.host_id}")
         out.append(model.IdMapping(m.container_id, m.host_id, m.length))
     return tuple(out)
