@@ -11,12 +11,20 @@ token cache. The agent's loop sees only the watermark the unpack worker follows
 and the pull's progress, both in batches over a pipe. Cancelling
 :meth:`DownloadProcess.download` cancels the download there and returns only once
 the child stopped writing into the ingest.
+
+The child's log records reach the agent's log: it writes each as one line on its
+stderr (:class:`_RecordLine`), at the level the agent's ``agent`` logger has, and
+the agent re-logs each line under the same logger and level, marked as from the
+download process; other lines (a traceback when it crashes) are logged as
+warnings. The raw tail of its stderr goes into the error of a child that died.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import json
 import logging
 import os
 import pickle
@@ -37,7 +45,8 @@ from agent.images.repository import Repository
 
 __all__ = ["DownloadProcess"]
 
-log = logging.getLogger(__name__)
+#: Not ``__name__``: in the child this module is ``__main__``.
+log = logging.getLogger("agent.images.download_process")
 
 #: Progress (bytes received) is sent to the agent at least this often.
 _PROGRESS_BYTES = 1 << 20
@@ -47,6 +56,10 @@ _WATERMARK_BYTES = 4 << 20
 _CHILD = [sys.executable, "-m", "agent.images.download_process"]
 _FRAME = struct.Struct(">I")  # each message: its length, then its pickle
 _STDERR_KEEP = 4000
+#: The level the child logs at (the agent's), a number, in its environment.
+_LOG_LEVEL_ENV = "MODEL_AGENT_DOWNLOAD_LOG_LEVEL"
+#: A line of the child's stderr longer than this is re-logged in pieces.
+_LINE_MAX = 64 << 10
 
 
 def _frame(message: tuple[Any, ...]) -> bytes:
@@ -101,6 +114,8 @@ class _Running:
     next_id: int = 0
     stderr: bytearray = field(default_factory=bytearray)
     readers: list[asyncio.Task[None]] = field(default_factory=list)
+    #: the reader of its stderr (one of ``readers``), done once the child closed it
+    drain: asyncio.Task[None] | None = None
 
 
 class DownloadProcess:
@@ -122,12 +137,18 @@ class DownloadProcess:
     async def _start(self) -> _Running:
         async with self._starting:
             if self._running is None:
-                child = await spawn(_CHILD, stdin="pipe")
+                level = logging.getLogger("agent").getEffectiveLevel()
+                env = {**os.environ, _LOG_LEVEL_ENV: str(level)}
+                child = await spawn(_CHILD, stdin="pipe", env=env)
                 running = self._running = _Running(child)
                 child.stdin.write(_frame(self._client.child_settings()))
+                # A context of their own: the RPC that happened to start the child
+                # (``agent.log.current_rpc``) must not tag every line it logs later.
+                loop, context = asyncio.get_running_loop(), contextvars.Context()
+                running.drain = loop.create_task(_drain_stderr(running), context=context)
                 running.readers = [
-                    asyncio.ensure_future(self._receive(running)),
-                    asyncio.ensure_future(_drain_stderr(running)),
+                    loop.create_task(self._receive(running), context=context),
+                    running.drain,
                 ]
             return self._running
 
@@ -201,6 +222,7 @@ class DownloadProcess:
         if not closing:
             self._running = None
         await running.child.kill_and_reap()
+        await _stderr_read(running)  # a crash's traceback may still be in the pipe
         tail = running.stderr.decode(errors="replace").strip()[-2000:] or "(no output)"
         why = f"the download process ended ({running.child.returncode}): {tail}"
         for waiting in running.jobs.values():
@@ -223,6 +245,7 @@ class DownloadProcess:
         with contextlib.suppress(Exception):
             await running.child.wait(timeout=10)
         await running.child.kill_and_reap()
+        await _stderr_read(running)  # its last records reach the log
         for task in running.readers:
             task.cancel()
         await asyncio.gather(*running.readers, return_exceptions=True)
@@ -234,10 +257,65 @@ def _prestarted(task: asyncio.Task[_Running]) -> None:
 
 
 async def _drain_stderr(running: _Running) -> None:
+    """The child's stderr: its raw tail kept for an error, each line re-logged here."""
+    pid = running.child.pid
+    partial = b""
     with contextlib.suppress(ConnectionError):
-        while chunk := await running.child.stderr.read(4096):
+        while chunk := await running.child.stderr.read(1 << 16):
             running.stderr += chunk
             del running.stderr[:-_STDERR_KEEP]
+            *lines, partial = (partial + chunk).split(b"\n")
+            if len(partial) > _LINE_MAX:
+                lines.append(partial)
+                partial = b""
+            for line in lines:
+                _relog(line, pid)
+    if partial:
+        _relog(partial, pid)
+
+
+async def _stderr_read(running: _Running, timeout: float = 5.0) -> None:
+    """Wait (a while) for the child's stderr to reach its end: the child is dead."""
+    if running.drain is not None:
+        await asyncio.wait([running.drain], timeout=timeout)
+
+
+def _relog(line: bytes, pid: int) -> None:
+    """One line of the child's stderr, into the agent's log."""
+    text = line.decode(errors="replace").rstrip("\r")
+    if not text.strip():
+        return
+    record = _parse_record(text)
+    if record is None:  # not a record: a traceback, or a library's print
+        log.warning("download process: %s", text, extra={"download_process": pid})
+        return
+    level, name, message = record
+    logging.getLogger(name).log(
+        level, "download process: %s", message, extra={"download_process": pid}
+    )
+
+
+class _RecordLine(logging.Formatter):
+    """A record as one line: level name, logger name and the message (with any
+    traceback) as a JSON string, tab-separated, so newlines in it stay escaped."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = json.dumps(super().format(record), ensure_ascii=False)
+        return f"{record.levelname}\t{record.name}\t{message}"
+
+
+def _parse_record(line: str) -> tuple[int, str, str] | None:
+    """``(level, logger name, message)`` of a :class:`_RecordLine` line, else None."""
+    level_name, _, rest = line.partition("\t")
+    name, _, message = rest.partition("\t")
+    level = logging.getLevelNamesMapping().get(level_name)
+    if level is None or not name or not message.startswith('"'):
+        return None
+    try:
+        text = json.loads(message)
+    except ValueError:
+        return None
+    return (level, name, text) if isinstance(text, str) else None
 
 
 def _settle(done: asyncio.Future[None], outcome: Any) -> None:
@@ -301,6 +379,17 @@ class _ChildBridge:
         count, self._bytes = self._bytes, 0
         if count:
             self._send(("bytes", self._id, count))
+
+
+def _log_to_stderr() -> None:
+    """The child's records, as :class:`_RecordLine` lines on stderr, for the agent to
+    re-log: the ``agent`` loggers at the agent's level, libraries' from warnings on."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_RecordLine())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("agent").setLevel(int(os.environ.get(_LOG_LEVEL_ENV) or logging.WARNING))
 
 
 def _send(message: tuple[Any, ...]) -> None:
@@ -377,4 +466,5 @@ def _picklable(error: BaseException) -> bool:
 
 
 if __name__ == "__main__":
+    _log_to_stderr()
     asyncio.run(_serve())

@@ -1,16 +1,18 @@
 """Blob downloads in the download process, against a small registry stand-in on
 127.0.0.1 that answers ranged blob requests (optionally slowly): the blob arrives whole,
 the watermark and progress reach the agent's loop, a cancelled download has stopped
-writing by the time the cancellation returns, and a child that dies fails its downloads
-and is replaced by the next one."""
+writing by the time the cancellation returns, a child that dies fails its downloads
+and is replaced by the next one, and the child's log records reach the agent's log."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,7 +25,12 @@ from agent.errors import RegistryUnavailable
 from agent.images import reference
 from agent.images.content import ContentStore
 from agent.images.download import Watermark
-from agent.images.download_process import DownloadProcess, _ChildBridge
+from agent.images.download_process import (
+    DownloadProcess,
+    _ChildBridge,
+    _parse_record,
+    _RecordLine,
+)
 from agent.images.registry import RegistryClient
 from agent.images.repository import Repository
 
@@ -37,12 +44,17 @@ class BlobServer:
 
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
+        #: blob requests still to answer ``503`` (what makes a client retry and log it)
+        self.unavailable = 0
         self.sent = 0
         self.open_streams = 0
         self._runner: web.AppRunner | None = None
         self.port = 0
 
     async def _blob(self, request: web.Request) -> web.StreamResponse:
+        if self.unavailable:
+            self.unavailable -= 1
+            return web.Response(status=503)
         start, end = 0, len(BLOB) - 1
         header = request.headers.get("Range", "")
         if header.startswith("bytes="):
@@ -255,3 +267,100 @@ def test_the_bridge_batches_progress_and_the_watermark():
     ]
     bridge.finish()
     assert sent[-1] == ("finish", 7)
+
+
+def test_a_record_line_keeps_level_logger_and_a_multiline_message():
+    try:
+        raise ValueError("inside")
+    except ValueError:
+        record = logging.LogRecord(
+            "agent.images.registry", logging.INFO, __file__, 1, "a\tb\nc %s", ("d",), None
+        )
+        record.exc_info = sys.exc_info()
+    line = _RecordLine().format(record)
+    assert "\n" not in line  # one line a record, whatever the message holds
+    parsed = _parse_record(line)
+    assert parsed is not None
+    level, name, message = parsed
+    assert (level, name) == (logging.INFO, "agent.images.registry")
+    assert message.startswith("a\tb\nc d\nTraceback (most recent call last):")
+    assert message.endswith("ValueError: inside")
+    assert _parse_record("Traceback (most recent call last):") is None
+    assert _parse_record('  File "x.py", line 1, in <module>') is None
+    assert _parse_record('NOTALEVEL\tagent\t"x"') is None
+
+
+def child_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if hasattr(r, "download_process")]
+
+
+def test_the_childs_records_reach_the_agents_log_at_the_agents_level(tmp_path, caplog):
+    async def download_with_a_retry(downloads, server, repo, where: str) -> bytes:
+        """What the child wrote on stderr for a download its first request of fails."""
+        server.unavailable = 1
+        store = ContentStore(str(tmp_path / where))
+        os.makedirs(store.ingests, exist_ok=True)
+        ingest = store.open_ingest(DIGEST, len(BLOB), PART)
+        watermark = Watermark(len(BLOB))
+        await downloads.download(repo, ingest, watermark, asyncio.Semaphore(1), 1, ignore)
+        assert watermark.finished and server.unavailable == 0  # it did retry
+        running = downloads._running
+        assert running is not None
+        await downloads.close()  # read its stderr to the end
+        return bytes(running.stderr)
+
+    async def main():
+        async with slow_node(tmp_path) as (server, downloads, repo, _):
+            server.delay = 0.0
+            caplog.set_level(logging.WARNING, logger="agent")
+            stderr = await download_with_a_retry(downloads, server, repo, "at-warning")
+            assert b"HTTP 503" not in stderr  # at WARNING the child does not even write it
+            assert child_records(caplog) == []
+
+            caplog.set_level(logging.INFO, logger="agent")
+            again = DownloadProcess(downloads._client)
+            stderr = await download_with_a_retry(again, server, repo, "at-info")
+            assert b"HTTP 503 (attempt 1)" in stderr  # the raw tail keeps it too
+            return again
+
+    asyncio.run(main())
+    (retried,) = [r for r in child_records(caplog) if "HTTP 503" in r.getMessage()]
+    assert retried.name == "agent.images.registry"
+    assert retried.levelno == logging.INFO
+    assert retried.getMessage().startswith("download process: GET 127.0.0.1:")
+    assert retried.getMessage().endswith("/v2/t/b/blobs/" + DIGEST + ": HTTP 503 (attempt 1)")
+    assert getattr(retried, "download_process", None) not in (None, os.getpid())  # its pid
+
+
+class UnreadableInTheChild:
+    """Pickles here; unpickling it raises, as the settings of another version might."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (int, ("settings of another version",))
+
+
+def test_a_childs_crash_traceback_reaches_the_error_and_the_log(tmp_path, caplog, monkeypatch):
+    async def main():
+        async with slow_node(tmp_path) as (_, downloads, repo, store):
+            monkeypatch.setattr(downloads._client, "child_settings", UnreadableInTheChild)
+            ingest = store.open_ingest(DIGEST, len(BLOB), PART)
+            with pytest.raises(RegistryUnavailable, match="download process ended") as failed:
+                await asyncio.wait_for(
+                    downloads.download(
+                        repo, ingest, Watermark(len(BLOB)), asyncio.Semaphore(2), 2, ignore
+                    ),
+                    30,
+                )
+            return str(failed.value)
+
+    error = asyncio.run(main())
+    assert "Traceback (most recent call last):" in error
+    assert error.endswith(
+        "ValueError: invalid literal for int() with base 10: 'settings of another version'"
+    )
+    logged = [r.getMessage() for r in child_records(caplog) if r.levelno == logging.WARNING]
+    assert "download process: Traceback (most recent call last):" in logged
+    assert logged[-1] == (
+        "download process: ValueError: invalid literal for int() with base 10: "
+        "'settings of another version'"
+    )
