@@ -10,7 +10,11 @@ install, in two phases so that the *new* version's rules write the files:
    switch ``<prefix>/current`` to the new version in one rename, and restart the unit
    (systemd as PID 1) or say how to start the agent. The old agent process is the only
    thing stopped: with ``KillMode=process`` conmon and the containers keep running and the
-   new agent adopts them.
+   new agent adopts them. The unit is restarted only when what is installed (the version's
+   virtualenv, the unit file, the config) differs from what it was last started with (the
+   manifest's history records that after each start), or when it is not running: an
+   install that changes nothing (the chart's installer pod after a node reboot) leaves the
+   agent alone, as containerd's and NVIDIA's operators do.
 
 uninstall removes what install created (its manifest) and keeps the config and state
 unless ``--purge``. Imports only the standard library at import time; phase 2 imports
@@ -54,6 +58,8 @@ __all__ = ["main"]
 _WHEEL = re.compile(r"^model_agent-(?P<version>[^-]+)-.*\.whl$")
 _PIP_TIMEOUT = 900.0
 _SYSTEMCTL_TIMEOUT = 960.0  # the unit's TimeoutStartSec (recovery) and a margin
+#: ``systemctl is-active`` answers for a unit that runs (or is coming up: its recovery)
+_RUNNING = ("active", "reloading", "activating")
 
 
 def _say(text: str) -> None:
@@ -254,7 +260,10 @@ def _finish(layout: Layout, args: argparse.Namespace) -> None:
     _prune(layout, keep={venv, previous})
     _say(f"model-agent {__version__} installed in {venv}")
     _kernel(layout, args.apply_kernel)
-    _start(layout, args.no_start, upgraded_from=previous if previous != venv else "")
+    installed = _installed(layout, venv)
+    if _start(layout, args.no_start, _last_started(manifest), installed):
+        manifest.history[-1]["started"] = installed
+        manifest.save(layout.manifest_file)
     driver = config.runtime.cgroup_driver
     print("\nkubelet settings:\n" + files.kubelet_settings(layout, driver), flush=True)
     _gpu_labels(args)
@@ -352,6 +361,12 @@ def _write_config(layout: Layout, args: argparse.Namespace) -> Config:
             os.unlink(draft)
         raise InstallError(str(exc).replace(draft, path)) from None
     if existing:
+        with open(path) as f:
+            unchanged = f.read() == text
+        if unchanged:  # the same --set again (the chart's installer at every pod start)
+            os.unlink(draft)
+            _say(f"kept {path} (unchanged)")
+            return config
         shutil.copy2(path, f"{path}.previous")
     os.replace(draft, path)
     _say(f"{'updated' if existing else 'wrote'} {path}")
@@ -424,26 +439,93 @@ def _kernel(layout: Layout, mode: str) -> None:
         )
 
 
-def _start(layout: Layout, no_start: bool, upgraded_from: str) -> None:
+def _digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+def _installed(layout: Layout, venv: str) -> dict[str, str]:
+    """What a start of the unit runs: the version's virtualenv, the unit file, the config."""
+    return {
+        "venv": os.path.realpath(venv),
+        "unit": _digest(layout.unit_file),
+        "config": _digest(layout.config_file),
+    }
+
+
+def _last_started(manifest: Manifest) -> dict[str, str] | None:
+    """What the unit was last (re)started with, or found running with, by an install; None
+    when no install recorded that (a first install, or one stopped before its restart)."""
+    for entry in reversed(manifest.history):
+        started = entry.get("started")
+        if isinstance(started, dict):
+            return {str(k): str(v) for k, v in started.items()}
+    return None
+
+
+def _changes(before: dict[str, str] | None, installed: dict[str, str]) -> list[str]:
+    """What differs between the last start and what is installed now (empty: nothing)."""
+    if before is None:
+        return ["no record of what it runs"]
+    changes = []
+    if before.get("venv") != installed["venv"]:
+        old = os.path.basename(before.get("venv", "")) or "?"
+        changes.append(f"version {old} -> {os.path.basename(installed['venv'])}")
+    changes += [
+        f"{what} changed" for what in ("unit", "config") if before.get(what) != installed[what]
+    ]
+    return changes
+
+
+def _start(
+    layout: Layout, no_start: bool, before: dict[str, str] | None, installed: dict[str, str]
+) -> bool:
+    """(Re)start the unit if what is installed differs from its last start (``before``) or
+    it does not run, else leave it running; True when the unit (or, without systemd, the
+    next start of the agent) runs ``installed`` (the install records that), False when a
+    running agent may not."""
+    changes = _changes(before, installed)
     foreground = f"{layout.executable} serve --config {layout.config_file}"
     if layout.on_host and systemd_is_init():
+        if no_start:
+            run(["systemctl", "daemon-reload"], timeout=60)
+            run(["systemctl", "enable", UNIT_NAME], timeout=60)
+            _say(f"enabled {UNIT_NAME}; start it with: systemctl start {UNIT_NAME}")
+            return False
+        state = run(["systemctl", "is-active", UNIT_NAME], timeout=60, check=False).stdout.strip()
+        if not changes and state in _RUNNING:
+            enabled = run(["systemctl", "is-enabled", UNIT_NAME], timeout=60, check=False)
+            if enabled.stdout.strip() != "enabled":
+                run(["systemctl", "enable", UNIT_NAME], timeout=60)
+            _say(f"{UNIT_NAME} left running ({state}): version, unit and config unchanged")
+            return True
         run(["systemctl", "daemon-reload"], timeout=60)
         run(["systemctl", "enable", UNIT_NAME], timeout=60)
-        if no_start:
-            _say(f"enabled {UNIT_NAME}; start it with: systemctl start {UNIT_NAME}")
-            return
         # restart signals the old agent only (KillMode=process): containers keep running
         run(["systemctl", "restart", UNIT_NAME], timeout=_SYSTEMCTL_TIMEOUT)
-        _say(f"{UNIT_NAME} {'restarted' if upgraded_from else 'started'} (ready)")
-        return
+        if state in _RUNNING:
+            _say(f"{UNIT_NAME} restarted (ready): {', '.join(changes)}")
+        else:
+            _say(f"{UNIT_NAME} started (ready; it was {state or 'not loaded'})")
+        return True
+    # No systemd: the install starts nothing; an agent that runs is compared with the last
+    # install recorded while none ran or that changed nothing.
     pid = agent_pid(layout.state_dir)
+    if pid is not None and not changes:
+        _say(
+            f"the agent (pid {pid}) runs this install already: version, unit and config "
+            "unchanged; left running"
+        )
+        return True
     if pid is not None:
         _say(
-            f"an agent (pid {pid}) still runs the previous version: restart it to use this one "
-            f"(kill -TERM {pid}, then start it again; containers keep running)"
+            f"an agent (pid {pid}) still runs the previous version ({', '.join(changes)}): "
+            f"restart it to use this one (kill -TERM {pid}, then start it again; containers "
+            "keep running)"
         )
     why = "--root" if not layout.on_host else "systemd is not PID 1"
     _say(f"not started ({why}); run the agent in the foreground with:\n    {foreground}")
+    return pid is None  # a running agent started before this install: not known to run it
 
 
 def _gpu_labels(args: argparse.Namespace) -> None:

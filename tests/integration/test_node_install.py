@@ -358,10 +358,28 @@ async def test_install_run_upgrade_with_a_container_running_downgrade_refused_un
         ).status
         assert before.state == pb.CONTAINER_RUNNING
 
+    # -- the same install again (the installer pod after a reboot): the agent is left alone --
+    done = node.install(wheelhouse, "--set", "metrics.address=127.0.0.1:0")
+    assert done.returncode == 0, done.stdout + done.stderr
+    pid = agent.proc.pid  # type: ignore[union-attr]
+    assert "already built" in done.stdout
+    assert f"kept {config_path} (unchanged)" in done.stdout
+    assert f"the agent (pid {pid}) runs this install already" in done.stdout
+    assert "version, unit and config unchanged; left running" in done.stdout
+    assert "still runs the previous version" not in done.stdout
+    assert agent.proc.poll() is None  # type: ignore[union-attr]
+    assert config_path.read_text() == config_text
+    assert not (root / "etc/model-agent/config.toml.previous").exists()
+    manifest = json.loads((root / "opt/model-agent/install.json").read_text())
+    assert [h["started"]["venv"] for h in manifest["history"]] == [str(first_venv)] * 2
+
     # -- upgrade: state and config kept; only the agent process restarts -------------------
     done = node.install(newer)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "still runs the previous version" in done.stdout
+    assert f"an agent (pid {pid}) still runs the previous version (version " in done.stdout
+    assert f"-> {UPGRADE_VERSION}-" in done.stdout
+    manifest = json.loads((root / "opt/model-agent/install.json").read_text())
+    assert "started" not in manifest["history"][-1]  # it runs the old one until restarted
     assert config_path.read_text() == config_text
     current = (root / "opt/model-agent/current").resolve()
     assert current.name.startswith(UPGRADE_VERSION) and current != first_venv

@@ -224,11 +224,17 @@ def test_alerts_cover_the_issue_and_pass_promtool(tmp_path):
         alerts["ModelAgentDown"]["expr"]
         == 'up{job=~"model-agent|scrapeConfig/model-agent/model-agent"} == 0'
     )
-    assert "DCGM_FI_DEV_XID_ERRORS" in alerts["GPUXidError"]["expr"]
+    # counters through increase(), never DCGM's last-XID gauge (tests/unit/test_alert_rules.py)
+    xid = alerts["GPUXidError"]["expr"]
+    assert "increase(model_agent_gpu_xid_errors_total[10m])" in xid
+    assert "DCGM_FI_DEV_XID_ERRORS" not in xid
+    assert "xid" in xid.partition("sum by (")[2].partition(")")[0]  # the XID is a label
     assert alerts["GPUUnhealthy"]["expr"] == "model_agent_gpu_healthy == 0"
     assert "model_agent_image_pulls_total" in alerts["ModelAgentImagePullFailures"]["expr"]
     assert "container_oom_events_total" in alerts["ContainerOOMKilled"]["expr"]
-    assert "model_agent_recovery_duration_seconds" in alerts["ModelAgentRecoveryTookLong"]["expr"]
+    recovery = alerts["ModelAgentRecoveryTookLong"]["expr"]
+    assert "model_agent_recovery_duration_seconds" in recovery
+    assert "max_over_time" not in recovery and "process_start_time_seconds" in recovery
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool (Debian package prometheus) is not installed")

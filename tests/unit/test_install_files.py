@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import importlib
 import os
 import shutil
 import sqlite3
@@ -209,3 +210,186 @@ def test_config_written_for_a_new_node_kept_on_upgrade_and_rerendered_with_set(t
         _write_config(layout, _config_args("metrics.bearer_token_fil=/x"))
     assert path.read_text() == before  # nothing half-written
     assert not (tmp_path / "etc/model-agent/config.toml.draft").exists()
+    # the same --set again (the chart's installer at every pod start) leaves the file alone
+    previous = (tmp_path / "etc/model-agent/config.toml.previous").read_text()
+    mtime = path.stat().st_mtime_ns
+    _write_config(layout, _config_args("metrics.address=0.0.0.0:9464"))
+    assert path.stat().st_mtime_ns == mtime and path.read_text() == before
+    assert (tmp_path / "etc/model-agent/config.toml.previous").read_text() == previous
+
+
+# -- when the install restarts the unit ---------------------------------------------------
+
+
+class FakeSystemd:
+    """Stands in for ``run`` of ``systemctl``: records each call, answers is-active/is-enabled
+    with ``state``; ``fail_restart`` makes the restart fail as a unit that does not start."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.state = "inactive"
+        self.fail_restart = False
+
+    def __call__(self, argv, *, timeout, check=True):
+        from agent.install.host import InstallError
+
+        argv = list(argv)
+        assert argv[0] == "systemctl", argv  # nothing else runs on this host
+        self.calls.append(argv[1:])
+        if argv[1] == "is-active":
+            out, code = self.state, 0 if self.state == "active" else 3
+        elif argv[1] == "is-enabled":
+            out, code = "enabled", 0
+        elif argv[1] == "restart" and self.fail_restart:
+            raise InstallError("systemctl restart model-agent.service failed (exit 1)")
+        else:
+            out, code = "", 0
+        return subprocess.CompletedProcess(argv, code, out + "\n", "")
+
+    def take(self) -> list[list[str]]:
+        calls, self.calls = self.calls, []
+        return calls
+
+
+def _host_layout(tmp_path) -> Layout:
+    """``root`` "/" (the host, as systemd sees it) with every path inside tmp_path."""
+    t = str(tmp_path)
+    return Layout(
+        prefix=f"{t}/opt/model-agent",
+        config_dir=f"{t}/etc/model-agent",
+        unit_dir=f"{t}/etc/systemd/system",
+        bin_dir=f"{t}/usr/local/bin",
+        agent_root_dir=f"{t}/var/lib/model-agent",
+        agent_state_dir=f"{t}/run/model-agent",
+        cni_conf_dir=f"{t}/etc/cni/net.d",
+        crictl_config=f"{t}/etc/crictl.yaml",
+        modules_load_file=f"{t}/etc/modules-load.d/model-agent.conf",
+        sysctl_file=f"{t}/etc/sysctl.d/99-model-agent.conf",
+    )
+
+
+def _finish_args(venv: str, *sets: str, no_start: bool = False):
+    import argparse
+
+    return argparse.Namespace(
+        staged=venv,
+        staged_fresh=False,
+        set=list(sets),
+        cgroup_driver="auto",
+        apply_kernel="no",
+        no_start=no_start,
+        kubeconfig=None,
+        node_name="node-1",
+    )
+
+
+RESTART = [["daemon-reload"], ["enable", "model-agent.service"], ["restart", "model-agent.service"]]
+LOOK = [["is-active", "model-agent.service"]]
+LEFT = [*LOOK, ["is-enabled", "model-agent.service"]]
+
+
+def test_install_restarts_the_unit_only_when_version_unit_or_config_changed(
+    tmp_path, monkeypatch, capsys
+):
+    main = importlib.import_module("agent.install.main")  # the package exports main()
+    from agent.install.host import InstallError
+
+    systemd = FakeSystemd()
+    monkeypatch.setattr(main, "run", systemd)
+    monkeypatch.setattr(main, "systemd_is_init", lambda: True)
+    layout = _host_layout(tmp_path)
+    assert layout.on_host
+    v1 = tmp_path / "opt/model-agent/versions/0.1.0-aaaa"
+    v2 = tmp_path / "opt/model-agent/versions/0.2.0-bbbb"
+    v1.mkdir(parents=True)
+    v2.mkdir()
+    chart_set = "metrics.address=0.0.0.0:9464"
+
+    def install(venv=v1, *sets: str, no_start: bool = False) -> str:
+        capsys.readouterr()
+        main._finish(layout, _finish_args(str(venv), chart_set, *sets, no_start=no_start))
+        return capsys.readouterr().out
+
+    def last_started() -> dict[str, str] | None:
+        manifest = Manifest.load(layout.manifest_file)
+        assert manifest is not None
+        return manifest.history[-1].get("started")
+
+    # a new node: started, and what it runs is recorded
+    out = install()
+    assert systemd.take() == [*LOOK, *RESTART]
+    assert "model-agent.service started (ready; it was inactive)" in out
+    started = last_started()
+    assert started is not None and started["venv"] == str(v1)
+    systemd.state = "active"
+
+    # the installer pod again (a node reboot): nothing changed, nothing restarted
+    config_text = (tmp_path / "etc/model-agent/config.toml").read_text()
+    out = install()
+    assert systemd.take() == LEFT
+    assert "left running (active): version, unit and config unchanged" in out
+    assert "restarted" not in out and f"kept {layout.config_file} (unchanged)" in out
+    assert (tmp_path / "etc/model-agent/config.toml").read_text() == config_text
+    assert last_started() == started
+
+    # unchanged but not running (failed, stopped by hand): started
+    systemd.state = "failed"
+    out = install()
+    assert systemd.take() == [*LOOK, *RESTART]
+    assert "started (ready; it was failed)" in out
+    systemd.state = "active"
+
+    # each of version, unit and config changing restarts it, and says what changed
+    out = install(v1, "agent.log_format=json")
+    assert systemd.take() == [*LOOK, *RESTART]
+    assert "model-agent.service restarted (ready): config changed" in out
+    unit_text = files.unit_text
+    monkeypatch.setattr(main.files, "unit_text", lambda lay: unit_text(lay) + "# new\n")
+    out = install(v1, "agent.log_format=json")
+    assert systemd.take() == [*LOOK, *RESTART]
+    assert "restarted (ready): unit changed" in out
+    out = install(v2, "agent.log_format=json")
+    assert systemd.take() == [*LOOK, *RESTART]
+    assert "restarted (ready): version 0.1.0-aaaa -> 0.2.0-bbbb" in out
+    assert install(v2, "agent.log_format=json") and systemd.take() == LEFT
+
+    # --no-start: reload and enable only; nothing recorded, so the next install restarts
+    out = install(v1, "agent.log_format=json", no_start=True)
+    assert systemd.take() == [["daemon-reload"], ["enable", "model-agent.service"]]
+    assert last_started() is None
+    install(v1, "agent.log_format=json")
+    assert systemd.take() == [*LOOK, *RESTART]
+
+    # a restart that failed records nothing: the next install (nothing changed) retries it
+    systemd.fail_restart = True
+    with pytest.raises(InstallError, match="restart"):
+        install(v2, "agent.log_format=json")
+    assert systemd.take() == [*LOOK, *RESTART]
+    assert last_started() is None
+    systemd.fail_restart = False
+    out = install(v2, "agent.log_format=json")
+    assert systemd.take() == [*LOOK, *RESTART]
+    assert "restarted (ready): version 0.1.0-aaaa -> 0.2.0-bbbb" in out
+    assert install(v2, "agent.log_format=json") and systemd.take() == LEFT
+
+
+def test_install_without_a_record_restarts_once(tmp_path, monkeypatch, capsys):
+    """A node installed by a version that recorded no start (history without "started"):
+    the first install of this version restarts the unit once, then leaves it alone."""
+    main = importlib.import_module("agent.install.main")  # the package exports main()
+
+    systemd = FakeSystemd()
+    systemd.state = "active"
+    monkeypatch.setattr(main, "run", systemd)
+    monkeypatch.setattr(main, "systemd_is_init", lambda: True)
+    layout = _host_layout(tmp_path)
+    venv = tmp_path / "opt/model-agent/versions/0.1.0-aaaa"
+    venv.mkdir(parents=True)
+    Manifest(version="0.1.0", venv=str(venv), history=[{"version": "0.1.0"}]).save(
+        layout.manifest_file
+    )
+    main._finish(layout, _finish_args(str(venv)))
+    assert systemd.take() == [*LOOK, *RESTART]
+    assert "restarted (ready): no record of what it runs" in capsys.readouterr().out
+    main._finish(layout, _finish_args(str(venv)))
+    assert systemd.take() == LEFT
