@@ -43,9 +43,9 @@ def unit_text(layout: Layout) -> str:
 
     ``Type=notify``: the agent sends READY=1 once recovered, so ``Before=kubelet.service``
     means the kubelet finds a usable runtime. ``KillMode=process``: stopping or restarting
-    the unit signals the agent only; conmon and the containers (which stay in this unit's
-    cgroup with the cgroupfs driver) keep running, and the next start adopts them.
-    ``Delegate=yes``: systemd leaves the cgroups below the unit to the agent and runc.
+    the unit signals the agent only; conmon (in this unit's cgroup) and the containers (in
+    the kubelet's pod cgroups, with either driver) keep running, and the next start adopts
+    them. ``Delegate=yes``: systemd leaves the cgroups below the unit to the agent.
     ``OOMScoreAdjust=-999``: the node's runtime is the last thing the OOM killer takes.
     """
     executable = layout.executable

@@ -58,6 +58,7 @@ __all__ = ["main"]
 _WHEEL = re.compile(r"^model_agent-(?P<version>[^-]+)-.*\.whl$")
 _PIP_TIMEOUT = 900.0
 _SYSTEMCTL_TIMEOUT = 960.0  # the unit's TimeoutStartSec (recovery) and a margin
+_HISTORY_KEEP = 50  # installs remembered in the manifest
 #: ``systemctl is-active`` answers for a unit that runs (or is coming up: its recovery)
 _RUNNING = ("active", "reloading", "activating")
 
@@ -256,6 +257,9 @@ def _finish(layout: Layout, args: argparse.Namespace) -> None:
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
     )
+    # The installer pod runs again after every reboot: keep the newest entries only (the
+    # last "started" record among them is what _start compares with).
+    del manifest.history[:-_HISTORY_KEEP]
     manifest.save(layout.manifest_file)
     _prune(layout, keep={venv, previous})
     _say(f"model-agent {__version__} installed in {venv}")
