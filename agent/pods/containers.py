@@ -8,7 +8,9 @@
 
 Exits arrive at any time (``exits.ExitTracker``); every transition of one
 container runs under its own lock, so an exit never interleaves with a stop
-or a start. The runtime is reached only through ``oci.Runtime``.
+or a start. The runtime is reached only through ``oci.Runtime``; the request's checks
+and derived names are ``container_requests``, the rootfs and staged mounts
+``container_fs``.
 """
 
 from __future__ import annotations
@@ -24,13 +26,11 @@ import signal
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
 from agent._util.fs import atomic_write_json
 from agent._util.locks import KeyedLock
-from agent._util.securejoin import resolve_in_root
 from agent.config import Config
-from agent.db import GpuHolder
 from agent.errors import (
     AgentError,
     DeadlineExceeded,
@@ -39,13 +39,14 @@ from agent.errors import (
     NotFound,
 )
 from agent.gpu import Assignment, ContainerEdits, GpuService, env_from_list
-from agent.images import ImageConfig, ImageRecord
+from agent.images import ImageConfig
 from agent.oci import CreateFailed, CreateOptions, ExecFailed, ExecSession, Runtime
-from agent.pods import spec
+from agent.pods import container_requests as requests, spec
 from agent.pods.apparmor import AppArmor
+from agent.pods.container_fs import ContainerFilesystem, ImageSource
 from agent.pods.events import EventKind
 from agent.pods.exits import MONITOR_DIED, ExitTracker
-from agent.pods.model import ContainerConfig, Mount, Resources
+from agent.pods.model import ContainerConfig, Resources
 from agent.pods.mounts import Mounter
 from agent.pods.oom import OomPolicy
 from agent.pods.podfiles import PodDirs, pod_hostname
@@ -54,7 +55,7 @@ from agent.pods.state import ContainerRecord, ContainerState, ExitReason, Sandbo
 from agent.pods.store import PodStore
 from agent.pods.users import User, resolve_user
 
-__all__ = ["AttachTarget", "ContainerManager", "ExecOutput", "ImageSource"]
+__all__ = ["AttachTarget", "ContainerManager", "ExecOutput"]
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +65,6 @@ _TRASH = ".trash-"
 _KILL_WAIT = 30.0
 #: The exit code recorded for a container killed while its monitor was gone.
 _KILLED_CODE = 137
-
-
-class ImageSource(Protocol):
-    """What containers need from the image store (``images.ImageManager``)."""
-
-    def find(self, text: str) -> ImageRecord | None: ...
-
-    def layer_dirs(self, image: ImageRecord) -> tuple[str, list[str]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +137,9 @@ class ContainerManager:
         )
         self._apparmor = apparmor or AppArmor()
         self._deletions: set[asyncio.Task[None]] = set()
+        self._fs = ContainerFilesystem(
+            os.path.join(config.agent.state_dir, "containers"), mounter=mounter, images=images
+        )
         self.root = os.path.join(config.agent.root_dir, "containers")
         self.state = os.path.join(config.agent.state_dir, "containers")
         os.makedirs(self.root, mode=0o711, exist_ok=True)
@@ -177,24 +173,26 @@ class ContainerManager:
             )
         runtime = self._runtimes[sandbox.handler]
         cid = new_id()
-        log_path = self._log_path(sandbox, config, cid)
+        log_path = requests.log_path(self._pod_dirs, sandbox, config, cid)
         record = ContainerRecord(
             id=cid,
             sandbox_id=sandbox.id,
             config=config,
             image_id=image.id,
             image_ref=config.image,
-            image_name=_image_name(config.image, image),
+            image_name=requests.image_name(config.image, image),
             state=ContainerState.CREATED,
             created_at=time.time_ns(),
             log_path=log_path,
             handler=sandbox.handler,
         )
         self._store.check_container_name(record)
-        self._check_target(config, sandbox)
-        self._check_mounts(config, sandbox)
-        image_ids = self._image_volumes(config)
-        config = self._with_protective_paths(config, sandbox)
+        requests.check_pid_target(self._store, config, sandbox)
+        requests.check_id_mapped_mounts(config, sandbox)
+        image_ids = self._fs.image_volume_ids(config)
+        config = requests.with_protective_paths(
+            config, sandbox, enabled=self._config.runtime.default_masked_paths
+        )
         record = replace(record, config=config)
         # Devices and profiles first: a CDI name or profile that cannot be had creates nothing.
         edits, assignment = await self._resolve_devices(config, image.config)
@@ -216,9 +214,9 @@ class ContainerManager:
             # Staging mounts (id-mapped layers, special volumes) go before the rootfs in the
             # undo stack, so the rootfs overlay is unmounted first.
             undo.push_async_callback(self._mounter.unmount_tree, os.path.join(self.state, cid))
-            await self._mount_rootfs(cid, sandbox, image, upper, work)
+            await self._fs.mount_rootfs(cid, sandbox, image, upper, work)
             undo.push_async_callback(self._mounter.unmount, rootfs)
-            spec_config = await self._stage_mounts(cid, sandbox, config)
+            spec_config = await self._fs.stage_mounts(cid, sandbox, config)
             oci, user = self._spec(cid, sandbox, spec_config, image.config, rootfs, apparmor)
             if self._gpu is not None and edits is not None:
                 self._gpu.apply(oci, edits)
@@ -259,185 +257,11 @@ class ContainerManager:
                 if not assignment.empty or assignment.denied
                 else "",
             )
-            self._store.add_container(record, _holders(record, sandbox, assignment))
+            self._store.add_container(record, requests.gpu_holders(record, sandbox, assignment))
             undo.pop_all()
         log.info("created container %s (%s) in pod %s", cid, config.name, sandbox.id)
         self._on_change(EventKind.CREATED, cid)
         return cid
-
-    async def _mount_rootfs(
-        self, cid: str, sandbox: SandboxRecord, image: ImageRecord, upper: str, work: str
-    ) -> None:
-        """The image's layers under the container's writable layer, as one overlay.
-
-        In a user-namespaced pod each layer is an idmapped bind of its snapshot (its files
-        appear owned by the container's own ids, nothing is copied or chowned), and the
-        empty upper and work dirs belong to the container's root.
-        """
-        lower_root, lowers = self._images.layer_dirs(image)
-        userns = sandbox.config.security.namespaces.userns
-        if userns is not None:
-            layers = os.path.join(self.state, cid, "layers")
-            mapped = []
-            for i, lower in enumerate(lowers):
-                target = os.path.join(layers, str(i))
-                os.makedirs(target)
-                await self._mounter.bind_special(
-                    os.path.join(lower_root, lower), target, userns=sandbox.userns
-                )
-                mapped.append(str(i))
-            for path in (upper, work):
-                os.chown(path, userns.root_uid, userns.root_gid)
-            lower_root, lowers = layers, mapped
-        await self._mounter.overlay(
-            self.rootfs(cid), lower_root=lower_root, lowers=lowers, upper=upper, work=work
-        )
-
-    async def _stage_mounts(
-        self, cid: str, sandbox: SandboxRecord, config: ContainerConfig
-    ) -> ContainerConfig:
-        """Volumes runc 1.1 cannot make itself, made here: recursive read-only ones and
-        id-mapped ones. The spec then binds the staged mount; the record keeps the
-        kubelet's host path."""
-        mounts = []
-        for i, mount in enumerate(config.mounts):
-            if mount.image:
-                source = await self._mount_image_volume(cid, i, sandbox, mount)
-                mounts.append(replace(mount, host_path=source))
-                continue
-            if not (mount.recursive_read_only or mount.uid_mappings):
-                mounts.append(mount)
-                continue
-            staged = os.path.join(self.state, cid, "volumes", str(i))
-            _make_target(staged, directory=_is_dir(mount.host_path))
-            try:
-                await self._mounter.bind_special(
-                    mount.host_path,
-                    staged,
-                    readonly=mount.recursive_read_only,
-                    userns=sandbox.userns if mount.uid_mappings else "",
-                )
-            except FailedPrecondition as exc:  # name the volume, not only its host path
-                raise FailedPrecondition(
-                    f"config.mounts[{i}] {mount.container_path}: {exc}"
-                ) from None
-            mounts.append(replace(mount, host_path=staged))
-        return replace(config, mounts=tuple(mounts))
-
-    def _image_volumes(self, config: ContainerConfig) -> dict[str, str]:
-        """The image id of every image volume (each must be pulled: the kubelet does)."""
-        ids = {}
-        for i, mount in enumerate(config.mounts):
-            if not mount.image:
-                continue
-            found = self._images.find(mount.image)
-            if found is None:
-                raise NotFound(
-                    f"config.mounts[{i}]: image '{mount.image}' of an image volume not found; "
-                    "pull it first"
-                )
-            ids[mount.image] = found.id
-        return ids
-
-    async def _mount_image_volume(
-        self, cid: str, index: int, sandbox: SandboxRecord, mount: Mount
-    ) -> str:
-        """An image's content, read-only (nosuid, nodev) under the container's state dir:
-        its one layer's snapshot bound, or an overlay of its layers with no upper dir
-        (idmapped in a user-namespaced pod); ``image_sub_path`` inside it. No copy."""
-        image = self._images.find(mount.image)
-        assert image is not None  # checked by _image_volumes before anything was made
-        lower_root, lowers = self._images.layer_dirs(image)
-        base = os.path.join(self.state, cid, "images", str(index))
-        userns = sandbox.userns if sandbox.config.security.namespaces.userns else ""
-        if not lowers:  # an artifact with no layers: an empty read-only directory
-            empty = os.path.join(self.state, cid, "images", f"{index}-empty")
-            _make_target(empty, directory=True)
-            lower_root, lowers = empty, ["."]
-        if len(lowers) == 1:
-            _make_target(base, directory=True)
-            await self._mounter.bind_special(
-                os.path.join(lower_root, lowers[0]), base, readonly=True, userns=userns
-            )
-        else:
-            if userns:
-                mapped_root = os.path.join(self.state, cid, "images", f"{index}-layers")
-                mapped = []
-                for i, lower in enumerate(lowers):
-                    _make_target(os.path.join(mapped_root, str(i)), directory=True)
-                    await self._mounter.bind_special(
-                        os.path.join(lower_root, lower),
-                        os.path.join(mapped_root, str(i)),
-                        userns=userns,
-                    )
-                    mapped.append(str(i))
-                lower_root, lowers = mapped_root, mapped
-            _make_target(base, directory=True)
-            await self._mounter.overlay(
-                base, lower_root=lower_root, lowers=lowers, upper="", work=""
-            )
-        if not mount.image_sub_path:
-            return base
-        source = resolve_in_root(base, mount.image_sub_path)
-        if not _exists_path(source):
-            raise InvalidArgument(
-                f"image volume {mount.image}: image_sub_path '{mount.image_sub_path}' does not "
-                "exist in the image"
-            )
-        return source
-
-    def _check_mounts(self, config: ContainerConfig, sandbox: SandboxRecord) -> None:
-        """An id-mapped volume maps through the pod's own user namespace, nothing else."""
-        userns = sandbox.config.security.namespaces.userns
-        for i, mount in enumerate(config.mounts):
-            if not mount.uid_mappings:
-                continue
-            if userns is None:
-                raise InvalidArgument(
-                    f"config.mounts[{i}]: an id-mapped mount needs a pod in a user namespace"
-                )
-            if (mount.uid_mappings, mount.gid_mappings) != (userns.uids, userns.gids):
-                raise InvalidArgument(
-                    f"config.mounts[{i}]: its id mappings differ from the pod's user namespace"
-                )
-
-    def _check_target(self, config: ContainerConfig, sandbox: SandboxRecord) -> None:
-        """``pid: TARGET`` joins another container's PID namespace: only within its own pod."""
-        namespaces = config.security.namespaces
-        if namespaces.pid != "TARGET":
-            return
-        target = self._store.container(namespaces.target_id)
-        if target.sandbox_id != sandbox.id:
-            raise InvalidArgument(
-                f"namespace_options.target_id {target.id} is a container of another pod; "
-                "a container may only join the PID namespace of one in its own pod"
-            )
-
-    def _with_protective_paths(
-        self, config: ContainerConfig, sandbox: SandboxRecord
-    ) -> ContainerConfig:
-        """A request with no masked and no read-only paths gets the runtime's defaults.
-
-        The kubelet always sends them (and sends none for ``procMount: Unmasked``, which
-        only user-namespaced pods may use); other clients send nothing, and then
-        ``/proc/sys/kernel/core_pattern`` would be a way to host root. CRI-O's choice;
-        ``runtime.default_masked_paths = false`` turns it off.
-        """
-        security = config.security
-        if (
-            not self._config.runtime.default_masked_paths
-            or sandbox.config.security.namespaces.userns is not None
-            or security.privileged
-            or security.masked_paths
-            or security.readonly_paths
-        ):
-            return config
-        protected = replace(
-            security,
-            masked_paths=spec.DEFAULT_MASKED_PATHS,
-            readonly_paths=spec.DEFAULT_READONLY_PATHS,
-        )
-        return replace(config, security=protected)
 
     async def _resolve_devices(
         self, config: ContainerConfig, image: ImageConfig
@@ -457,26 +281,6 @@ class ContainerManager:
             allocated=self._allocated(config),
             devices=[d.host_path for d in config.devices],
         )
-
-    def _log_path(self, sandbox: SandboxRecord, config: ContainerConfig, cid: str) -> str:
-        """Where conmon writes the CRI log.
-
-        The kubelet's ``<log_directory>/<log_path>`` (joined with every symlink resolved
-        inside the directory, so a name never leads out of it); without them, the
-        container's own file in its pod's directory, gone with the pod — never a path
-        made of the container's name.
-        """
-        directory = sandbox.config.log_directory
-        relative = config.log_path
-        if not relative:
-            return os.path.join(self._pod_dirs.persistent(sandbox.id), "logs", f"{cid}.log")
-        if os.path.isabs(relative) and not directory:
-            return relative
-        if os.path.isabs(relative):
-            raise InvalidArgument("log_path must be relative to the sandbox's log_directory")
-        if not directory or ".." in relative.split("/"):
-            raise InvalidArgument(f"log_path '{relative}' escapes the log directory")
-        return resolve_in_root(directory, relative)
 
     def _spec(
         self,
@@ -771,54 +575,3 @@ class ContainerManager:
         """Finish deleting removed containers' directories (they would be trash on disk)."""
         await asyncio.gather(*self._deletions, return_exceptions=True)
         await self.exits.close()
-
-
-def _holders(
-    record: ContainerRecord, sandbox: SandboxRecord, assignment: Assignment
-) -> list[GpuHolder]:
-    """The ``gpu_assignments`` rows of a new container."""
-    m = sandbox.config.metadata
-    return [
-        GpuHolder(
-            container_id=record.id,
-            sandbox_id=sandbox.id,
-            pod_namespace=m.namespace,
-            pod_name=m.name,
-            pod_uid=m.uid,
-            container_name=record.config.name,
-            device_uuid=grant.uuid,
-            gpu_uuid=grant.gpu_uuid,
-            device_index=grant.index,
-            mig_profile=grant.profile,
-            via=grant.via,
-            request=grant.request,
-        )
-        for grant in assignment.grants
-    ]
-
-
-def _is_dir(path: str) -> bool:
-    return os.path.isdir(path)
-
-
-def _make_target(path: str, *, directory: bool) -> None:
-    """An empty dir or file to mount on (a mount's target matches its source's type)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    if directory:
-        os.mkdir(path)
-    else:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-
-
-def _exists_path(path: str) -> bool:
-    return os.path.lexists(path)
-
-
-def _image_name(requested: str, image: ImageRecord) -> str:
-    """A tag of the image when the request named it by id or digest (what a kubelet sends:
-    the id PullImage returned), as containerd reports it; else the name as requested."""
-    named_by_id = requested in (image.id, image.id.removeprefix("sha256:")) or "@" in requested
-    if not named_by_id:
-        return requested
-    tags = [n for n in image.names if "@" not in n]
-    return (tags or list(image.names) or [requested])[0]

@@ -15,6 +15,7 @@ from dataclasses import replace
 import pytest
 
 from agent.pods import model, spec
+from agent.pods.container_requests import with_protective_paths
 from tests.conftest import make_config
 from tests.fakes.pods import IMAGE, FakePods, build
 
@@ -92,6 +93,6 @@ async def test_a_user_namespaced_pod_keeps_empty_lists_as_proc_mount_unmasked(po
         ),
     )
     config = container()
-    assert pods.containers._with_protective_paths(config, in_userns) is config
-    host = pods.containers._with_protective_paths(config, record)
+    assert with_protective_paths(config, in_userns, enabled=True) is config
+    host = with_protective_paths(config, record, enabled=True)
     assert host.security.masked_paths == spec.DEFAULT_MASKED_PATHS
