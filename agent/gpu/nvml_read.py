@@ -6,6 +6,10 @@ its own guard (``_Fields``): ``NVML_ERROR_NOT_SUPPORTED`` lands in
 ``unsupported``, other NVML errors in ``errors``, and ``NVML_ERROR_GPU_IS_LOST``
 ends the GPU's reading with state ``lost``. A Python error that is not an NVML
 error (a bug) propagates.
+
+Size: every NVML read is here, each in its guard, so what an NVML call can fail
+with is handled one way in one place; inventory, samples, MIG devices and
+processes share those guards and the error codes.
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ Limits: a layer may unpack to at most ``max_layer_unpacked_gb`` and hold at
 most ``max_layer_entries`` entries, and ``disk_reserve_mb`` must stay free;
 a layer over them fails the pull with ``RESOURCE_EXHAUSTED`` and leaves
 nothing behind (its ingest and snapshot go to the trash).
+
+Size: one pull's order of operations against the store lock, which is what
+keeps garbage collection from racing it, reads best as one piece.
 """
 
 from __future__ import annotations

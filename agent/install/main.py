@@ -19,6 +19,9 @@ install, in two phases so that the *new* version's rules write the files:
 uninstall removes what install created (its manifest) and keeps the config and state
 unless ``--purge``. Imports only the standard library at import time; phase 2 imports
 ``agent.config`` and ``agent.db``, which exist in the virtualenv it runs in.
+
+Size: the install's steps in the order they run, each short; split, the order
+(what is refused before anything switches) would be harder to see.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ container runs under its own lock, so an exit never interleaves with a stop
 or a start. The runtime is reached only through ``oci.Runtime``; the request's checks
 and derived names are ``container_requests``, the rootfs and staged mounts
 ``container_fs``.
+
+Size: one container's transitions and the undo steps of each read best
+together; what is not a transition is out already.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
 """Seccomp: the agent's RuntimeDefault profile, and docker-style profiles converted to OCI.
 
-(Longer than our ~500-line rule on purpose: the RuntimeDefault tables and the
-code that filters them per container are one policy, audited together.)
-
 Both functions return the OCI runtime-spec ``linux.seccomp`` object (``defaultAction``,
 ``defaultErrnoRet``, ``architectures``, ``syscalls[{names, action, errnoRet, args}]``),
 already filtered for one container: its capabilities, the host architecture and kernel.
@@ -38,6 +35,9 @@ containers' ``defaultErrno``/``errno`` names) or plain OCI form, with moby's fil
 rules: ``includes.caps`` needs every listed capability, ``excludes.caps`` drops the rule
 if any is present, ``arches`` are Go architecture names (amd64, arm64, ...), and
 ``minKernel`` ("4.8") is compared with ``os.uname().release``.
+
+Size: longer than the ~500-line rule on purpose: the RuntimeDefault tables and
+the code that filters them per container are one policy, audited together.
 """
 
 from __future__ import annotations

@@ -28,6 +28,9 @@ noticed). When the peer ends the connection cleanly (GOAWAY, or EOF) what its
 streams already received stays readable: a server's last words (the exit
 status on the error stream) come just before it closes. A reset, a protocol
 error or ``close()`` aborts every stream and releases what it held.
+
+Size: the framing, the header compression and one connection's state machine
+share the frame layout; the memory bounds are in ``inbox``.
 """
 
 from __future__ import annotations

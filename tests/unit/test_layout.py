@@ -211,3 +211,20 @@ def test_only_util_proc_starts_processes():
             if _PROCESS_STARTERS.search(code) or re.match(r"\s*import subprocess", code):
                 offenders.append(f"{module}:{number}: {line.strip()}")
     assert offenders == [], "\n".join(offenders)
+
+
+#: Issue 9: "No module over ~500 lines without a reason written at its top."
+_LONG_MODULE = 500
+
+
+def test_a_long_module_says_why_it_is_long():
+    unexplained = []
+    for module, path in _modules():
+        text = path.read_text()
+        lines = text.count("\n")
+        if lines <= _LONG_MODULE:
+            continue
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        if "\nSize: " not in "\n" + doc:
+            unexplained.append(f"{module} ({lines} lines)")
+    assert unexplained == [], "add a 'Size: ...' paragraph to the docstring, or split"

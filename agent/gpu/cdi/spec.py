@@ -14,6 +14,9 @@ at container creation (device nodes exist, hook binaries exist, paths are
 absolute and under ``/dev``) is checked by ``cdi.edits`` for the devices a
 container asks for. ``spec_to_dict`` is the inverse, for the specs the agent
 writes. Imports only ``cdi.names``.
+
+Size: the whole spec model, a dataclass per Go type with its parser and the
+version its fields need; split, a field and its version rule would live apart.
 """
 
 from __future__ import annotations
