@@ -138,7 +138,7 @@ class ContainerManager:
         self.exits = ExitTracker(
             store=store, runtimes=runtimes, locks=self._locks, on_change=on_change
         )
-        self._apparmor = apparmor or AppArmor()
+        self.apparmor = apparmor or AppArmor()
         self._deletions: set[asyncio.Task[None]] = set()
         self._fs = ContainerFilesystem(
             os.path.join(config.agent.state_dir, "containers"), mounter=mounter, images=images
@@ -202,7 +202,7 @@ class ContainerManager:
         apparmor = (
             None
             if config.security.privileged and not config.security.apparmor.startswith("localhost/")
-            else await self._apparmor.profile_for(config.security.apparmor)
+            else await self.apparmor.profile_for(config.security.apparmor)
         )
         async with contextlib.AsyncExitStack() as undo:
             upper = os.path.join(self.root, cid, "upper")

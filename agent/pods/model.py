@@ -109,6 +109,9 @@ class PodSecurity:
     supplemental_groups: tuple[int, ...] = ()
     privileged: bool = False
     seccomp: SecurityProfile = field(default_factory=lambda: SecurityProfile("Unconfined"))
+    #: the pod's AppArmor request (``runtime/default``, ``unconfined``, ``localhost/<p>``,
+    #: "" for none): the infra process's profile
+    apparmor: str = ""
 
 
 @dataclass(frozen=True, slots=True)

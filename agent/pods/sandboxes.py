@@ -110,6 +110,8 @@ class SandboxManager:
         )
         userns = config.security.namespaces.userns
         self._check_userns(config)
+        # Before anything is made: a profile the pod cannot have refuses it.
+        apparmor = await self._infra_apparmor(config)
         self._store.add_sandbox(record)  # reserves the name, or ALREADY_EXISTS
         async with self._locks.hold(sandbox_id), contextlib.AsyncExitStack() as undo:
             undo.callback(self._store.remove_sandbox, sandbox_id)
@@ -159,7 +161,7 @@ class SandboxManager:
                 undo.push_async_callback(self._mounter.unmount, self._dirs.shm(sandbox_id))
                 if userns is not None:  # the pod's root owns it, as in containerd
                     os.chown(self._dirs.shm(sandbox_id), userns.root_uid, userns.root_gid)
-            pid = await self._start_infra(record, runtime, undo)
+            pid = await self._start_infra(record, runtime, undo, apparmor)
             self._store.update_sandbox(
                 sandbox_id,
                 lambda r: replace(r, state=SandboxState.READY, infra_pid=pid, message=""),
@@ -198,8 +200,21 @@ class SandboxManager:
         if no_idmap:
             raise FailedPrecondition(f"user namespaces need id-mapped mounts: {no_idmap}")
 
+    async def _infra_apparmor(self, config: SandboxConfig) -> str | None:
+        """The pod's AppArmor profile for its infra process (``pods.apparmor``: a named
+        one on a host without AppArmor is refused); privileged pods run unconfined
+        unless they name one, as containers do."""
+        request = config.security.apparmor
+        if config.security.privileged and not request.startswith("localhost/"):
+            return None
+        return await self._containers.apparmor.profile_for(request)
+
     async def _start_infra(
-        self, record: SandboxRecord, runtime: Runtime, undo: contextlib.AsyncExitStack
+        self,
+        record: SandboxRecord,
+        runtime: Runtime,
+        undo: contextlib.AsyncExitStack,
+        apparmor: str | None,
     ) -> int:
         config = record.config
         security = config.security
@@ -217,6 +232,8 @@ class SandboxManager:
             privileged=security.privileged,
             run_as_user=security.run_as_user,
         )
+        if apparmor is not None:
+            oci["process"]["apparmorProfile"] = apparmor
         if security.namespaces.userns is not None:
             spec.join_user_namespace(oci, security.namespaces.userns, record.userns)
         bundle = self._dirs.bundle(record.id)

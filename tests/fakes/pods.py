@@ -16,6 +16,7 @@ from agent.db import MetadataDB, open_database
 from agent.images import ImageRecord
 from agent.oci import ExitWatcher, Runtime
 from agent.pods import model
+from agent.pods.apparmor import AppArmor
 from agent.pods.containers import ContainerManager
 from agent.pods.events import EventKind
 from agent.pods.oom import OomPolicy
@@ -113,7 +114,13 @@ class FakePods:
         self.db.close()
 
 
-def build(config: Config, *, runtime: FakeRuntime | None = None, watch: bool = True) -> FakePods:
+def build(
+    config: Config,
+    *,
+    runtime: FakeRuntime | None = None,
+    watch: bool = True,
+    apparmor: AppArmor | None = None,
+) -> FakePods:
     """Managers over ``config``'s dirs (call again on the same dirs: an agent restart)."""
     state_dir = config.agent.state_dir
     os.makedirs(state_dir, exist_ok=True)
@@ -138,6 +145,7 @@ def build(config: Config, *, runtime: FakeRuntime | None = None, watch: bool = T
         pod_dirs=dirs,
         on_change=lambda kind, cid: events.append((kind, cid)),
         kill_wait=1.0,
+        apparmor=apparmor,
     )
     sandboxes = SandboxManager(
         config,

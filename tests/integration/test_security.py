@@ -124,3 +124,15 @@ async def test_apparmor_profiles_are_never_ignored(env):
     )
     cid = await env.create(sid, default)  # nothing to confine with: runs, as with containerd
     assert (await env.status(cid)).state == pb.CONTAINER_CREATED
+    # The pod's own profile (its infra process) is refused the same way, before anything
+    # of the pod exists.
+    pod = env.sandbox_config("named-pod")
+    pod.linux.security_context.apparmor.CopyFrom(
+        pb.SecurityProfile(profile_type=pb.SecurityProfile.Localhost, localhost_ref="k8s-deny")
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await env.run_pod(pod)
+    assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "no AppArmor" in (refused.value.details() or "")
+    listed = await env.cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest())
+    assert [p.metadata.name for p in listed.items if p.metadata.name == "named-pod"] == []

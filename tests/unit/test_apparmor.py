@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
+from agent.api.cri.runtime.v1 import api_pb2 as pb
+from agent.cri.convert.sandboxes import sandbox_config_from_pb
 from agent.errors import FailedPrecondition, InvalidArgument
+from agent.pods import model
 from agent.pods.apparmor import DEFAULT_PROFILE_NAME, AppArmor
+from agent.pods.podfiles import PodDirs
+from tests.conftest import make_config
+from tests.fakes.pods import FakePods, build
 
 
 def host(tmp_path, *, enabled: bool, profiles: list[str]) -> AppArmor:
@@ -46,3 +55,59 @@ async def test_garbage_requests_are_invalid(tmp_path):
     for request in ("docker-default", "localhost/", "localhost/a\nb"):
         with pytest.raises(InvalidArgument):
             await apparmor.profile_for(request)
+
+
+# -- the pod's own profile (LinuxSandboxSecurityContext.apparmor): its infra process --------
+
+
+def pod_config(apparmor: str, *, privileged: bool = False) -> model.SandboxConfig:
+    security = model.PodSecurity(
+        namespaces=model.NamespaceOptions(network="NODE"), privileged=privileged, apparmor=apparmor
+    )
+    metadata = model.PodMetadata(f"pod-{len(apparmor)}-{privileged}", "uid-1", "ns")
+    return model.SandboxConfig(metadata=metadata, security=security)
+
+
+def infra_profile(pods: FakePods, sandbox_id: str) -> str | None:
+    dirs = PodDirs(pods.config.agent.root_dir, pods.config.agent.state_dir)
+    with open(os.path.join(dirs.bundle(sandbox_id), "config.json")) as f:
+        profile: str | None = json.load(f)["process"].get("apparmorProfile")
+    return profile
+
+
+async def test_a_pods_profile_confines_its_infra_process_or_refuses_the_pod(tmp_path, short_dir):
+    apparmor = host(tmp_path, enabled=True, profiles=["k8s-pod", DEFAULT_PROFILE_NAME])
+    pods = build(make_config(short_dir), apparmor=apparmor)
+    try:
+        named = await pods.sandboxes.run(pod_config("localhost/k8s-pod"))
+        assert infra_profile(pods, named) == "k8s-pod"
+        default = await pods.sandboxes.run(pod_config(""))
+        assert infra_profile(pods, default) == DEFAULT_PROFILE_NAME
+        privileged = await pods.sandboxes.run(pod_config("runtime/default", privileged=True))
+        assert infra_profile(pods, privileged) is None
+        with pytest.raises(FailedPrecondition, match="is not loaded"):
+            await pods.sandboxes.run(pod_config("localhost/missing"))
+        assert len(pods.store.sandboxes()) == 3  # the refused pod left nothing
+    finally:
+        await pods.containers.close()
+        pods.close()
+
+
+def test_the_pod_level_request_is_converted_like_a_containers():
+    def converted(profile: pb.SecurityProfile | None) -> str:
+        config = pb.PodSandboxConfig(
+            metadata=pb.PodSandboxMetadata(name="p", uid="u", namespace="n")
+        )
+        if profile is not None:
+            config.linux.security_context.apparmor.CopyFrom(profile)
+        return sandbox_config_from_pb(config, "").security.apparmor
+
+    localhost = pb.SecurityProfile(profile_type=pb.SecurityProfile.Localhost, localhost_ref="x")
+    assert converted(localhost) == "localhost/x"
+    assert converted(pb.SecurityProfile(profile_type=pb.SecurityProfile.RuntimeDefault)) == (
+        "runtime/default"
+    )
+    assert converted(pb.SecurityProfile(profile_type=pb.SecurityProfile.Unconfined)) == (
+        "unconfined"
+    )
+    assert converted(None) == ""

@@ -8,7 +8,12 @@ import json
 from agent._util.serde import to_dict
 from agent.api.cri.runtime.v1 import api_pb2 as pb
 from agent.cri.convert.resources import resources_from_pb
-from agent.cri.convert.security import namespace_option_to_pb, namespaces_from_pb, seccomp_from_pb
+from agent.cri.convert.security import (
+    apparmor_from_pb,
+    namespace_option_to_pb,
+    namespaces_from_pb,
+    seccomp_from_pb,
+)
 from agent.cri.validate import absolute, cgroup_parent, enum_name, object_name, require
 from agent.errors import InvalidArgument
 from agent.pods import SandboxRecord, SandboxState, Selector, model
@@ -60,6 +65,7 @@ def sandbox_config_from_pb(message: pb.PodSandboxConfig, handler: str) -> model.
         supplemental_groups=tuple(security.supplemental_groups),
         privileged=security.privileged,
         seccomp=seccomp_from_pb(security, "config.linux.security_context"),
+        apparmor=apparmor_from_pb(security),
     )
     dns = None
     if message.HasField("dns_config"):

@@ -98,14 +98,16 @@ def seccomp_from_pb(
     return model.SecurityProfile("Unconfined")
 
 
-def apparmor_from_pb(sc: pb.LinuxContainerSecurityContext) -> str:
-    """``runtime/default``, ``unconfined`` or ``localhost/<profile>`` (the legacy form)."""
+def apparmor_from_pb(
+    sc: pb.LinuxContainerSecurityContext | pb.LinuxSandboxSecurityContext,
+    field: str = "config.linux.security_context",
+) -> str:
+    """``runtime/default``, ``unconfined`` or ``localhost/<profile>`` (the legacy form);
+    "" when the request has none. A pod's context has only the ``apparmor`` field."""
     if not sc.HasField("apparmor"):
-        return sc.apparmor_profile
+        return sc.apparmor_profile if isinstance(sc, pb.LinuxContainerSecurityContext) else ""
     kind = enum_name(
-        pb.SecurityProfile.ProfileType,
-        sc.apparmor.profile_type,
-        "config.linux.security_context.apparmor.profile_type",
+        pb.SecurityProfile.ProfileType, sc.apparmor.profile_type, f"{field}.apparmor.profile_type"
     )
     if kind == "Localhost":
         return f"localhost/{sc.apparmor.localhost_ref}"
