@@ -26,12 +26,13 @@ What differs from a real critest run, and why:
 - **Host probes.** The UserNamespaces POD spec runs critest's idmap-mount probe
   (``tests/support/idmap.py``: open_tree + mount_setattr through ctypes) on critest's
   path, the parent of ``stateDir`` in ``Status.info["config"]``, else ``/var/lib``.
-- Specs critest itself skips on this host or runtime (AppArmor and SELinux absent, cgroup
-  v1, metrics RPCs answering UNIMPLEMENTED) are skipped with the same reason, each
-  asserting first that the reason still holds; the streaming specs skip until the
-  streaming server exists (issue 6). The feature-gated specs (recursive read-only mounts,
-  UserNamespaces, SupplementalGroupsPolicy) are mirrored in full and skip exactly when
-  critest does, from what Status advertises; they run the day the agent advertises them.
+- Specs critest itself skips on this host or runtime (SELinux absent, cgroup v1) are
+  skipped with the same reason, each asserting first that the reason still holds. The
+  AppArmor specs are mirrored in full (loading critest's two test profiles with
+  ``apparmor_parser``) and skip where AppArmor is disabled, as critest's do. The
+  feature-gated specs (recursive read-only mounts, UserNamespaces,
+  SupplementalGroupsPolicy) are mirrored in full and skip exactly when critest does, from
+  what Status advertises.
 - Specs the agent fails and that need more than a small fix are ``xfail(strict=True)``
   with the reason, so they turn red the day they pass.
 """
@@ -2252,18 +2253,109 @@ async def test_runtime_should_fail_with_namespace_mode_target(critest):
         await run_user_namespace_pod(critest, pb.UserNamespace(mode=pb.TARGET))
 
 
-def test_apparmor_specs():
-    """apparmor_linux.go: all nine specs ("should fail with an unloaded apparmor_profile",
-    "should enforce a apparmor_profile blocking writes", "should enforce a permissive
-    deprecated profile", "should work with apparmor profile", for the deprecated field, the
-    new field and both). critest skips them where AppArmor is disabled."""
+APPARMOR_ENABLED_FLAG = "/sys/module/apparmor/parameters/enabled"
+#: apparmor_linux.go's two test profiles: one denies every write, one only audits them.
+APPARMOR_TEST_PROFILES = """
+#include <tunables/global>
+profile cri-validate-apparmor-test-deny-write flags=(attach_disconnected) {
+  #include <abstractions/base>
+  file,
+  deny /** w,
+}
+profile cri-validate-apparmor-test-audit-write flags=(attach_disconnected) {
+  #include <abstractions/base>
+  file,
+  audit /** w,
+}
+"""
+
+
+def apparmor_enabled() -> bool:
     try:
-        with open("/sys/module/apparmor/parameters/enabled") as f:
-            enabled = f.read().startswith("Y")
+        with open(APPARMOR_ENABLED_FLAG) as f:
+            return f.read().startswith("Y") and os.path.isdir("/sys/kernel/security/apparmor")
     except OSError:
-        enabled = False
-    assert not enabled, "this host has AppArmor now: mirror apparmor_linux.go"
-    pytest.skip("AppArmor is disabled on this host (critest skips these specs too)")
+        return False
+
+
+@pytest.fixture
+def apparmor_test_profiles(tmp_path) -> Iterator[None]:
+    """loadTestProfiles: both profiles loaded with apparmor_parser (removed afterwards)."""
+    if not apparmor_enabled():
+        pytest.skip("AppArmor is disabled on this host (critest skips these specs too)")
+    parser = shutil.which("apparmor_parser")
+    if parser is None:
+        pytest.skip("this host has AppArmor but no apparmor_parser (apt-get install apparmor)")
+    path = tmp_path / "cri-validate.apparmor"
+    path.write_text(APPARMOR_TEST_PROFILES)
+    loaded = subprocess.run([parser, "-r", "-W", str(path)], capture_output=True, text=True)
+    assert loaded.returncode == 0 and not loaded.stderr, loaded.stderr
+    try:
+        yield
+    finally:
+        subprocess.run([parser, "-R", str(path)], capture_output=True)
+
+
+#: The three ways apparmor_linux.go asks: the deprecated string, the field, and both.
+APPARMOR_FORMS = ["deprecated", "field", "both"]
+
+
+def apparmor_context(form: str, profile: str) -> pb.LinuxContainerSecurityContext:
+    sc = pb.LinuxContainerSecurityContext()
+    if form in ("deprecated", "both"):
+        sc.apparmor_profile = f"localhost/{profile}"
+    if form in ("field", "both"):
+        sc.apparmor.CopyFrom(
+            pb.SecurityProfile(profile_type=pb.SecurityProfile.Localhost, localhost_ref=profile)
+        )
+    return sc
+
+
+async def apparmor_touch(critest: Critest, form: str, profile: str) -> pb.ContainerStatus:
+    """createContainerWithAppArmor: ``touch foo`` under ``profile``, run until it exits."""
+    sid, _ = await critest.pod_for_container()
+    config = critest.container_config(
+        "apparmor-test-" + new_uuid(),
+        command=["touch", "foo"],
+        linux=pb.LinuxContainerConfig(security_context=apparmor_context(form, profile)),
+    )
+    cid = await critest.create(sid, config)
+    await critest.start(cid)
+    status = await critest.wait_state(cid, pb.CONTAINER_EXITED)
+    await critest.cleanup_pod(sid)
+    return status
+
+
+@pytest.mark.parametrize("form", APPARMOR_FORMS)
+async def test_apparmor_should_fail_with_an_unloaded_profile(apparmor_test_profiles, critest, form):
+    """apparmor_linux.go: "should fail with an unloaded apparmor_profile"."""
+    sid, _ = await critest.pod_for_container()
+    config = critest.container_config(
+        "apparmor-test-" + new_uuid(),
+        command=["touch", "foo"],
+        linux=pb.LinuxContainerConfig(
+            security_context=apparmor_context(form, "non-existent-profile")
+        ),
+    )
+    with pytest.raises(grpc.aio.AioRpcError):
+        await critest.create(sid, config)
+    await critest.cleanup_pod(sid)
+
+
+@pytest.mark.parametrize("form", APPARMOR_FORMS)
+async def test_apparmor_should_enforce_a_profile_blocking_writes(
+    apparmor_test_profiles, critest, form
+):
+    """apparmor_linux.go: "should enforce a apparmor_profile blocking writes"."""
+    status = await apparmor_touch(critest, form, "cri-validate-apparmor-test-deny-write")
+    assert status.exit_code != 0
+
+
+@pytest.mark.parametrize("form", APPARMOR_FORMS)
+async def test_apparmor_should_enforce_a_permissive_profile(apparmor_test_profiles, critest, form):
+    """apparmor_linux.go: "should enforce a permissive profile"."""
+    status = await apparmor_touch(critest, form, "cri-validate-apparmor-test-audit-write")
+    assert status.exit_code == 0
 
 
 def test_selinux_specs():
