@@ -86,11 +86,18 @@ def _read_int(path: str) -> int:
 
 
 def _read_keyed(path: str) -> dict[str, int]:
-    result: dict[str, int] = {}
+    """A ``key value`` file (``memory.stat``, ``cpu.stat``) as a dict of its integers."""
     try:
         text = read_kernel_file(path)
     except FileNotFoundError:
-        return result
+        return {}
+    words = text.split()
+    try:  # every line "key <int>": the common case, parsed in C (a scrape reads hundreds)
+        if len(words) % 2 == 0:
+            return dict(zip(words[::2], map(int, words[1::2]), strict=True))
+    except ValueError:
+        pass
+    result: dict[str, int] = {}
     for line in text.splitlines():
         key, _, value = line.partition(" ")
         if value.strip().lstrip("-").isdigit():
@@ -105,6 +112,8 @@ def _optional(path: str) -> int | None:
         return None
 
 
+#: One USER_HZ tick (cpuacct.stat's unit) in nanoseconds.
+_TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 #: v1 reports "no limit" as a huge number near 2^63.
 _UNLIMITED = 1 << 60
 
@@ -178,7 +187,7 @@ def _read_v1(dirs: dict[str, str]) -> CgroupReading:
     acct = dirs["cpuacct"]
     usage_ns = _read_int(os.path.join(acct, "cpuacct.usage"))
     ticks = _read_keyed(os.path.join(acct, "cpuacct.stat"))
-    tick_ns = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    tick_ns = _TICK_NS
     throttle = _read_keyed(os.path.join(dirs["cpu"], "cpu.stat"))
     mem = dirs["memory"]
     stat = _read_keyed(os.path.join(mem, "memory.stat"))
