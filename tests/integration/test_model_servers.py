@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -477,6 +478,28 @@ def test_device_selection_without_a_gpu() -> None:
         select_array_module("cuda")
     with pytest.raises(ValueError, match="auto, cpu or cuda"):
         select_array_module("tpu")
+
+
+def test_a_gpu_passed_in_without_cupy_is_a_warning(monkeypatch, caplog) -> None:
+    """The pod holds a GPU it cannot use (the numpy image): the log says so."""
+    import model_server.minilm as minilm
+
+    try:
+        import cupy  # noqa: F401
+
+        pytest.skip("CuPy is installed here; this test covers the image without it")
+    except ImportError:
+        pass
+    real_listdir = os.listdir
+    monkeypatch.setattr(
+        minilm.os,
+        "listdir",
+        lambda path: ["nvidiactl", "nvidia0", "null"] if path == "/dev" else real_listdir(path),
+    )
+    with caplog.at_level(logging.INFO, logger="model_server.minilm"):
+        assert select_array_module("auto") == (np, "cpu")
+    (record,) = [r for r in caplog.records if r.name == "model_server.minilm"]
+    assert record.levelno == logging.WARNING and "a GPU is passed in" in record.getMessage()
 
 
 @pytest.mark.slow

@@ -45,13 +45,31 @@ def select_array_module(device: str) -> tuple[Any, str]:
     except Exception as exc:  # not installed, no driver, no device: all mean "no GPU"
         if device == "cuda":
             raise RuntimeError(f"DEVICE=cuda but CuPy cannot use a GPU: {exc}") from exc
-        log.info("no usable GPU (%s); running on the CPU", exc)
+        if _gpu_passed_in():
+            # The pod holds a GPU it will not use: say so loudly, it costs a GPU.
+            log.warning(
+                "a GPU is passed in but CuPy cannot use it (%s); running on the CPU "
+                "(build the image with CuPy: the Dockerfile's WITH_CUPY=1)",
+                exc,
+            )
+        else:
+            log.info("no usable GPU (%s); running on the CPU", exc)
         return np, "cpu"
     if count == 0:
         if device == "cuda":
             raise RuntimeError("DEVICE=cuda but no GPU is visible")
         return np, "cpu"
     return cupy, f"cuda:{cupy.cuda.runtime.getDevice()}"
+
+
+def _gpu_passed_in() -> bool:
+    """Whether the container was given an NVIDIA GPU (its device node is there)."""
+    try:
+        return any(
+            n[len("nvidia") :].isdigit() for n in os.listdir("/dev") if n.startswith("nvidia")
+        )
+    except OSError:
+        return False
 
 
 class MiniLMModel:
