@@ -87,12 +87,14 @@ class GpuService:
         self._config = config
         self._backend: GpuBackend = backend or NoGpuBackend("not started")
         self._given_backend = backend is not None
-        self._registry = CdiRegistry(config.cdi_spec_dirs)
-        self._inventory = Inventory(self._backend.status())
-        self._node_spec = NodeSpec(None)
         self._node_spec_file = node_spec_path(
             os.path.normpath(config.node_spec_dir), config.cdi_kind
         )
+        # The node's own spec wins a same-directory conflict (NVIDIA's toolkit may write
+        # nvidia.com/gpu specs into /var/run/cdi too); the conflict is still logged.
+        self._registry = CdiRegistry(config.cdi_spec_dirs, own=self._node_spec_file)
+        self._inventory = Inventory(self._backend.status())
+        self._node_spec = NodeSpec(None)
         self._driver_files = DriverFiles()
         self._lock = threading.Lock()
         self._logged_overrides: frozenset[str] = frozenset()
@@ -175,7 +177,8 @@ class GpuService:
         for name, paths in snapshot.conflicts.items():
             if ours in paths:
                 log.warning(
-                    "CDI: %s is also defined in %s; remove the other spec from %s",
+                    "CDI: %s is also defined in %s; the agent's spec is used, remove the "
+                    "other spec from %s",
                     name,
                     ", ".join(p for p in paths if p != ours),
                     self._config.node_spec_dir,

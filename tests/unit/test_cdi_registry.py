@@ -79,6 +79,27 @@ def test_the_same_name_twice_in_one_directory_is_a_conflict(dirs, caplog):
     assert "unresolvable" in caplog.text
 
 
+def test_the_agents_own_spec_wins_a_conflict_in_its_directory(dirs, caplog):
+    # NVIDIA's toolkit may write nvidia.com/gpu specs beside the agent's in /var/run/cdi:
+    # by the CDI rules every GPU name would become unresolvable; the agent's own wins.
+    _, high = dirs
+    write(high / "nvidia.com-gpu.json", spec(devices={"0": "OURS=1", "1": "OURS=2"}))
+    write(high / "nvidia.yaml", spec(devices={"0": "TOOLKIT=1", "all": "TOOLKIT=2"}))
+    own = str(high / "nvidia.com-gpu.json")
+    registry = CdiRegistry([str(high)], own=own)
+    snap = registry.snapshot()
+    assert env_of(registry, "vendor.com/dev=0") == "OURS=1"
+    assert env_of(registry, "vendor.com/dev=all") == "TOOLKIT=2"  # no conflict there
+    assert snap.conflicts == {"vendor.com/dev=0": (own, str(high / "nvidia.yaml"))}
+    assert snap.problems == {
+        str(high / "nvidia.yaml"): "conflicting definition of vendor.com/dev=0"
+    }
+    assert "the agent's own spec wins" in caplog.text
+    # Without an own spec the CDI rule holds: neither.
+    with pytest.raises(InvalidArgument, match="more than one spec"):
+        CdiRegistry([str(high)]).snapshot().resolve(["vendor.com/dev=0"])
+
+
 def test_a_higher_directory_settles_a_lower_conflict(dirs):
     low, high = dirs
     write(low / "a.json", spec(devices={"x": "A=1"}))

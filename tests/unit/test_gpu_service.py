@@ -303,9 +303,10 @@ def test_a_same_directory_collision_is_reported(node, caplog):
         )
     service = started(node)
     assert "is also defined in" in caplog.text
-    with pytest.raises(InvalidArgument, match="more than one spec in the same directory"):
-        service.resolve(cdi_devices=["nvidia.com/gpu=0"])
-    service.resolve(cdi_devices=["nvidia.com/gpu=1"])  # the others still work
+    # The agent's own spec wins (the toolkit's duplicate must not take GPU 0 away).
+    edits, assignment = service.resolve(cdi_devices=["nvidia.com/gpu=0"])
+    assert [g.uuid for g in assignment.grants] == [GPU0] and "FROM=ctk" not in edits.env
+    service.resolve(cdi_devices=["nvidia.com/gpu=1"])  # the others work as always
     assert service.status_info()["cdi"]["conflicts"]
 
 

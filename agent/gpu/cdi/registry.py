@@ -11,7 +11,11 @@ Rules, as the CDI reference library (``pkg/cdi/cache.go``):
 * directories are listed lowest priority first (``/etc/cdi``, ``/var/run/cdi``);
   a device name defined in a later directory overrides an earlier one;
 * two specs in the same directory defining the same name conflict: the name is
-  then unresolvable and the conflict is reported (``problems``, the log);
+  then unresolvable and the conflict is reported (``problems``, the log) — except
+  where one of them is the agent's own node spec (``own``): that one wins, and the
+  conflict is still reported. NVIDIA's toolkit may write ``nvidia.com/gpu`` specs
+  into ``/var/run/cdi`` beside the agent's, and every GPU name becoming
+  unresolvable would take the node's GPUs away over a duplicate;
 * a file that does not parse is skipped with its reason; the others load.
 
 A spec replaced while containers are being created never yields a half-written
@@ -116,13 +120,15 @@ class _FileState:
 
 
 class CdiRegistry:
-    def __init__(self, dirs: Sequence[str]) -> None:
+    def __init__(self, dirs: Sequence[str], *, own: str = "") -> None:
         unique: list[str] = []
         for d in dirs:
             norm = os.path.normpath(d)
             if norm not in unique:
                 unique.append(norm)
         self._dirs = tuple(unique)
+        #: the agent's own spec file: it wins a same-directory conflict
+        self._own = os.path.normpath(own) if own else ""
         self._lock = threading.Lock()
         self._files: dict[str, _FileState] = {}
         self._listing: dict[str, _Stamp] | None = None
@@ -226,9 +232,14 @@ class CdiRegistry:
             if state.spec is not None:
                 priority = self._dirs.index(os.path.dirname(path))
                 loaded.append(LoadedSpec(path, priority, state.spec))
-        self._snapshot = _index(self._dirs, loaded, problems, self._snapshot.generation + 1)
+        self._snapshot = _index(
+            self._dirs, loaded, problems, self._snapshot.generation + 1, own=self._own
+        )
         for name, paths in self._snapshot.conflicts.items():
-            log.warning("CDI device %s is defined by %s: unresolvable", name, " and ".join(paths))
+            outcome = (
+                "the agent's own spec wins" if name in self._snapshot.devices else "unresolvable"
+            )
+            log.warning("CDI device %s is defined by %s: %s", name, " and ".join(paths), outcome)
 
 
 def _fresh(stamp: _Stamp) -> bool:
@@ -236,28 +247,43 @@ def _fresh(stamp: _Stamp) -> bool:
 
 
 def _index(
-    dirs: tuple[str, ...], loaded: list[LoadedSpec], problems: dict[str, str], generation: int
+    dirs: tuple[str, ...],
+    loaded: list[LoadedSpec],
+    problems: dict[str, str],
+    generation: int,
+    *,
+    own: str = "",
 ) -> CdiSnapshot:
-    """Device names → devices, higher-priority directories winning, conflicts removed."""
+    """Device names → devices, higher-priority directories winning, conflicts removed
+    (but for the agent's ``own`` spec, which keeps its names)."""
     devices: dict[str, ResolvedDevice] = {}
     conflicts: dict[str, list[str]] = {}
     overridden: dict[str, tuple[str, list[str]]] = {}
+    kept: dict[str, ResolvedDevice] = {}  # the own spec's devices in a conflict
     for spec in sorted(loaded, key=lambda s: (s.priority, s.path)):
         for device in spec.spec.devices:
             name = f"{spec.spec.kind}={device.name}"
             other = devices.get(name)
             if other is not None and other.spec.priority == spec.priority:
                 conflicts.setdefault(name, [other.spec.path]).append(spec.path)
+                if own and spec.path == own:
+                    kept[name] = ResolvedDevice(name, spec, device)
+                elif own and other.spec.path == own:
+                    kept[name] = other
                 continue
             if other is not None:  # a later directory overrides an earlier one
                 losers = overridden.get(name, ("", []))[1] + [other.spec.path]
                 overridden[name] = (spec.path, losers)
                 conflicts.pop(name, None)
+                kept.pop(name, None)
             devices[name] = ResolvedDevice(name, spec, device)
     for name, paths in conflicts.items():
         devices.pop(name, None)
+        if name in kept:
+            devices[name] = kept[name]
         for path in paths:
-            problems.setdefault(path, f"conflicting definition of {name}")
+            if path != own:
+                problems.setdefault(path, f"conflicting definition of {name}")
     return CdiSnapshot(
         dirs,
         tuple(loaded),
