@@ -438,7 +438,8 @@ class GpuDraSection:
         default=False,
         metadata=_doc(
             "Delete this node's ResourceSlices when the agent stops (false: keep them across "
-            "restarts and upgrades; model-agent uninstall deletes them)."
+            "restarts and upgrades; after an uninstall the kubelet deletes them once the "
+            "plugin's socket has been gone for its 30 s grace period)."
         ),
     )
     retry_max_seconds: float = field(
