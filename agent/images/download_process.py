@@ -103,6 +103,8 @@ class _Waiting:
     done: asyncio.Future[None]
     #: the parts the child finished (it records them in the ingest's parts.json too)
     done_parts: list[int] = field(default_factory=list)
+    #: the agent asked the child to cancel it (else a cancellation there is a failure)
+    cancel_asked: bool = False
 
 
 @dataclass(slots=True)
@@ -188,6 +190,7 @@ class DownloadProcess:
         try:
             await asyncio.shield(waiting.done)
         except asyncio.CancelledError:
+            waiting.cancel_asked = True
             with contextlib.suppress(ConnectionError):
                 running.child.stdin.write(_frame(("cancel", job_id)))
             await _until_done(waiting.done)  # never return while it may still write
@@ -212,6 +215,11 @@ class DownloadProcess:
                 elif kind == "done":
                     running.jobs.pop(job_id, None)
                     outcome, waiting.done_parts = rest
+                    if outcome == "cancelled" and not waiting.cancel_asked:
+                        # The child stopped it (it is stopping): the pull did not ask.
+                        outcome = RegistryUnavailable(
+                            "the download process stopped this download before it finished"
+                        )
                     _settle(waiting.done, outcome)
         except (asyncio.IncompleteReadError, ConnectionError, pickle.UnpicklingError):
             await self._lost(running)

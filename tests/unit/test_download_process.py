@@ -28,6 +28,7 @@ from agent.images.download import Watermark
 from agent.images.download_process import (
     DownloadProcess,
     _ChildBridge,
+    _frame,
     _parse_record,
     _RecordLine,
 )
@@ -243,6 +244,33 @@ def test_a_child_that_dies_fails_its_downloads_and_the_next_one_starts_another(t
             await downloads.download(repo, again, watermark, asyncio.Semaphore(2), 2, ignore)
             assert watermark.finished and again.complete
             assert downloads._running is not None and downloads._running.child.pid != first
+
+    asyncio.run(main())
+
+
+def test_a_download_the_child_stops_on_its_own_fails_rather_than_looks_cancelled(tmp_path):
+    """Only the pull cancels its download: when the child's loop ends under a download
+    (it stops, or fails), the pull gets an error, never a CancelledError it did not ask for."""
+
+    async def main():
+        started = asyncio.Event()
+        async with slow_node(tmp_path) as (_server, downloads, repo, store):
+            ingest = store.open_ingest(DIGEST, len(BLOB), PART)
+            task = asyncio.ensure_future(
+                downloads.download(
+                    repo,
+                    ingest,
+                    Watermark(len(BLOB)),
+                    asyncio.Semaphore(2),
+                    2,
+                    lambda _: started.set(),
+                )
+            )
+            await asyncio.wait_for(started.wait(), 30)
+            assert downloads._running is not None
+            downloads._running.child.stdin.write(_frame(("stop", 0)))  # not from this pull
+            with pytest.raises(RegistryUnavailable, match="stopped this download"):
+                await asyncio.wait_for(task, 10)
 
     asyncio.run(main())
 
