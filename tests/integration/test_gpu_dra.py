@@ -362,3 +362,32 @@ async def test_slices_are_deleted_on_stop_when_configured_and_kept_otherwise(
     await again.stop(grace=0)
     assert api.slices() == []
     assert not os.path.exists(kubelet.registration_socket(DRIVER))
+
+
+async def test_the_kubelet_deletes_the_slices_of_an_uninstalled_driver_not_of_a_restarted_one(
+    short_dir,
+    images,  # noqa: F811
+    node,
+    api,
+):
+    """With ``delete_slices_on_stop = false`` the agent leaves its slices to the kubelet,
+    which deletes a driver's slices once its plugin has been gone for a grace period (30 s;
+    here 4 s): an agent restart is back in time and keeps them, an uninstall is not."""
+
+    def wipe(driver: str) -> None:  # the kubelet's deletecollection, by node and driver
+        fields = f"spec.nodeName={NODE},spec.driver={driver}"
+        api.store.delete_slices({"fieldSelector": fields})
+
+    async with Kubelet(f"{short_dir}/kubelet", slice_wiper=wipe, wipe_delay=4.0) as kubelet:
+        keys = dra_keys(node, api, short_dir)
+        async with environment(short_dir, images, **keys) as env:
+            first = await kubelet.watcher.wait_registered(DRIVER)
+            await eventually(lambda: pool(api), what="the ResourceSlice")
+            await env.restart_agent()
+            again = await kubelet.watcher.wait_registered(DRIVER, after=first, timeout=30)
+            assert again.generation > first.generation
+            await asyncio.sleep(5.0)  # past the grace period of the restart's gap
+            assert kubelet.watcher.wiped == [] and sorted(pool(api)) == ["gpu-0", "gpu-1"]
+        # The agent is gone (as after `model-agent uninstall`): its sockets went with it.
+        await eventually(lambda: kubelet.watcher.wiped == [DRIVER], timeout=20, what="a wipe")
+        assert api.slices() == []

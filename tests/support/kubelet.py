@@ -40,7 +40,14 @@ from tests.support.kubelet_dra import (
     PreparedClaim,
     PreparedDevice,
 )
-from tests.support.kubelet_plugins import DRA_PLUGIN_TYPE, DRA_SERVICES, Handshake, PluginWatcher
+from tests.support.kubelet_plugins import (
+    DRA_PLUGIN_TYPE,
+    DRA_SERVICES,
+    WIPE_DELAY,
+    Handshake,
+    PluginWatcher,
+    SliceWiper,
+)
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -75,6 +82,8 @@ class Kubelet:
         health_retry: float = 5.0,
         call_timeout: float = 45.0,
         poll_interval: float = 0.02,
+        slice_wiper: SliceWiper | None = None,
+        wipe_delay: float = WIPE_DELAY,
     ) -> None:
         if os.path.realpath(root).startswith("/var/lib/kubelet"):
             raise ValueError("the stand-in must not touch the host's /var/lib/kubelet")
@@ -88,6 +97,8 @@ class Kubelet:
             call_timeout=call_timeout,
             health_version=health_version,
             health_retry=health_retry,
+            slice_wiper=slice_wiper,
+            wipe_delay=wipe_delay,
         )
         self.devices = DeviceManager(self.device_plugins_dir)
 

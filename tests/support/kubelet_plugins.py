@@ -24,8 +24,14 @@ Written from the upstream kubelet of Kubernetes 1.36 (``pkg/kubelet/pluginmanage
   is opened on registration and re-opened every ``health_retry`` seconds after it fails,
   Unimplemented included, as 1.36 does with ``ResourceHealthStatus`` on.
 
+- with ``slice_wiper`` set (the API server, as the kubelet's client reaches it): when the
+  last plugin of a driver is gone, the driver's ResourceSlices of this node are deleted
+  after ``wipe_delay`` (the kubelet's 30 s) unless a plugin of that driver registers again
+  meanwhile — which is how a node's slices go away on an uninstall and stay across an
+  agent restart or upgrade.
+
 Not modelled: the kubelet's periodic ``GetInfo`` connection monitor, its metrics, and the
-ResourceSlice wiping it does through the API server. A scan every ``poll_interval``
+wiping of all of a node's slices at its own start. A scan every ``poll_interval``
 finds the sockets; inotify creation counts (as fsnotify gives the kubelet) tell a socket
 replaced between two scans from one left alone, even when the inode number is reused.
 
@@ -57,7 +63,14 @@ from tests.support.kubelet_dra import (
     KubeletRejected,
 )
 
-__all__ = ["DRA_PLUGIN_TYPE", "DRA_SERVICES", "Handshake", "PluginWatcher"]
+__all__ = [
+    "DRA_PLUGIN_TYPE",
+    "DRA_SERVICES",
+    "WIPE_DELAY",
+    "Handshake",
+    "PluginWatcher",
+    "SliceWiper",
+]
 
 #: PluginInfo.type of a DRA driver's kubelet plugin.
 DRA_PLUGIN_TYPE = "DRAPlugin"
@@ -67,6 +80,10 @@ DIAL_TIMEOUT = 10.0
 GET_INFO_TIMEOUT = 1.0
 NOTIFY_TIMEOUT = 5.0
 RETRY_INITIAL, RETRY_MAX = 0.5, 122.0  # goroutinemap's exponential backoff
+#: How long after a driver's last plugin went away the kubelet deletes its slices.
+WIPE_DELAY = 30.0
+#: Deletes a driver's ResourceSlices of this node (``deletecollection`` on the API server).
+SliceWiper = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -112,6 +129,8 @@ class PluginWatcher:
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
         health_version: str | None = None,
         health_retry: float = 5.0,
+        slice_wiper: SliceWiper | None = None,
+        wipe_delay: float = WIPE_DELAY,
     ) -> None:
         if health_version is not None and health_version not in HEALTH_SERVICES:
             raise ValueError(f"health_version must be one of {sorted(HEALTH_SERVICES)}")
@@ -131,6 +150,11 @@ class PluginWatcher:
         self._changes = Changes()
         self._task: asyncio.Task[None] | None = None
         self._creations: CreationCounter | None = None
+        self._slice_wiper = slice_wiper
+        self._wipe_delay = wipe_delay
+        self._wipes: dict[str, asyncio.Task[None]] = {}  # driver → its pending wipe
+        #: drivers whose slices were wiped, in order
+        self.wiped: list[str] = []
 
     async def start(self) -> None:
         os.makedirs(self.registry_dir, mode=0o755, exist_ok=True)
@@ -140,7 +164,8 @@ class PluginWatcher:
 
     async def stop(self) -> None:
         """Stop watching and close every connection; the sockets stay (plugins own them)."""
-        tasks = [t for t in (self._task, *self._operations.values()) if t is not None]
+        tasks = [t for t in (self._task, *self._operations.values(), *self._wipes.values()) if t]
+        self._wipes.clear()
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -333,6 +358,9 @@ class PluginWatcher:
             plugin.watch_health(self._health_version, self._health_retry)
         registered.plugin = plugin
         self._store.setdefault(info.name, []).append(plugin)
+        pending = self._wipes.pop(info.name, None)
+        if pending is not None:  # back within the delay: the slices stay
+            pending.cancel()
         notified = await notify(True, "")
         self._record(Handshake(path, info, True, "", notified))
 
@@ -342,6 +370,18 @@ class PluginWatcher:
             plugins.remove(plugin)
         if not plugins:
             self._store.pop(plugin.driver_name, None)
+            if self._slice_wiper is not None and plugin.driver_name not in self._wipes:
+                self._wipes[plugin.driver_name] = asyncio.create_task(
+                    self._wipe_later(plugin.driver_name)
+                )
         await plugin.close()
         self.deregistered.append(plugin)
+        self._changes.notify()
+
+    async def _wipe_later(self, driver: str) -> None:
+        await asyncio.sleep(self._wipe_delay)
+        self._wipes.pop(driver, None)
+        assert self._slice_wiper is not None
+        await asyncio.to_thread(self._slice_wiper, driver)
+        self.wiped.append(driver)
         self._changes.notify()
