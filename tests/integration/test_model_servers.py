@@ -482,8 +482,6 @@ def test_device_selection_without_a_gpu() -> None:
 
 def test_a_gpu_passed_in_without_cupy_is_a_warning(monkeypatch, caplog) -> None:
     """The pod holds a GPU it cannot use (the numpy image): the log says so."""
-    import model_server.minilm as minilm
-
     try:
         import cupy  # noqa: F401
 
@@ -492,7 +490,7 @@ def test_a_gpu_passed_in_without_cupy_is_a_warning(monkeypatch, caplog) -> None:
         pass
     real_listdir = os.listdir
     monkeypatch.setattr(
-        minilm.os,
+        os,
         "listdir",
         lambda path: ["nvidiactl", "nvidia0", "null"] if path == "/dev" else real_listdir(path),
     )
