@@ -129,6 +129,21 @@ class Env:
         )
         return resp.container_id
 
+    async def create_refused(
+        self,
+        sandbox_id: str,
+        config: pb.ContainerConfig,
+        fragment: str,
+        code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT,
+    ) -> None:
+        """CreateContainer fails with ``code`` naming ``fragment``, and no container exists."""
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await self.create(sandbox_id, config)
+        assert info.value.code() is code, info.value.details()
+        assert fragment in (info.value.details() or "")
+        listed = await self.cri.runtime.ListContainers(pb.ListContainersRequest())
+        assert list(listed.containers) == []
+
     async def start(self, container_id: str) -> None:
         await self.cri.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id))
 

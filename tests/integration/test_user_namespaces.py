@@ -209,12 +209,7 @@ async def test_what_an_id_mapped_volume_refuses(env, tmp_path, mapping, userns, 
     )
     if userns:
         config.linux.security_context.namespace_options.CopyFrom(userns_options())
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await env.create(sid, config)
-    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert fragment in (info.value.details() or "")
-    listed = await env.cri.runtime.ListContainers(pb.ListContainersRequest())
-    assert list(listed.containers) == []
+    await env.create_refused(sid, config, fragment)
     assert left_behind(env) == []
 
 

@@ -54,6 +54,16 @@ def _promtool_test(tmp_path: Path, groups: list[dict[str, Any]], tests: list[dic
     )
 
 
+def _alert_tests(
+    series: list[dict[str, str]], alert: str, at: dict[str, list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """One promtool test: ``series`` sampled every minute, ``alert``'s firing at each time."""
+    checks = [
+        {"eval_time": t, "alertname": alert, "exp_alerts": alerts} for t, alerts in at.items()
+    ]
+    return [{"interval": "1m", "input_series": series, "alert_rule_test": checks}]
+
+
 def _series(name: str, labels: dict[str, str]) -> str:
     return name + "{" + ", ".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
 
@@ -122,17 +132,7 @@ def test_gpu_xid_alert_fires_after_an_xid_and_stops_after_the_window(tmp_path):
         "51m": [_xid_alert(_GPU0, "79", "1")],  # the second XID 79
         "65m": [],  # both windows over
     }
-    tests = [
-        {
-            "interval": "1m",
-            "input_series": series,
-            "alert_rule_test": [
-                {"eval_time": t, "alertname": "GPUXidError", "exp_alerts": alerts}
-                for t, alerts in at.items()
-            ],
-        }
-    ]
-    done = _promtool_test(tmp_path, groups, tests)
+    done = _promtool_test(tmp_path, groups, _alert_tests(series, "GPUXidError", at))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS" in done.stdout
 
@@ -144,17 +144,7 @@ def test_the_xid_window_is_a_value(tmp_path):
     counter = "model_agent_gpu_xid_errors_total"
     series = [{"series": _series(counter, {**_TARGET, **_GPU0, "xid": "48"}), "values": "_x5 1x60"}]
     at = {"25m": [_xid_alert(_GPU0, "48", "1", "30m")], "45m": []}
-    tests = [
-        {
-            "interval": "1m",
-            "input_series": series,
-            "alert_rule_test": [
-                {"eval_time": t, "alertname": "GPUXidError", "exp_alerts": alerts}
-                for t, alerts in at.items()
-            ],
-        }
-    ]
-    done = _promtool_test(tmp_path, groups, tests)
+    done = _promtool_test(tmp_path, groups, _alert_tests(series, "GPUXidError", at))
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -177,19 +167,6 @@ def test_recovery_alert_fires_only_in_the_hour_after_a_slow_start(tmp_path):
             "description": "The runtime answered UNAVAILABLE while it reconciled its state.",
         },
     }
-    tests = [
-        {
-            "interval": "1m",
-            "input_series": series,
-            "alert_rule_test": [
-                {
-                    "eval_time": "30m",
-                    "alertname": "ModelAgentRecoveryTookLong",
-                    "exp_alerts": [firing],
-                },
-                {"eval_time": "90m", "alertname": "ModelAgentRecoveryTookLong", "exp_alerts": []},
-            ],
-        }
-    ]
-    done = _promtool_test(tmp_path, groups, tests)
+    at = {"30m": [firing], "90m": []}
+    done = _promtool_test(tmp_path, groups, _alert_tests(series, "ModelAgentRecoveryTookLong", at))
     assert done.returncode == 0, done.stdout + done.stderr

@@ -217,22 +217,25 @@ def test_a_download_cancelled_as_it_starts_returns_at_once(tmp_path):
     asyncio.run(main())
 
 
+async def a_download_under_way(
+    downloads: DownloadProcess, repo: Repository, store: ContentStore
+) -> asyncio.Task[None]:
+    """A download of the slow node's blob, once its first bytes have arrived."""
+    started = asyncio.Event()
+    ingest = store.open_ingest(DIGEST, len(BLOB), PART)
+    task = asyncio.ensure_future(
+        downloads.download(
+            repo, ingest, Watermark(len(BLOB)), asyncio.Semaphore(2), 2, lambda _: started.set()
+        )
+    )
+    await asyncio.wait_for(started.wait(), 30)
+    return task
+
+
 def test_a_child_that_dies_fails_its_downloads_and_the_next_one_starts_another(tmp_path):
     async def main():
-        started = asyncio.Event()
         async with slow_node(tmp_path) as (server, downloads, repo, store):
-            ingest = store.open_ingest(DIGEST, len(BLOB), PART)
-            task = asyncio.ensure_future(
-                downloads.download(
-                    repo,
-                    ingest,
-                    Watermark(len(BLOB)),
-                    asyncio.Semaphore(2),
-                    2,
-                    lambda _: started.set(),
-                )
-            )
-            await asyncio.wait_for(started.wait(), 30)
+            task = await a_download_under_way(downloads, repo, store)
             assert downloads._running is not None
             first = downloads._running.child.pid
             os.kill(first, signal.SIGKILL)
@@ -253,20 +256,8 @@ def test_a_download_the_child_stops_on_its_own_fails_rather_than_looks_cancelled
     (it stops, or fails), the pull gets an error, never a CancelledError it did not ask for."""
 
     async def main():
-        started = asyncio.Event()
         async with slow_node(tmp_path) as (_server, downloads, repo, store):
-            ingest = store.open_ingest(DIGEST, len(BLOB), PART)
-            task = asyncio.ensure_future(
-                downloads.download(
-                    repo,
-                    ingest,
-                    Watermark(len(BLOB)),
-                    asyncio.Semaphore(2),
-                    2,
-                    lambda _: started.set(),
-                )
-            )
-            await asyncio.wait_for(started.wait(), 30)
+            task = await a_download_under_way(downloads, repo, store)
             assert downloads._running is not None
             downloads._running.child.stdin.write(_frame(("stop", 0)))  # not from this pull
             with pytest.raises(RegistryUnavailable, match="stopped this download"):
