@@ -135,7 +135,11 @@ class ContainerFilesystem:
         if len(lowers) == 1:
             _make_target(base, directory=True)
             await self._mounter.bind_special(
-                os.path.join(lower_root, lowers[0]), base, readonly=True, userns=userns
+                os.path.join(lower_root, lowers[0]),
+                base,
+                readonly=True,
+                userns=userns,
+                no_devices=True,
             )
         else:
             if userns:

@@ -134,7 +134,8 @@ _SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 430, 431, 432
 _OPEN_TREE_CLONE, _OPEN_TREE_CLOEXEC = 0x1, 0o2000000
 _AT_FDCWD, _AT_EMPTY_PATH, _AT_RECURSIVE = -100, 0x1000, 0x8000
 _MOVE_MOUNT_F_EMPTY_PATH = 0x4
-_MOUNT_ATTR_RDONLY, _MOUNT_ATTR_IDMAP = 0x1, 0x100000
+_MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NODEV = 0x1, 0x2, 0x4
+_MOUNT_ATTR_IDMAP = 0x100000
 _FSOPEN_CLOEXEC, _FSCONFIG_CMD_CREATE, _FSMOUNT_CLOEXEC = 0x1, 6, 0x1
 
 
@@ -170,14 +171,20 @@ def _clone_tree(source: str, *, recursive: bool) -> int:
 
 
 def _set_mount_attrs(
-    tree: int, source: str, *, readonly: bool, userns_fd: int, recursive: bool
+    tree: int,
+    source: str,
+    *,
+    readonly: bool,
+    userns_fd: int,
+    recursive: bool,
+    no_devices: bool = False,
 ) -> None:
-    attr = _MountAttr(
-        (_MOUNT_ATTR_RDONLY if readonly else 0) | (_MOUNT_ATTR_IDMAP if userns_fd >= 0 else 0),
-        0,
-        0,
-        max(userns_fd, 0),
+    flags_set = (
+        (_MOUNT_ATTR_RDONLY if readonly else 0)
+        | (_MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV if no_devices else 0)
+        | (_MOUNT_ATTR_IDMAP if userns_fd >= 0 else 0)
     )
+    attr = _MountAttr(flags_set, 0, 0, max(userns_fd, 0))
     flags = _AT_EMPTY_PATH | (_AT_RECURSIVE if recursive else 0)
     _check(
         _libc.syscall(
@@ -189,14 +196,27 @@ def _set_mount_attrs(
 
 
 def _attached_clone(
-    source: str, target: str, *, readonly: bool, userns: str | None, recursive: bool
+    source: str,
+    target: str,
+    *,
+    readonly: bool,
+    userns: str | None,
+    recursive: bool,
+    no_devices: bool = False,
 ) -> None:
     tree = _clone_tree(source, recursive=recursive)
     userns_fd = -1
     try:
         if userns:
             userns_fd = os.open(userns, os.O_RDONLY | os.O_CLOEXEC)
-        _set_mount_attrs(tree, source, readonly=readonly, userns_fd=userns_fd, recursive=recursive)
+        _set_mount_attrs(
+            tree,
+            source,
+            readonly=readonly,
+            userns_fd=userns_fd,
+            recursive=recursive,
+            no_devices=no_devices,
+        )
         _check(
             _libc.syscall(
                 _SYS_MOVE_MOUNT, tree, b"", _AT_FDCWD, target.encode(), _MOVE_MOUNT_F_EMPTY_PATH
@@ -246,9 +266,12 @@ async def bind_special(
     readonly: bool = False,
     userns: str = "",
     recursive: bool = True,
+    no_devices: bool = False,
 ) -> None:
     """Bind ``source`` at ``target`` (a new empty dir or file), read-only on every submount
-    (``readonly``) and/or id-mapped through the user namespace pinned at ``userns``.
+    (``readonly``), ``nosuid,nodev`` (``no_devices``: image content, whose device nodes and
+    setuid files must not work through a host path either) and/or id-mapped through the
+    user namespace pinned at ``userns``.
 
     A filesystem or kernel that cannot id-map is FAILED_PRECONDITION (the pod cannot run on
     this node as asked); the failed clone is never attached, so nothing is left mounted.
@@ -261,6 +284,7 @@ async def bind_special(
             readonly=readonly,
             userns=userns or None,
             recursive=recursive,
+            no_devices=no_devices,
         )
     except _CallFailed as exc:
         if userns and exc.call == "mount_setattr" and exc.errno is not None:
@@ -435,7 +459,13 @@ class Mounter(Protocol):
     async def unmount(self, target: str) -> None: ...
 
     async def bind_special(
-        self, source: str, target: str, *, readonly: bool = False, userns: str = ""
+        self,
+        source: str,
+        target: str,
+        *,
+        readonly: bool = False,
+        userns: str = "",
+        no_devices: bool = False,
     ) -> None: ...
 
     async def unmount_tree(self, path: str) -> None: ...
@@ -456,9 +486,15 @@ class HostMounter:
         await unmount(target)
 
     async def bind_special(
-        self, source: str, target: str, *, readonly: bool = False, userns: str = ""
+        self,
+        source: str,
+        target: str,
+        *,
+        readonly: bool = False,
+        userns: str = "",
+        no_devices: bool = False,
     ) -> None:
-        await bind_special(source, target, readonly=readonly, userns=userns)
+        await bind_special(source, target, readonly=readonly, userns=userns, no_devices=no_devices)
 
     async def unmount_tree(self, path: str) -> None:
         await unmount_tree(path)

@@ -49,7 +49,13 @@ class FakeMounter:
         self.mounted.discard(target)
 
     async def bind_special(
-        self, source: str, target: str, *, readonly: bool = False, userns: str = ""
+        self,
+        source: str,
+        target: str,
+        *,
+        readonly: bool = False,
+        userns: str = "",
+        no_devices: bool = False,
     ) -> None:
         self.mounted.add(target)
 

@@ -133,6 +133,12 @@ async def test_a_single_layer_image_volume_is_read_only_nosuid_and_nodev(env):
     options, _ = await mount_in_container(env, cid, "/tools")
     assert {"ro", "nosuid", "nodev"} <= options
     assert (await env.exec(cid, "/tools/bin/busybox", "true")).exit_code == 0
+    # The staged bind on the host too: the image's device nodes and setuid files must not
+    # work through a host path (the state dirs are 0711 for user namespaces).
+    staged = f"{env.agent.config.agent.state_dir}/containers/{cid}/images/0"
+    with open("/proc/self/mountinfo") as f:
+        (host_options,) = [set(ln.split()[5].split(",")) for ln in f if ln.split()[4] == staged]
+    assert {"ro", "nosuid", "nodev"} <= host_options
     await env.remove_pod(sid)
 
 
