@@ -6,7 +6,12 @@ paid a process start for it (about 15 ms here). Overlay lowerdirs are absolute p
 the options fit the one page the kernel takes; a deeper image falls back to mount(8) run
 in the snapshots directory with relative lowerdirs, far below the limit. Unmounting is
 idempotent and falls back to a lazy unmount when something still holds the mount, so
-removal never gets stuck.
+removal never gets stuck. Special binds (read-only on every submount, ``nosuid,nodev``,
+id-mapped) go through the new mount API (``open_tree``, ``mount_setattr``,
+``move_mount``), and a probe at start tells whether id-mapped mounts work here.
+
+Size: the mount system calls, the mounts made with them and the probe of what the
+kernel and the store's filesystem can id-map share the same ctypes wrappers.
 """
 
 from __future__ import annotations
