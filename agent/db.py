@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import sqlite3
 import threading
@@ -26,6 +27,8 @@ from typing import Any, TypeVar
 from agent.errors import AgentError
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "MIGRATIONS",
@@ -250,18 +253,27 @@ def open_database(root_dir: str) -> MetadataDB:
 
     A database an older agent left at ``<root_dir>/metadata.db`` is moved in first:
     its WAL (which may hold the last commits) and shared-memory files before the
-    database itself, so a crash half-way leaves a move the next start finishes.
+    database itself, so a crash half-way leaves a move the next start finishes. The old
+    name is then a symlink to the new one.
     """
     directory = os.path.join(root_dir, DATABASE_DIR)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     os.chmod(directory, 0o700)
     path = database_path(root_dir)
     legacy = legacy_database_path(root_dir)
-    if os.path.exists(legacy) and not os.path.exists(path):
+    if os.path.exists(legacy) and not os.path.islink(legacy) and not os.path.exists(path):
         for suffix in (*_COMPANIONS, ""):
             with contextlib.suppress(FileNotFoundError):
                 os.rename(legacy + suffix, path + suffix)
-    return MetadataDB(path)
+    db = MetadataDB(path)
+    # The old name stays, as a link: an older agent (a rollback) and its installer open the
+    # same database through it (SQLite keeps the WAL beside the link's target) instead of
+    # starting an empty one, which would take every record, and so every layer, away.
+    if not os.path.lexists(legacy):
+        os.symlink(os.path.join(DATABASE_DIR, DATABASE_FILE), legacy)
+    elif not os.path.islink(legacy):
+        log.warning("%s is a file of its own; the agent's database is %s", legacy, path)
+    return db
 
 
 class MetadataDB:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 
@@ -179,12 +180,36 @@ def test_a_database_an_older_agent_left_in_the_root_dir_is_moved_with_its_wal(tm
     db = open_database(str(copies))
     try:
         assert db.get_info("written_by") == "an older agent"
-        assert not (copies / "metadata.db").exists()
+        assert (copies / "db" / "metadata.db").is_file()
+        assert (copies / "metadata.db").is_symlink()  # the old name, now a link to it
         assert not (copies / "metadata.db-wal").exists()
     finally:
         db.close()
     again = open_database(str(copies))  # a second start finds it where it now is
     try:
         assert again.get_info("written_by") == "an older agent"
+    finally:
+        again.close()
+
+
+def test_an_older_agent_opens_the_moved_database_through_the_old_name(tmp_path):
+    """A rollback must not find an empty database at the old path (its recovery would
+    then throw away every layer no record names)."""
+    db = open_database(str(tmp_path))
+    db.set_info("written_by", "this agent")
+    db.close()
+    legacy = tmp_path / "metadata.db"
+    assert legacy.is_symlink() and os.readlink(legacy) == "db/metadata.db"
+    older = MetadataDB(str(legacy))  # what an agent before the move opens
+    try:
+        assert older.get_info("written_by") == "this agent"
+        older.set_info("written_by", "the older agent")
+        assert not (tmp_path / "metadata.db-wal").exists()  # SQLite follows the link
+        assert (tmp_path / "db" / "metadata.db-wal").exists()
+    finally:
+        older.close()
+    again = open_database(str(tmp_path))
+    try:
+        assert again.get_info("written_by") == "the older agent"
     finally:
         again.close()
