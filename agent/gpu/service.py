@@ -247,7 +247,9 @@ class GpuService:
         # A GPU given as a CRI Device (a device plugin's DeviceSpec) needs the driver's
         # control nodes and libraries as much as one given by CDI name.
         needs_driver = grant.driver_only or bool(held_by_device)
-        edits, per_device = self._merge(resolved, caps, snapshot if needs_driver else None)
+        edits, per_device = self._merge(
+            resolved, caps, snapshot if needs_driver else None, required=grant.driver_only
+        )
         via = dict.fromkeys(requested, "cdi") | dict.fromkeys(from_annotations, "annotation")
         via |= {n: "env" for n, _ in env_names if n not in via}
         env_request = dict(env_names)
@@ -302,8 +304,14 @@ class GpuService:
         resolved: list[ResolvedDevice],
         caps: tuple[str, ...] | None,
         driver_only_from: CdiSnapshot | None,
+        *,
+        required: bool = True,
     ) -> tuple[ContainerEdits, list[tuple[str, ContainerEdits]]]:
-        """Spec edits once per spec, then device edits; every part checked against the host."""
+        """Spec edits once per spec, then device edits; every part checked against the host.
+
+        ``driver_only_from``: add the node spec's shared edits (the driver's files); without
+        a node spec that is an error when ``required`` (``none`` asked for exactly that),
+        else a warning (a GPU device node keeps working as the bare node it was given)."""
         merged = ContainerEdits()
         seen_specs: set[str] = set()
         per_device: list[tuple[str, ContainerEdits]] = []
@@ -318,10 +326,15 @@ class GpuService:
             specs = driver_only_from.specs
             ours = next((s for s in specs if s.path == self._node_spec_file), None)
             if ours is None:
-                raise InvalidArgument(
-                    f"the driver's files were asked for ({VISIBLE_DEVICES}=none or a GPU "
-                    f"device node) but the node has no CDI spec ({self._node_spec_file})"
+                if required:
+                    raise InvalidArgument(
+                        f"{VISIBLE_DEVICES}=none: the node has no CDI spec ({self._node_spec_file})"
+                    )
+                log.warning(
+                    "a GPU device node without the driver's files: the node has no CDI spec (%s)",
+                    self._node_spec_file,
                 )
+                return merged, per_device
             edits = ours.spec.edits
             if caps is not None:
                 edits = dataclasses.replace(edits, mounts=restrict_mounts(edits.mounts, caps))

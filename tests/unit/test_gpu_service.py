@@ -137,6 +137,16 @@ def test_the_same_gpu_by_uuid_env_and_by_device_gives_the_same_devices(node):
     assert "update-ldcache" in hook["args"]
 
 
+def test_a_gpu_device_node_without_a_node_spec_is_still_given(node, caplog):
+    """With write_node_spec = false there are no driver files to add: the device node alone,
+    as before, and a warning (never a refused container)."""
+    service = started(node, write_node_spec=False)
+    edits, assignment = service.resolve(devices=[f"{node.dev_root}/dev/nvidia1"])
+    assert [g.uuid for g in assignment.grants] == [GPU1]
+    assert device_paths(applied(service, edits)) == set()  # pods.spec adds the node itself
+    assert "no CDI spec" in caplog.text
+
+
 def test_annotations_and_the_field_are_merged(node):
     service = started(node)
     _, assignment = service.resolve(
