@@ -121,6 +121,10 @@ def decode_headers(block: bytes) -> dict[str, str]:
     return headers
 
 
+class _PeerClosed(Exception):
+    """The peer closed the connection between two frames: a clean end."""
+
+
 class SpdyStream:
     """One stream: headers from its SYN_STREAM, an inbound ``Inbox``, a writer."""
 
@@ -359,15 +363,21 @@ class SpdyConnection:
             self._shutdown(f"protocol error: {exc}")
         except TimeoutError:
             self._shutdown("idle timeout")
-        except asyncio.IncompleteReadError:
+        except _PeerClosed:
             self._shutdown("the peer closed the connection", keep_received=True)
-        except ConnectionError:
+        except (asyncio.IncompleteReadError, ConnectionError):
+            # EOF inside a frame or a reset: what the streams hold may be cut short.
             self._shutdown("the peer went away")
         finally:
             self._shutdown("connection ended")
 
     async def _read_frame(self) -> None:
-        head = await self._read_exactly(8)
+        try:
+            head = await self._read_exactly(8)
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
+                raise _PeerClosed from None  # EOF between frames: the peer finished
+            raise
         first, second = _HEADER.unpack(head)
         flags, length = second >> 24, second & 0xFFFFFF
         # Judge the header before waiting for a body it may only pretend to have.

@@ -22,6 +22,7 @@ from tests.support.spdy_client import (
     RstStatus,
     SpdyClientConnection,
     StreamRefused,
+    data_frame,
     syn_stream,
 )
 
@@ -189,6 +190,20 @@ async def test_what_came_before_the_peer_closed_stays_readable(pair, goaway):
     assert await accepted["error"].read_all() == b'{"status":"Failure","reason":"NonZeroExitCode"}'
     with pytest.raises(ConnectionError):
         await accepted["error"].write(b"nobody hears this")
+
+
+async def test_a_connection_cut_inside_a_frame_aborts_the_streams(pair):
+    # A peer that dies mid-write left a frame cut short: what the stream holds may be a
+    # partial status, so it is not kept as if the peer had finished.
+    link = await pair(lambda stream: True)
+    error = await link.client.open_stream({"streamtype": "error"})
+    accepted = await link.accepted()
+    await error.write(b'{"status":')
+    await link.client.send_raw(data_frame(error.id, b"Success}")[:-3])  # a frame cut short
+    await link.client.close(goaway=False)
+    await asyncio.wait_for(link.serving, 10)
+    assert await accepted.read_all() == b""
+    assert link.server.budget.used == 0
 
 
 async def test_close_releases_what_a_closed_peer_left_unread(pair):
