@@ -30,6 +30,8 @@ pytestmark = pytest.mark.integration
 
 CTL = [sys.executable, "-m", "agent", "ctl"]
 ID = re.compile(r"^[0-9a-f]{64}$")
+#: A line gRPC's C core logs itself (glog: severity letter, MMDD, time, thread id).
+GRPC_CORE_LOG = re.compile(rb"^[EWIF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ ")
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)"
 
 
@@ -143,9 +145,12 @@ async def test_pod_and_container_lifecycle_from_config_files(env):
         preexec_fn=_interruptible,
     )  # fmt: skip
     assert events.stderr is not None and events.stdout is not None
-    line = await asyncio.wait_for(events.stderr.readline(), 30)
-    assert b"/runtime.v1.RuntimeService/GetContainerEvents request" in line  # -D logs calls
     try:
+        # -D logs calls; gRPC's C core may log a line of its own first (glog format)
+        line = await asyncio.wait_for(events.stderr.readline(), 30)
+        while GRPC_CORE_LOG.match(line):
+            line = await asyncio.wait_for(events.stderr.readline(), 30)
+        assert b"/runtime.v1.RuntimeService/GetContainerEvents request" in line
         pod_path, container_path = write_configs(
             env, "ctl-web", ["sh", "-c", "echo one; echo two >&2; exec sleep 1000"]
         )
