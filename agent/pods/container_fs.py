@@ -4,7 +4,7 @@
                      under the container's writable layer, as one overlay
     image volumes:   an image's (or artifact's) content read-only: its one layer bound, or
                      an overlay of its layers with no upper dir; nothing is copied
-    special volumes: recursive read-only and id-mapped binds, which runc 1.1 cannot make
+    special volumes: recursive read-only and id-mapped binds, made here for every handler
 
 Everything lives under the container's state dir, so ``Mounter.unmount_tree`` of that
 dir undoes it. ``ContainerManager`` owns the order (and the undo stack).
@@ -74,9 +74,9 @@ class ContainerFilesystem:
     async def stage_mounts(
         self, cid: str, sandbox: SandboxRecord, config: ContainerConfig
     ) -> ContainerConfig:
-        """Volumes runc 1.1 cannot make itself, made here: recursive read-only ones and
-        id-mapped ones. The spec then binds the staged mount; the record keeps the
-        kubelet's host path."""
+        """Volumes made here rather than by the handler (runc 1.1 cannot id-map; "rro"
+        depends on its version): recursive read-only ones and id-mapped ones. The spec
+        then binds the staged mount; the record keeps the kubelet's host path."""
         mounts = []
         for i, mount in enumerate(config.mounts):
             if mount.image:

@@ -244,7 +244,8 @@ class ContainerManager:
                 pid=pid,
                 uid=user.uid,
                 gid=user.gid,
-                additional_gids=user.additional_gids,
+                # The spec's, after CDI edits: the groups the process really gets.
+                additional_gids=tuple(oci["process"]["user"].get("additionalGids", ())),
                 mounts=tuple(
                     (m.container_path, m.host_path, m.readonly, m.propagation)
                     for m in config.mounts

@@ -129,8 +129,9 @@ async def unmount(target: str) -> None:
 
 # -- the new mount API (Linux >= 5.12; idmapped overlay layers need >= 5.19) ----------------
 #
-# runc 1.1 cannot make id-mapped or recursive read-only mounts from the spec, so the agent
-# makes them (as containerd does for its snapshots): open_tree(2) clones a tree,
+# runc 1.1 cannot make id-mapped mounts from the spec (1.2 can), and recursive read-only
+# ("rro") depends on the handler's version, so the agent makes both itself, the same way for
+# every handler (as containerd does for its snapshots): open_tree(2) clones a tree,
 # mount_setattr(2) makes it read-only or id-mapped (recursively), move_mount(2) attaches
 # it where runc then bind-mounts it from.
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from agent.config import Config
 from agent.db import MetadataDB, open_database
+from agent.gpu.service import GpuService
 from agent.images import ImageRecord
 from agent.oci import ExitWatcher, Runtime
 from agent.pods import model
@@ -126,6 +127,7 @@ def build(
     runtime: FakeRuntime | None = None,
     watch: bool = True,
     apparmor: AppArmor | None = None,
+    gpu: GpuService | None = None,
 ) -> FakePods:
     """Managers over ``config``'s dirs (call again on the same dirs: an agent restart)."""
     state_dir = config.agent.state_dir
@@ -152,6 +154,7 @@ def build(
         on_change=lambda kind, cid: events.append((kind, cid)),
         kill_wait=1.0,
         apparmor=apparmor,
+        gpu=gpu,
     )
     sandboxes = SandboxManager(
         config,
