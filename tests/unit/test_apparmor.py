@@ -14,7 +14,7 @@ from agent.pods import model
 from agent.pods.apparmor import DEFAULT_PROFILE_NAME, AppArmor
 from agent.pods.podfiles import PodDirs
 from tests.conftest import make_config
-from tests.fakes.pods import FakePods, build
+from tests.fakes.pods import IMAGE, FakePods, build
 
 
 def host(tmp_path, *, enabled: bool, profiles: list[str]) -> AppArmor:
@@ -111,3 +111,46 @@ def test_the_pod_level_request_is_converted_like_a_containers():
         "unconfined"
     )
     assert converted(None) == ""
+
+
+# -- a container's profile: its process in config.json ---------------------------------------
+
+
+def container_profile(pods: FakePods, cid: str) -> str | None:
+    with open(os.path.join(pods.containers.bundle(cid), "config.json")) as f:
+        profile: str | None = json.load(f)["process"].get("apparmorProfile")
+    return profile
+
+
+async def test_a_containers_profile_confines_its_process_or_refuses_the_container(
+    tmp_path, short_dir
+):
+    apparmor = host(tmp_path, enabled=True, profiles=["k8s-app", DEFAULT_PROFILE_NAME])
+    pods = build(make_config(short_dir), apparmor=apparmor)
+
+    async def create(name: str, profile: str, *, privileged: bool = False) -> str:
+        security = model.ContainerSecurity(apparmor=profile, privileged=privileged)
+        config = model.ContainerConfig(
+            name=name, attempt=0, image=IMAGE, command=("sleep",), security=security
+        )
+        return await pods.containers.create(sid, config)
+
+    try:
+        sid = await pods.run_pod()
+        assert container_profile(pods, await create("named", "localhost/k8s-app")) == "k8s-app"
+        assert container_profile(pods, await create("default", "")) == DEFAULT_PROFILE_NAME
+        assert container_profile(pods, await create("runtime", "runtime/default")) == (
+            DEFAULT_PROFILE_NAME
+        )
+        assert container_profile(pods, await create("unconfined", "unconfined")) is None
+        privileged = await create("privileged", "runtime/default", privileged=True)
+        assert container_profile(pods, privileged) is None
+        # a privileged container still gets a profile it names itself
+        named_privileged = await create("named-privileged", "localhost/k8s-app", privileged=True)
+        assert container_profile(pods, named_privileged) == "k8s-app"
+        with pytest.raises(FailedPrecondition, match="is not loaded"):
+            await create("missing", "localhost/missing")
+        assert len(pods.store.containers_of(sid)) == 6  # the refused container left nothing
+    finally:
+        await pods.containers.close()
+        pods.close()
