@@ -15,8 +15,11 @@ import os
 import grpc
 import pytest
 
-from agent.errors import AgentError, FailedPrecondition
-from agent.pods import mounts
+from agent.errors import AgentError, FailedPrecondition, InvalidArgument
+from agent.pods import model, mounts, sandboxes
+from agent.pods.podfiles import PodDirs
+from tests.conftest import make_config
+from tests.fakes.pods import build
 
 RELEASE = os.uname().release
 
@@ -165,3 +168,31 @@ def test_the_probe_tries_the_store_then_a_tmpfs(monkeypatch):
         "(tmpfs can be from Linux 6.3)"
     )
     assert all(closed(fd) for fd in opened)  # each detached mount closed: nothing stays
+
+
+# -- a user-namespaced pod on a node that cannot id-map, through the sandbox manager --------
+
+
+async def test_a_user_namespaced_pod_is_refused_before_anything_is_made(monkeypatch, short_dir):
+    userns = model.UserNamespace(
+        uids=(model.IdMapping(0, 100000, 65536),), gids=(model.IdMapping(0, 100000, 65536),)
+    )
+
+    def pod(name: str, **namespaces: str) -> model.SandboxConfig:
+        security = model.PodSecurity(namespaces=model.NamespaceOptions(userns=userns, **namespaces))
+        return model.SandboxConfig(model.PodMetadata(name, "uid-1", "ns"), security=security)
+
+    pods = build(make_config(short_dir))
+    try:
+        monkeypatch.setattr(sandboxes, "why_no_idmapped_mounts", lambda: "no mount_setattr(2)")
+        with pytest.raises(FailedPrecondition, match="need id-mapped mounts: no mount_setattr"):
+            await pods.sandboxes.run(pod("cannot-idmap"))
+        with pytest.raises(InvalidArgument, match="cannot use the host's network namespace"):
+            await pods.sandboxes.run(pod("host-network", network="NODE"))
+        assert pods.store.sandboxes() == []
+        dirs = PodDirs(pods.config.agent.root_dir, pods.config.agent.state_dir)
+        for made in (dirs.root, dirs.state):
+            assert not os.path.exists(made) or os.listdir(made) == []
+    finally:
+        await pods.containers.close()
+        pods.close()
