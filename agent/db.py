@@ -289,10 +289,14 @@ class MetadataDB:
         #: answers of _since_last_commit, by (total_changes, data_version) when asked
         self._answers: dict[str, tuple[tuple[int, int], list[Any]]] = {}
         # Container environments (secrets) live here: owner-only, and SQLite gives the
-        # -wal and -shm files the database file's mode. A file from an older agent is
-        # tightened too.
+        # -wal and -shm files the database file's mode when it creates them. Files from
+        # an older agent (moved in by open_database) are tightened too, companions
+        # included: SQLite reuses an existing -wal/-shm with the mode it has.
         os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
         os.chmod(path, 0o600)
+        for suffix in _COMPANIONS:
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(path + suffix, 0o600)
         self._conn = sqlite3.connect(
             path, check_same_thread=False, isolation_level=None, timeout=30.0
         )

@@ -12,8 +12,8 @@ It runs in the download process (``download_process``), not the agent's, and
 that process's loop only receives bytes: every file write (a ``pwritev`` per
 megabyte, which can block for long when the kernel throttles dirty pages) and
 every ``parts.json`` update runs in a worker thread. Writes keep ``reserve``
-bytes free on the filesystem: the download stops with ``RESOURCE_EXHAUSTED``
-before the disk fills.
+bytes (and an inode reserve) free on the filesystem: the download stops with
+``RESOURCE_EXHAUSTED`` before the disk fills.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import aiohttp
 from agent.errors import AgentError, RegistryUnavailable, ResourceExhausted
 from agent.images.content import Ingest
 from agent.images.repository import Repository
+from agent.images.unpack_process import inode_reserve
 
 __all__ = ["Watermark", "WatermarkSink", "check_free_space", "download_blob"]
 
@@ -45,7 +46,8 @@ _SPACE_CHECK_BYTES = 16 << 20
 
 def check_free_space(path: str, needed: int, reserve: int) -> None:
     """Refuse (``ResourceExhausted``) if writing ``needed`` bytes would leave less
-    than ``reserve`` free on the filesystem of ``path``."""
+    than ``reserve`` free on the filesystem of ``path``, or if it is already under
+    its inode reserve (``unpack_process.inode_reserve``): the layer's files need them."""
     st = os.statvfs(path)
     free = st.f_bavail * st.f_frsize
     if free - needed < reserve:
@@ -53,6 +55,12 @@ def check_free_space(path: str, needed: int, reserve: int) -> None:
             f"not enough disk space for the image: {free >> 20} MiB free, "
             f"{needed >> 20} MiB to write and a {reserve >> 20} MiB reserve to keep "
             "(image.disk_reserve_mb)"
+        )
+    inodes = inode_reserve(st)
+    if st.f_favail < inodes:
+        raise ResourceExhausted(
+            f"not enough inodes for the image: {st.f_favail} free, under the "
+            f"{inodes} inode reserve (kept with image.disk_reserve_mb)"
         )
 
 

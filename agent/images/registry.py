@@ -14,7 +14,8 @@ file's) credentials answer a challenge of the endpoint itself, never one from
 a host a redirect led to; a bearer challenge's token realm receives them only
 if it is ``https`` (or the registry itself is plain HTTP), not on a
 link-local address, and not on loopback unless the registry is; token requests
-do not follow redirects.
+do not follow redirects, and use the registry's TLS settings (``insecure_skip_verify``,
+``ca_file``) only when the realm is on the registry's own origin.
 
 Failures are translated once, here: unreachable or failing registries are
 ``RegistryUnavailable``, 401/403 after authenticating are
@@ -107,6 +108,17 @@ def _check_realm(endpoint: Endpoint, realm: str) -> None:
         raise Unauthenticated(
             f"{endpoint.host} names a token realm on this node's loopback ({host})"
         )
+
+
+def _site(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port with the scheme's default filled in) of a URL."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or ""), port or {"http": 80, "https": 443}.get(scheme)
 
 
 def _is_local(host: str) -> bool:
@@ -285,6 +297,17 @@ class RegistryClient:
             raise Unauthenticated(f"{endpoint.host} refused access to {scope} {who}")
         return _check_denied(resp, endpoint)
 
+    def _realm_ssl(self, endpoint: Endpoint, realm: str) -> ssl.SSLContext | bool:
+        """The TLS trust for a token request: the endpoint's own only on its origin.
+
+        A registry's ``insecure_skip_verify`` or ``ca_file`` must not carry its
+        credentials to another host over TLS nobody checked; a realm elsewhere gets
+        its own host's settings (``image.registries``), else default verification."""
+        if _site(realm) == _site(endpoint.base_url):
+            return endpoint.ssl
+        host = urllib.parse.urlsplit(realm).netloc.lower()
+        return _ssl_for(self._settings.registries.get(host, RegistryHost()))
+
     async def _authenticate(
         self,
         endpoint: Endpoint,
@@ -301,6 +324,7 @@ class RegistryClient:
             return f"Bearer {credentials.registry_token}", 3600.0
         realm = challenge.params.get("realm", "")
         _check_realm(endpoint, realm)
+        realm_ssl = self._realm_ssl(endpoint, realm)
         query = {"scope": scope}
         if challenge.params.get("service"):
             query["service"] = challenge.params["service"]
@@ -313,7 +337,7 @@ class RegistryClient:
                     "client_id": "model-agent",
                     "refresh_token": credentials.identity_token,
                 }
-                ctx = http.post(realm, data=form, ssl=endpoint.ssl, allow_redirects=False)
+                ctx = http.post(realm, data=form, ssl=realm_ssl, allow_redirects=False)
             else:
                 token_headers = {}
                 if credentials is not None and credentials.has_basic:
@@ -322,7 +346,7 @@ class RegistryClient:
                     realm,
                     params=query,
                     headers=token_headers,
-                    ssl=endpoint.ssl,
+                    ssl=realm_ssl,
                     allow_redirects=False,
                 )
             async with ctx as resp:

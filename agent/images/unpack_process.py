@@ -29,7 +29,7 @@ artifact's tar may have none: ``diff_id`` empty). With ``extract`` false the
 blob is a file of an OCI artifact, not a tar: the worker only verifies its
 digest as it downloads, and the agent moves it into place. It
 enforces the layer's limits as it goes: uncompressed bytes, entries, and the
-free disk space it must leave.
+free disk space and inodes it must leave.
 """
 
 from __future__ import annotations
@@ -323,6 +323,18 @@ class Pipeline:
             thread.join(timeout=5)
 
 
+#: Inodes a pull leaves free besides the byte reserve (fewer on a filesystem with
+#: under a million: 1% of them), so a layer of millions of tiny files cannot take
+#: the last inodes the node needs.
+INODE_RESERVE = 10_000
+
+
+def inode_reserve(st: os.statvfs_result) -> int:
+    """Inodes to keep free on ``st``'s filesystem: 0 where it does not count them
+    (``f_files`` 0, as btrfs reports), else min(1% of them, ``INODE_RESERVE``)."""
+    return min(st.f_files // 100, INODE_RESERVE)
+
+
 def _check_reserve(path: str, reserve: int) -> None:
     st = os.statvfs(path)
     free = st.f_bavail * st.f_frsize
@@ -331,6 +343,26 @@ def _check_reserve(path: str, reserve: int) -> None:
             f"only {free >> 20} MiB left on the image filesystem, under the "
             f"{reserve >> 20} MiB reserve (image.disk_reserve_mb)"
         )
+    inodes = inode_reserve(st)
+    if st.f_favail < inodes:
+        raise BelowReserve(
+            f"only {st.f_favail} inodes left on the image filesystem, under the "
+            f"{inodes} inode reserve (kept with image.disk_reserve_mb)"
+        )
+
+
+def _checked_reads(read_chunk: Callable[[], bytes], path: str, reserve: int) -> Callable[[], bytes]:
+    """``read_chunk``, checking the reserve before each chunk reaches the extractor.
+
+    The decompressor's check runs up to a queue (16 MiB) ahead of the files
+    written, and a MiB of tar can hold 2048 empty files: checked here, at most one
+    chunk's entries (2048) are created past the last check that passed."""
+
+    def read() -> bytes:
+        _check_reserve(path, reserve)
+        return read_chunk()
+
+    return read
 
 
 def unpack(job: dict[str, Any], watermarks: IO[bytes]) -> dict[str, Any]:
@@ -341,8 +373,12 @@ def unpack(job: dict[str, Any], watermarks: IO[bytes]) -> dict[str, Any]:
     extract = bool(job.get("extract", True))
     try:
         if extract:
+            reserve = int(job.get("reserve_bytes") or 0)
+            read_chunk = pipeline.tar.next_chunk
+            if reserve:
+                read_chunk = _checked_reads(read_chunk, job["dest"], reserve)
             stats = apply_layer(
-                TarSource(pipeline.tar.next_chunk),
+                TarSource(read_chunk),
                 job["dest"],
                 max_entries=int(job.get("max_entries") or 0),
             )

@@ -192,6 +192,25 @@ def test_a_database_an_older_agent_left_in_the_root_dir_is_moved_with_its_wal(tm
         again.close()
 
 
+def test_the_wal_and_shm_an_older_agent_left_are_owner_only_once_moved(tmp_path):
+    """SQLite keeps an existing -wal/-shm's mode: a 0644 WAL would show its commits."""
+    legacy = MetadataDB(str(tmp_path / "metadata.db"))
+    legacy.set_info("written_by", "an older agent")
+    copies = tmp_path / "crashed"
+    copies.mkdir()
+    for name in ("metadata.db", "metadata.db-wal", "metadata.db-shm"):
+        shutil.copy(tmp_path / name, copies / name)
+        (copies / name).chmod(0o644)  # as an older agent's umask left them
+    legacy.close()
+    db = open_database(str(copies))
+    try:
+        assert db.get_info("written_by") == "an older agent"
+        for name in ("metadata.db", "metadata.db-wal", "metadata.db-shm"):
+            assert (copies / "db" / name).stat().st_mode & 0o777 == 0o600, name
+    finally:
+        db.close()
+
+
 def test_an_older_agent_opens_the_moved_database_through_the_old_name(tmp_path):
     """A rollback must not find an empty database at the old path (its recovery would
     then throw away every layer no record names)."""

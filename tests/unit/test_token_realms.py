@@ -3,10 +3,15 @@ registry off this node, which the integration tests cannot start: they only reac
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import pytest
 
+from agent.config import ImageSection, RegistryHost
 from agent.errors import Unauthenticated
-from agent.images.registry import Endpoint, _check_realm
+from agent.images.auth import Challenge, Credentials
+from agent.images.registry import Endpoint, RegistryClient, _check_realm
 
 
 def endpoint(base_url: str) -> Endpoint:
@@ -48,3 +53,77 @@ def test_realms_a_registry_may_name(registry, realm):
 def test_realms_that_are_refused(registry, realm, why):
     with pytest.raises(Unauthenticated, match=why):
         _check_realm(endpoint(registry), realm)
+
+
+class _TokenServer:
+    """A stand-in session: records the TLS setting each token request was made with."""
+
+    def __init__(self) -> None:
+        self.ssl: list[object] = []
+
+    @contextlib.asynccontextmanager
+    async def _answer(self):
+        class Content:
+            async def read(self, n):
+                return b'{"token": "t"}'
+
+        class Response:
+            status = 200
+            headers: dict[str, str] = {}
+            content = Content()
+
+        yield Response()
+
+    def get(self, url, **kwargs):
+        self.ssl.append(kwargs["ssl"])
+        return self._answer()
+
+    post = get
+
+
+def _token_ssl(registry: str, realm: str, settings: ImageSection | None = None) -> object:
+    """The ``ssl`` a bearer challenge from an ``insecure_skip_verify`` registry got."""
+    client = RegistryClient(settings or ImageSection(), read_timeout=10)
+    server = _TokenServer()
+    client._session = server  # type: ignore[assignment]
+    endpoint = Endpoint(base_url=registry, mirror=False, ssl=False)
+    challenge = Challenge("bearer", {"realm": realm, "service": "s"})
+    for credentials in (Credentials(username="u", password="p"), Credentials(identity_token="r")):
+        header, _ = asyncio.run(
+            client._authenticate(endpoint, challenge, "repo:a:pull", credentials)
+        )
+        assert header == "Bearer t"
+    assert len(set(map(repr, server.ssl))) == 1, server.ssl  # GET and refresh-token POST agree
+    return server.ssl[0]
+
+
+@pytest.mark.parametrize(
+    "realm",
+    ["https://registry.example.com/token", "https://registry.example.com:443/token"],
+)
+def test_a_realm_on_the_registry_itself_keeps_its_tls_settings(realm):
+    assert _token_ssl("https://registry.example.com", realm) is False
+
+
+@pytest.mark.parametrize(
+    "realm",
+    [
+        "https://auth.example.com/token",  # another host
+        "https://registry.example.com:8443/token",  # another port
+    ],
+)
+def test_a_realm_elsewhere_is_verified_by_default(realm):
+    """Basic credentials must not go over TLS nobody checked because the registry's is."""
+    assert _token_ssl("https://registry.example.com", realm) is True
+
+
+def test_a_realm_elsewhere_gets_its_own_hosts_tls_settings():
+    settings = ImageSection(
+        registries={
+            "registry.example.com": RegistryHost(insecure_skip_verify=True),
+            "auth.example.com": RegistryHost(insecure_skip_verify=True),
+        }
+    )
+    assert (
+        _token_ssl("https://registry.example.com", "https://auth.example.com/t", settings) is False
+    )
