@@ -28,6 +28,7 @@ __all__ = [
     "detect_gpus",
     "gpu_labels",
     "missing_prerequisites",
+    "pod_count",
     "run",
     "systemd_is_init",
 ]
@@ -190,5 +191,25 @@ def database_schema(path: str) -> tuple[int, str] | None:
         return int(version), last
     except sqlite3.Error as exc:
         raise InstallError(f"cannot read the schema version of {path}: {exc}") from None
+    finally:
+        conn.close()
+
+
+def pod_count(path: str) -> int:
+    """How many pod sandboxes ``metadata.db`` records (0 without a database or its table):
+    what a change that running pods would not survive must wait for."""
+    if not os.path.exists(path):
+        return 0
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    except sqlite3.Error as exc:
+        raise InstallError(f"cannot open {path}: {exc}") from None
+    try:
+        (count,) = conn.execute("SELECT count(*) FROM sandboxes").fetchone()
+        return int(count)
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return 0  # a database from before pods were stored (schema < 3)
+        raise InstallError(f"cannot count the pods in {path}: {exc}") from None
     finally:
         conn.close()

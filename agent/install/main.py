@@ -47,6 +47,7 @@ from agent.install.host import (
     detect_gpus,
     gpu_labels,
     missing_prerequisites,
+    pod_count,
     run,
     systemd_is_init,
 )
@@ -91,7 +92,9 @@ def _parser() -> argparse.ArgumentParser:
         "--cgroup-driver",
         choices=("auto", "systemd", "cgroupfs"),
         default="auto",
-        help="for a new config; auto: systemd when systemd is PID 1 (as kubeadm sets up)",
+        help="auto: systemd when systemd is PID 1 (as kubeadm sets up) for a new config, an "
+        "existing one kept; systemd or cgroupfs also set it in an existing config "
+        "(refused while pods exist)",
     )
     install.add_argument(
         "--set",
@@ -327,6 +330,19 @@ def _apply_sets(tree: dict[str, Any], sets: Sequence[str]) -> None:
         node[leaf] = value  # the agent's loader coerces strings, as for MODEL_AGENT_* variables
 
 
+def _configured_driver(path: str) -> str:
+    """``runtime.cgroup_driver`` of an existing config file ("" when it does not parse)."""
+    from agent.config import RuntimeSection
+
+    try:
+        with open(path, "rb") as f:
+            runtime = tomllib.load(f).get("runtime", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        return ""
+    value = runtime.get("cgroup_driver") if isinstance(runtime, dict) else None
+    return str(value) if value is not None else RuntimeSection().cgroup_driver
+
+
 def _write_config(layout: Layout, args: argparse.Namespace) -> Config:
     """Write the config (new node) or check it (upgrade); the config in force."""
     from agent.config import load, render_toml
@@ -334,7 +350,12 @@ def _write_config(layout: Layout, args: argparse.Namespace) -> Config:
 
     path = layout.config_file
     existing = os.path.exists(path)
-    if existing and not args.set:
+    sets = list(args.set)
+    old_driver = _configured_driver(path) if existing else ""
+    if existing and args.cgroup_driver != "auto" and args.cgroup_driver != old_driver:
+        # an explicit driver (the chart's installer.extraArgs) applies as a --set would
+        sets.insert(0, f"runtime.cgroup_driver={args.cgroup_driver}")
+    if existing and not sets:
         try:
             config = load(path, environ={})
         except ConfigError as exc:
@@ -351,7 +372,7 @@ def _write_config(layout: Layout, args: argparse.Namespace) -> Config:
         if driver == "auto":
             driver = "systemd" if layout.on_host and systemd_is_init() else "cgroupfs"
         tree = _node_choices(layout, driver)
-    _apply_sets(tree, args.set)
+    _apply_sets(tree, sets)
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
     draft = f"{path}.draft"
     try:
@@ -367,6 +388,19 @@ def _write_config(layout: Layout, args: argparse.Namespace) -> Config:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(draft)
         raise InstallError(str(exc).replace(draft, path)) from None
+    new_driver = config.runtime.cgroup_driver
+    driver_changed = existing and bool(old_driver) and new_driver != old_driver
+    if driver_changed and (pods := pod_count(layout.database)):
+        # the agent finds a pod's and a container's cgroups through the configured driver,
+        # and the kubelet's pod cgroups were made with the old one
+        os.unlink(draft)
+        raise InstallError(
+            f"runtime.cgroup_driver is {old_driver!r} in {path} and {pods} pod(s) exist on "
+            f"this node: changing it to {new_driver!r} under them is not safe, and the "
+            "kubelet must change with it. Nothing was changed. Drain the node, stop the "
+            "kubelet, remove the pods (crictl rmp -fa), run install.sh with this driver on "
+            f"the node, set the kubelet's cgroupDriver to {new_driver!r} and start it"
+        )
     if existing:
         with open(path) as f:
             unchanged = f.read() == text
@@ -377,6 +411,11 @@ def _write_config(layout: Layout, args: argparse.Namespace) -> Config:
         shutil.copy2(path, f"{path}.previous")
     os.replace(draft, path)
     _say(f"{'updated' if existing else 'wrote'} {path}")
+    if driver_changed:
+        _say(
+            f"runtime.cgroup_driver {old_driver} -> {new_driver}: set the kubelet's "
+            f"cgroupDriver to {new_driver} too"
+        )
     return config
 
 

@@ -1,7 +1,8 @@
 """``model-agent uninstall``: remove what the node install created, keep state unless purged.
 
-The unit is stopped first (``KillMode=process``: containers keep running); a purge is refused
-while pods' mounts remain under the agent's directories. Imports only the standard library.
+A purge is refused while pods' mounts remain under the agent's directories, checked before
+the unit is stopped (``KillMode=process``: containers keep running) so a refusal stops nothing.
+Imports only the standard library.
 """
 
 from __future__ import annotations
@@ -28,12 +29,8 @@ def uninstall(layout: Layout, *, purge: bool, say: Callable[[str], None]) -> Non
     manifest = Manifest.load(layout.manifest_file)
     if manifest is None and not purge:
         raise InstallError(f"nothing installed at {layout.manifest_file}")
-    if layout.on_host and systemd_is_init() and os.path.exists(layout.unit_file):
-        # stops the agent only (KillMode=process): containers keep running
-        run(["systemctl", "disable", "--now", UNIT_NAME], timeout=120)
-    pid = agent_pid(layout.state_dir)
-    if pid is not None:
-        raise InstallError(f"model-agent (pid {pid}) is running: stop it first")
+    # Refusals before the unit stops: a refused purge leaves the agent running, as the
+    # message asks (pods are removed through it).
     if purge:
         mounts = _mounts_under([layout.state_dir, layout.root_dir])
         if mounts:
@@ -41,6 +38,12 @@ def uninstall(layout: Layout, *, purge: bool, say: Callable[[str], None]) -> Non
                 f"pods still exist ({len(mounts)} mounts, e.g. {mounts[0]}): remove them "
                 "first (model-agent ctl stopp/rmp, with the agent running), then --purge"
             )
+    if layout.on_host and systemd_is_init() and os.path.exists(layout.unit_file):
+        # stops the agent only (KillMode=process): containers keep running
+        run(["systemctl", "disable", "--now", UNIT_NAME], timeout=120)
+    pid = agent_pid(layout.state_dir)
+    if pid is not None:
+        raise InstallError(f"model-agent (pid {pid}) is running: stop it first")
     for path in [*(manifest.links if manifest else []), *(manifest.files if manifest else [])]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)

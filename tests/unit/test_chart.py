@@ -295,6 +295,27 @@ def test_gpu_nodes_with_dra_and_bearer_auth():
     assert names == ["gpu.model-agent.io", "h200.gpu.model-agent.io", "mig.gpu.model-agent.io"]
 
 
+def test_rotating_the_chart_made_auth_secret_rolls_the_installer():
+    """The installer copies the Secret to the host only when its pod starts: a new token
+    must change the pod template, the --set keys alone do not."""
+
+    def annotations(auth: dict[str, Any]) -> dict[str, str]:
+        r = render(CHART, {"metricsAuth": auth})
+        return r.one("DaemonSet")["spec"]["template"]["metadata"]["annotations"]
+
+    first = annotations({"type": "bearer", "token": "one"})
+    second = annotations({"type": "bearer", "token": "two"})
+    assert first["model-agent.io/install-config"] == second["model-agent.io/install-config"]
+    assert first["model-agent.io/metrics-auth"] != second["model-agent.io/metrics-auth"]
+    assert annotations({"type": "bearer", "token": "one"}) == first  # stable
+    basic = annotations({"type": "basic", "username": "u", "password": "p1"})
+    assert basic != annotations({"type": "basic", "username": "u", "password": "p2"})
+    # an existingSecret is not the chart's to read: no checksum (README: rollout restart)
+    existing = annotations({"type": "bearer", "existingSecret": "mine"})
+    assert "model-agent.io/metrics-auth" not in existing
+    assert "model-agent.io/metrics-auth" not in annotations({"type": "none"})
+
+
 def test_device_plugin_mode_has_no_device_class():
     r = rendered("device-plugin")
     assert "DeviceClass" not in r.kinds()
