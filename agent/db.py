@@ -267,8 +267,8 @@ def open_database(root_dir: str) -> MetadataDB:
                 os.rename(legacy + suffix, path + suffix)
     db = MetadataDB(path)
     # The old name stays, as a link: an older agent (a rollback) and its installer open the
-    # same database through it (SQLite keeps the WAL beside the link's target) instead of
-    # starting an empty one, which would take every record, and so every layer, away.
+    # same database through it (SQLite keeps the WAL beside the link's target), not an empty
+    # one that would take every record, and so every layer, away.
     if not os.path.lexists(legacy):
         os.symlink(os.path.join(DATABASE_DIR, DATABASE_FILE), legacy)
     elif not os.path.islink(legacy):
@@ -279,24 +279,20 @@ def open_database(root_dir: str) -> MetadataDB:
 class MetadataDB:
     """A thread-safe wrapper over one SQLite connection.
 
-    Statements are short; callers on the event loop call these methods
-    directly, bulk work goes through ``asyncio.to_thread``.
-    """
+    Statements are short; callers on the event loop call these methods directly, bulk
+    work goes through ``asyncio.to_thread``."""
 
     def __init__(self, path: str, migrations: Sequence[str] = MIGRATIONS) -> None:
         self.path = path
         self._lock = threading.RLock()
         #: answers of _since_last_commit, by (total_changes, data_version) when asked
         self._answers: dict[str, tuple[tuple[int, int], list[Any]]] = {}
-        # Container environments (secrets) live here: owner-only, and SQLite gives the
-        # -wal and -shm files the database file's mode when it creates them. Files from
-        # an older agent (moved in by open_database) are tightened too, companions
-        # included: SQLite reuses an existing -wal/-shm with the mode it has.
+        # Container environments (secrets) live here: owner-only. SQLite gives new -wal and
+        # -shm files the database's mode but reuses an older agent's as they are: all tightened.
         os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        os.chmod(path, 0o600)
-        for suffix in _COMPANIONS:
+        for name in (path + suffix for suffix in ("", *_COMPANIONS)):
             with contextlib.suppress(FileNotFoundError):
-                os.chmod(path + suffix, 0o600)
+                os.chmod(name, 0o600)
         self._conn = sqlite3.connect(
             path, check_same_thread=False, isolation_level=None, timeout=30.0
         )
