@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -11,6 +12,7 @@ from agent.api.cri.runtime.v1 import api_pb2 as pb, api_pb2_grpc as pb_grpc
 from agent.cri import convert
 from agent.cri.batches import batches
 from agent.cri.validate import require_image
+from agent.errors import InvalidArgument
 from agent.images import ImageManager, ImageRecord
 
 __all__ = ["ImageService"]
@@ -20,9 +22,13 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 class ImageService(pb_grpc.ImageServiceServicer):
     def __init__(
-        self, images: ImageManager, *, on_pull: Callable[[str], None] | None = None
+        self,
+        images: ImageManager,
+        *,
+        on_pull: Callable[[str, int, bool], None] | None = None,
     ) -> None:
-        """``on_pull(pod_uid)`` hears of each pull made for a pod (cold-start metrics)."""
+        """``on_pull(pod_uid, started_ns, fetched)`` hears of each pull made for a pod
+        (cold-start metrics); ``fetched``: the image was absent or the pull changed it."""
         self._images = images
         self._on_pull = on_pull
 
@@ -62,10 +68,28 @@ class ImageService(pb_grpc.ImageServiceServicer):
         self, request: pb.PullImageRequest, context: Context
     ) -> pb.PullImageResponse:
         image = require_image(request)
-        if self._on_pull is not None and request.HasField("sandbox_config"):
-            self._on_pull(request.sandbox_config.metadata.uid)
-        image_id = await self._images.pull(image, convert.credentials_from_pb(request))
+        if self._on_pull is None or not request.HasField("sandbox_config"):
+            image_id = await self._images.pull(image, convert.credentials_from_pb(request))
+            return pb.PullImageResponse(image_ref=image_id)
+        # imagePullPolicy: Always pulls a cached image too: only an absent or changed
+        # image makes the pod a cold start (the pull resolves the tag either way).
+        started = time.time_ns()
+        before = self._present_id(image)
+        image_id = ""
+        try:
+            image_id = await self._images.pull(image, convert.credentials_from_pb(request))
+        finally:  # a failed pull of an absent image still starts the pod's cold start
+            fetched = before is None or (bool(image_id) and image_id != before)
+            self._on_pull(request.sandbox_config.metadata.uid, started, fetched)
         return pb.PullImageResponse(image_ref=image_id)
+
+    def _present_id(self, image: str) -> str | None:
+        """The id of the image ``image`` names now, if it is here."""
+        try:
+            found = self._images.find(image)
+        except InvalidArgument:
+            return None  # the pull says what is wrong with the name
+        return found.id if found is not None else None
 
     async def RemoveImage(
         self, request: pb.RemoveImageRequest, context: Context

@@ -169,12 +169,12 @@ class NodeMetrics:
         """Whether this gathering read the GPUs (else it keeps the last reading)."""
         if self._gpu is None:
             return False
-        inventory = self._gpu.inventory()
-        if not inventory.gpus:
-            new.gpu = None
-            return False
         started = time.perf_counter()
-        try:
+        try:  # the inventory reads the driver too: a failure keeps the last reading
+            inventory = self._gpu.inventory()
+            if not inventory.gpus:
+                new.gpu = None
+                return False
             reading = await asyncio.to_thread(self._reader.read, self._gpu.backend, inventory)
             if self._health is not None:
                 unhealthy = {u for u, h in self._health.devices().items() if not h.healthy}

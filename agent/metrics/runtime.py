@@ -8,8 +8,9 @@ agent restarts and what a start recovered.
   STARTED event arrives (CreateContainer → running);
 * a pod's cold start is the time from the first ``PullImage`` made for the pod
   (the kubelet names the pod in ``sandbox_config``; ``pull_requested`` records it)
-  to its first container running; a pod whose images were all present needs no pull
-  and is not a cold start;
+  to its first container running, if one of its pulls fetched an image; a pod whose
+  images were all present (``imagePullPolicy: Always`` still calls ``PullImage``) is
+  not a cold start;
 * an OOM kill is a STOPPED event whose record says ``OOMKilled``.
 
 Pods and containers by state, and the image store, are read at scrape time by
@@ -77,7 +78,8 @@ class RuntimeMetrics:
             ["kind"],
             registry=registry,
         )
-        self._pull_starts: dict[str, int] = {}  # pod uid -> ns of its first pull
+        # pod uid -> (ns of its first pull, whether any of its pulls fetched an image)
+        self._pull_starts: dict[str, tuple[int, bool]] = {}
 
     # -- told by the composition root and the CRI layer -----------------------------
 
@@ -90,18 +92,23 @@ class RuntimeMetrics:
         for kind, count in counts.items():
             self.recovered.labels(kind).set(count)
 
-    def pull_requested(self, pod_uid: str, at_ns: int | None = None) -> None:
-        """A ``PullImage`` for the pod ``pod_uid`` started (the first one counts)."""
+    def pull_requested(self, pod_uid: str, at_ns: int | None = None, fetched: bool = True) -> None:
+        """A ``PullImage`` for the pod ``pod_uid`` started at ``at_ns`` (the first one
+        counts); ``fetched``: it found the image absent or changed, so the pod is cold."""
         if not pod_uid:
             return
         now = time.time_ns() if at_ns is None else at_ns
+        known = self._pull_starts.get(pod_uid)
+        if known is not None:
+            self._pull_starts[pod_uid] = (min(known[0], now), known[1] or fetched)
+            return
         if len(self._pull_starts) >= _MAX_PENDING:
             self._expire(now)
         if len(self._pull_starts) < _MAX_PENDING:
-            self._pull_starts.setdefault(pod_uid, now)
+            self._pull_starts[pod_uid] = (now, fetched)
 
     def _expire(self, now: int) -> None:
-        for uid, started in list(self._pull_starts.items()):
+        for uid, (started, _) in list(self._pull_starts.items()):
             if now - started > _PULL_TTL_NS:
                 del self._pull_starts[uid]
 
@@ -121,8 +128,9 @@ class RuntimeMetrics:
             first = not any(c.started_at for c in event.containers if c.id != container.id)
             if first and sandbox is not None:
                 pulled = self._pull_starts.pop(sandbox.config.metadata.uid, None)
-                if pulled is not None:
-                    self.cold_start.observe(max(0.0, (container.started_at - pulled) / 1e9))
+                if pulled is not None and pulled[1]:
+                    seconds = (container.started_at - pulled[0]) / 1e9
+                    self.cold_start.observe(max(0.0, seconds))
         elif event.kind is EventKind.STOPPED and container.reason == "OOMKilled":
             self.oom_kills.inc()
 

@@ -36,6 +36,29 @@ _GZIP_WBITS = 16 + zlib.MAX_WBITS
 _GZIP_MIN_BYTES = 1024
 
 
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether ``Accept-Encoding`` allows gzip (RFC 9110 12.5.3): ``gzip;q=0`` refuses
+    it, ``*`` with q > 0 allows it unless gzip is named; an unreadable q is q=1."""
+    named: float | None = None
+    wildcard: float | None = None
+    for item in accept_encoding.lower().split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            key, _, raw = param.partition("=")
+            if key.strip() == "q":
+                try:
+                    q = float(raw.strip())
+                except ValueError:
+                    q = 1.0
+        if coding in ("gzip", "x-gzip"):
+            named = q if named is None else max(named, q)
+        elif coding == "*":
+            wildcard = q
+    chosen = named if named is not None else wildcard
+    return chosen is not None and chosen > 0
+
+
 class ScrapeSource(Protocol):
     async def refresh(self) -> None:
         """Gather what ``families`` reads (on the event loop, before each scrape)."""
@@ -142,7 +165,7 @@ class MetricsServer:
         if self._source is not None:
             await self._source.refresh()
         accept = request.headers.get("Accept", "")
-        wants_gzip = "gzip" in request.headers.get("Accept-Encoding", "")
+        wants_gzip = accepts_gzip(request.headers.get("Accept-Encoding", ""))
         body, content_type, compressed = await asyncio.to_thread(self._encode, accept, wants_gzip)
         headers = {"Content-Type": content_type, "Vary": "Accept, Accept-Encoding"}
         if compressed:

@@ -22,7 +22,7 @@ from agent.api.cri.runtime.v1 import api_pb2 as pb
 from agent.gpu.simulated import SimulatedBackend
 from agent.metrics import names
 from tests.integration.test_pods import Env, environment, images  # noqa: F401
-from tests.support.gpu_node import GPU0, GPU1, GpuNode, make_gpu_node
+from tests.support.gpu_node import GPU0, GPU1, GpuNode, make_gpu_node, simulation_toml
 from tests.support.prometheus import BINARY, Prometheus, promtool_check_metrics
 from tests.support.scrape import Scrape, scrape
 
@@ -126,17 +126,21 @@ async def test_prometheus_answers_the_autoscaling_queries_per_pod(gpu_env, short
         assert up["value"][1] == "1"
 
 
-async def test_the_exposition_passes_promtool_but_for_dcgms_own_names(gpu_env):
+async def test_the_exposition_passes_promtool_but_for_dcgms_own_names(gpu_env, node):
     env = gpu_env
+    # GPU 0 reports PCIe replays, so DCGM_FI_DEV_PCIE_REPLAY_COUNTER is exported too.
+    node.write_simulation(
+        simulation_toml().replace("gpu_temp_c = 41\n", "gpu_temp_c = 41\npcie_replay_count = 3\n")
+    )
     await serving_pods(env)
     metrics = await read(env)
     assert metrics.find("container_cpu_usage_seconds_total", pod="llm-a")
+    assert metrics.value("DCGM_FI_DEV_PCIE_REPLAY_COUNTER", UUID=GPU0) == 3
     code, complaints = await asyncio.to_thread(promtool_check_metrics, metrics.text)
     reasons = {line.split(" ", 1)[1] for line in complaints}
-    # Only DCGM-exporter's own names, kept as dashboards know them: modelName (and
-    # DCGM_FI_DEV_PCIE_REPLAY_COUNTER, which this simulation does not report).
-    assert "label names should be written in 'snake_case' not 'camelCase'" in reasons
-    assert reasons <= names.DCGM_LINT_EXCEPTIONS, complaints
+    # Only DCGM-exporter's own names, kept as dashboards know them: modelName and
+    # DCGM_FI_DEV_PCIE_REPLAY_COUNTER.
+    assert reasons == names.DCGM_LINT_EXCEPTIONS, complaints
     assert all(line.startswith("DCGM_FI_") for line in complaints), complaints
     assert code == 3  # lint findings, no parse error
 

@@ -163,3 +163,17 @@ def test_cadvisor_families_keep_cadvisors_names_under_prometheus_types():
     assert found["container_memory_failcnt"].type == "unknown"
     assert found["container_memory_working_set_bytes"].type == "gauge"
     assert found["container_start_time_seconds"].samples[0].value == 2
+
+
+def test_a_pod_whose_pulls_fetched_nothing_is_no_cold_start():
+    registry = CollectorRegistry()
+    metrics = RuntimeMetrics(registry)
+    metrics.pull_requested("uid-1", 100 * S, False)  # imagePullPolicy: Always, cached
+    metrics.observe(started("a", container("a", created=110 * S, started=111 * S)))
+    assert value(registry, "model_agent_pod_cold_start_duration_seconds_count") == 0
+    # A cached pull then one that fetched: cold, timed from the pod's first pull.
+    metrics.pull_requested("uid-2", 200 * S, False)
+    metrics.pull_requested("uid-2", 203 * S, True)
+    metrics.observe(started("b", container("b", created=210 * S, started=212 * S), uid="uid-2"))
+    assert value(registry, "model_agent_pod_cold_start_duration_seconds_count") == 1
+    assert value(registry, "model_agent_pod_cold_start_duration_seconds_sum") == 12

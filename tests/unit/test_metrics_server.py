@@ -115,6 +115,25 @@ async def test_text_by_default_openmetrics_when_asked_and_gzip(start):
     assert metrics.value("model_agent_metrics_requests_total", code="200") == 3
 
 
+@pytest.mark.parametrize(
+    ("accept_encoding", "gzipped"),
+    [
+        ("gzip;q=0", False),
+        ("gzip; q=0.000, identity", False),
+        ("*;q=0.5", True),
+        ("*, gzip;q=0", False),  # named beats the wildcard
+        ("*;q=0", False),
+        ("deflate, GZIP;q=0.2", True),
+        ("br", False),
+    ],
+)
+async def test_gzip_follows_the_q_values_of_accept_encoding(start, accept_encoding, gzipped):
+    server = await start()
+    status, headers, body = await get(server.url, headers={"Accept-Encoding": accept_encoding})
+    assert status == 200 and ("Content-Encoding" in headers) == gzipped
+    assert 'demo_hits_total{path="/p199"} 199.0' in body.decode()
+
+
 async def test_bearer_token_is_required_and_rotates_with_its_file(start, tmp_path):
     token = write(str(tmp_path / "token"), "s3cret-token\n")
     server = await start(bearer_token_file=token)
