@@ -2,7 +2,8 @@
 
 Used to read files of a container's root filesystem (``/etc/passwd``) from
 the host: a symlink in the image is followed relative to the root, and
-``..`` or an absolute link never leads outside it.
+``..`` or an absolute link never leads outside it, not even after a missing
+component (``link -> missing/../../out``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ def resolve_in_root(root: str, path: str) -> str:
         try:
             st = os.lstat(candidate)
         except FileNotFoundError:
-            return os.path.join(candidate, *pending)
+            # Not there (yet): a plain name, as in filepath-securejoin. The rest is still
+            # walked, so a ``..`` after it stays clamped at the root (a caller may makedirs).
+            current = candidate
+            continue
         if stat.S_ISLNK(st.st_mode):
             hops += 1
             if hops > _MAX_HOPS:

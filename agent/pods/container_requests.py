@@ -12,10 +12,10 @@ from dataclasses import replace
 
 from agent._util.securejoin import resolve_in_root
 from agent.db import GpuHolder
-from agent.errors import InvalidArgument
+from agent.errors import FailedPrecondition, InvalidArgument
 from agent.gpu import Assignment
 from agent.images import ImageRecord
-from agent.pods import spec
+from agent.pods import mounts, spec
 from agent.pods.model import ContainerConfig
 from agent.pods.podfiles import PodDirs
 from agent.pods.state import ContainerRecord, SandboxRecord
@@ -24,6 +24,8 @@ from agent.pods.store import PodStore
 __all__ = [
     "check_id_mapped_mounts",
     "check_pid_target",
+    "check_recursive_read_only",
+    "check_userns",
     "gpu_holders",
     "image_name",
     "log_path",
@@ -32,7 +34,9 @@ __all__ = [
 
 
 def check_pid_target(store: PodStore, config: ContainerConfig, sandbox: SandboxRecord) -> None:
-    """``pid: TARGET`` joins another container's PID namespace: only within its own pod."""
+    """``pid: TARGET`` joins another container's PID namespace: only within its own pod,
+    and only while it runs (a created one has no process yet, an exited one's pid may be
+    anyone's now)."""
     namespaces = config.security.namespaces
     if namespaces.pid != "TARGET":
         return
@@ -42,6 +46,35 @@ def check_pid_target(store: PodStore, config: ContainerConfig, sandbox: SandboxR
             f"namespace_options.target_id {target.id} is a container of another pod; "
             "a container may only join the PID namespace of one in its own pod"
         )
+    if not target.state.is_running() or target.pid <= 0:
+        raise FailedPrecondition(
+            f"namespace_options.target_id {target.id} is {target.state.value}, not running: "
+            "its PID namespace can only be joined while it runs"
+        )
+
+
+def check_userns(config: ContainerConfig, sandbox: SandboxRecord) -> None:
+    """A container runs in its pod's user namespace: options of its own (absent means the
+    pod's) must be the pod's, as containerd checks."""
+    own = config.security.namespaces.userns
+    if own is not None and own != sandbox.config.security.namespaces.userns:
+        raise InvalidArgument(
+            "config.linux.security_context.namespace_options.userns_options: differs from "
+            f"the user namespace of pod sandbox {sandbox.id}"
+        )
+
+
+def check_recursive_read_only(config: ContainerConfig) -> None:
+    """Refused up front where the kernel cannot (not advertised there), rather than as a
+    late UNKNOWN from the mount."""
+    if mounts.recursive_readonly_supported():
+        return
+    for i, mount in enumerate(config.mounts):
+        if mount.recursive_read_only:
+            raise FailedPrecondition(
+                f"config.mounts[{i}] {mount.container_path}: recursive read-only mounts are "
+                f"not supported on this node (Linux {os.uname().release}; they need 5.12)"
+            )
 
 
 def check_id_mapped_mounts(config: ContainerConfig, sandbox: SandboxRecord) -> None:

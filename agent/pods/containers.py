@@ -191,6 +191,8 @@ class ContainerManager:
         )
         self._store.check_container_name(record)
         requests.check_pid_target(self._store, config, sandbox)
+        requests.check_userns(config, sandbox)
+        requests.check_recursive_read_only(config)
         requests.check_id_mapped_mounts(config, sandbox)
         image_ids = self._fs.image_volume_ids(config)
         config = requests.with_protective_paths(
