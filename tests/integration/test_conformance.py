@@ -2972,11 +2972,12 @@ async def create_with_image_volume(
 def skip_if_image_volume_unsupported(
     error: grpc.aio.AioRpcError | None, expect_error: bool
 ) -> None:
-    """skipIfImageVolumeUnsupported: UNIMPLEMENTED means the runtime has no image volumes."""
+    """critest's skipIfImageVolumeUnsupported, failing instead: the agent implements image
+    volumes, so UNIMPLEMENTED is a regression to see, not a runtime to skip."""
     if error is None:
         return
     if error.code() == grpc.StatusCode.UNIMPLEMENTED:
-        pytest.skip("Image Volumes are not yet supported by the runtime (Unimplemented).")
+        pytest.fail(f"image volumes regressed to UNIMPLEMENTED: {error.details()}")
     if not expect_error:
         raise error
 

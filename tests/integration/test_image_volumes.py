@@ -101,6 +101,8 @@ async def test_a_model_image_mounted_read_only_and_kept_in_use(env):
         await env.cri.images.RemoveImage(remove)
     assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
     await env.restart_agent()  # the mount stays; the agent still knows it
+    after = [m for m in (await env.status(cid)).mounts if m.container_path == "/models"]
+    assert after == mounts  # reloaded from the record, image_ref included
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await env.cri.images.RemoveImage(remove)
     assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
@@ -124,6 +126,33 @@ async def test_an_image_volume_of_an_image_not_pulled_is_not_found(env):
         await env.create(sid, env.container_config("x", "true", mounts=[mount]))
     assert info.value.code() is grpc.StatusCode.NOT_FOUND
     assert "pull it first" in (info.value.details() or "")
+
+
+def assert_nothing_left(env: Env) -> None:
+    """No staged image mount and no container dir (but the trash) survives a refusal."""
+    state_dir = env.agent.config.agent.state_dir
+    with open("/proc/self/mountinfo") as f:
+        assert not [line for line in f if f"{state_dir}/containers/" in line]
+    containers = f"{state_dir}/containers"
+    left = os.listdir(containers) if os.path.isdir(containers) else []
+    assert all(n.startswith(".trash-") for n in left), left
+
+
+@pytest.mark.parametrize("sub_path", ["/model", "../model", "model/../../etc"])
+async def test_an_image_sub_path_leaving_the_image_is_refused(env, sub_path):
+    sid = await env.run_pod()
+    config = env.container_config("x", "true", mounts=[image_mount(env, sub_path)])
+    await env.create_refused(sid, config, "must be a path inside the image")
+    assert_nothing_left(env)
+    await env.remove_pod(sid)
+
+
+async def test_a_missing_image_sub_path_is_refused_and_unstaged(env):
+    sid = await env.run_pod()
+    config = env.container_config("x", "true", mounts=[image_mount(env, "not-there")])
+    await env.create_refused(sid, config, "image_sub_path 'not-there' does not exist")
+    assert_nothing_left(env)  # the image was staged before the check: it is undone
+    await env.remove_pod(sid)
 
 
 async def test_a_single_layer_image_volume_is_read_only_nosuid_and_nodev(env):

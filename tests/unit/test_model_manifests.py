@@ -122,7 +122,11 @@ def test_autoscalers_scale_the_deployment_on_queue_length(example: str) -> None:
     assert trigger["type"] == "prometheus"
     metadata = trigger["metadata"]
     assert metadata["serverAddress"].startswith("http")
-    assert f'model_server_queue_length{{model="{example}"}}' in metadata["query"]
+    # Scoped to the ScaledObject's own namespace, as the chart's template does.
+    namespace = scaled["metadata"]["namespace"]
+    assert metadata["query"] == (
+        f'sum(model_server_queue_length{{namespace="{namespace}",model="{example}"}})'
+    )
     assert all(isinstance(metadata[key], str) for key in ("threshold", "activationThreshold"))
     float(metadata["threshold"])
     assert 1 <= scaled["spec"]["minReplicaCount"] < scaled["spec"]["maxReplicaCount"]

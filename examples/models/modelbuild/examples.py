@@ -35,6 +35,7 @@ __all__ = [
     "BuildResult",
     "Example",
     "build_example",
+    "image_gpu",
     "minilm_v1_weights",
     "run_in_rootfs",
 ]
@@ -67,6 +68,8 @@ class Example:
     #: ModelPack layer media type by file name (weights by default).
     file_types: Mapping[str, str] = field(default_factory=dict)
     model_config: Mapping[str, str] = field(default_factory=dict)
+    #: The wheel (name prefix) ``gpu`` needs: an image without it is labelled gpu=none.
+    gpu_wheel: str = ""
 
     @property
     def mount_path(self) -> str:
@@ -125,6 +128,7 @@ EXAMPLES: Mapping[str, Example] = {
             oci.WEIGHT_CONFIG_RAW,
         ),
         model_config={"architecture": "transformer", "format": "safetensors", "paramSize": "22.7m"},
+        gpu_wheel="cupy",
     ),
 }
 
@@ -170,8 +174,23 @@ def _extra_wheels_layer(example: Example, lock: str, cache_dir: str, work: str) 
     return out
 
 
+def image_gpu(example: Example, extra_wheels_lock: str | None = None) -> str:
+    """The gpu label: ``example.gpu`` only where the image holds the wheel the GPU path
+    needs (CuPy for MiniLM, from ``--extra-wheels``), else ``none``: the numpy image given
+    a GPU computes on the CPU, so it must not advertise one."""
+    if not example.gpu_wheel:
+        return example.gpu
+    locks = [lock for lock in (example.rootfs.wheels_lock, extra_wheels_lock) if lock]
+    names = [pin.name.lower() for lock in locks for pin in wheels.read_lock(lock)]
+    return example.gpu if any(n.startswith(example.gpu_wheel) for n in names) else "none"
+
+
 def _labels(
-    example: Example, image_version: str, weights: WeightsMode, version: str
+    example: Example,
+    image_version: str,
+    weights: WeightsMode,
+    version: str,
+    extra_wheels_lock: str | None = None,
 ) -> dict[str, str]:
     prefix = "io.model-agent.model."
     return {
@@ -188,7 +207,7 @@ def _labels(
         prefix + "http-port": str(HTTP_PORT),
         prefix + "metrics-port": str(METRICS_PORT),
         prefix + "metrics-path": "/metrics",
-        prefix + "gpu": example.gpu,
+        prefix + "gpu": image_gpu(example, extra_wheels_lock),
         prefix + "weights": "layer" if weights == "layer" else "artifact",
         prefix + "weights-path": example.baked_path if weights == "layer" else example.mount_path,
         prefix + "mount-path": example.mount_path,
@@ -348,7 +367,7 @@ def build_example(
                     os.path.getsize(tar),
                 )
             )
-        labels = _labels(example, image_tag, weights, weights_version)
+        labels = _labels(example, image_tag, weights, weights_version, extra_wheels_lock)
         manifest = oci.write_image(
             image_layout,
             layers,
