@@ -13,8 +13,11 @@ change it, under the policy of ``[gpu.health]``:
   no critical event and NVML answers for it — except after an XID in ``reset_xids``
   (48, 79, 95, … by default), an uncorrectable ECC error or a loss from the bus: those
   wait until a reset is seen, i.e. NVML stopped answering for the GPU (or it left the
-  inventory) and answers again. GPUs waiting for a reset are kept in a small file in the
-  state dir, which a reboot clears, so an agent restart is not mistaken for a reset.
+  inventory) and answers again, or a counter that only a reset or driver reload lowers
+  went down (the volatile ECC error totals, the energy counter; ``observe``'s
+  ``samples``), which catches a reset quicker than one reading. GPUs waiting for a
+  reset are kept in a small file in the state dir, which a reboot clears, so an agent
+  restart is not mistaken for a reset.
 
 Changes are logged (one line each way) and counted in ``version``; consumers on the
 event loop ``await wait_changed(version)``, others read ``devices()``. Thread-safe.
@@ -34,7 +37,7 @@ from dataclasses import dataclass, field, replace
 
 from agent._util.fs import atomic_write_json
 from agent.config import GpuHealthSection
-from agent.gpu.backend import STATE_LOST, STATE_OK, GpuEvent, GpuInfo
+from agent.gpu.backend import STATE_LOST, STATE_OK, GpuEvent, GpuInfo, GpuSample
 
 __all__ = [
     "REASON_ECC",
@@ -75,6 +78,11 @@ class _State:
     last_critical: float | None = None  # monotonic
     answering: bool = True
     down_since_reset_needed: bool = False
+    counters: dict[str, float] = field(default_factory=dict)  # of the last sample
+
+
+#: GpuSample fields that only grow until a GPU reset or a driver reload clears them.
+_RESET_COUNTERS = ("ecc_corrected_volatile", "ecc_uncorrected_volatile", "energy_joules")
 
 
 @dataclass(slots=True)
@@ -146,10 +154,14 @@ class GpuHealth:
 
     # -- changing -------------------------------------------------------
 
-    def observe(self, gpus: Iterable[GpuInfo]) -> None:
-        """An NVML reading of every GPU: who answers, resets seen, recoveries due."""
+    def observe(self, gpus: Iterable[GpuInfo], samples: Iterable[GpuSample] = ()) -> None:
+        """An NVML reading of every GPU: who answers, resets seen, recoveries due.
+
+        ``samples`` (``GpuBackend.samples()``), when given, show a reset NVML answered
+        through: a counter in ``_RESET_COUNTERS`` went down."""
         now = self._clock()
         changed = []
+        by_uuid = {s.uuid: s for s in samples if not s.parent_uuid and s.state == STATE_OK}
         with self._lock:
             seen = set()
             for gpu in gpus:
@@ -161,7 +173,8 @@ class GpuHealth:
                     state = self._gpus[gpu.uuid] = self._new_state(gpu)
                     if not state.health.healthy:
                         changed.append(state.health)
-                changed += self._observe_one(state, gpu, now)
+                dropped = self._counters_dropped(state, by_uuid.get(gpu.uuid))
+                changed += self._observe_one(state, gpu, now, counter_reset=dropped)
             for uuid, state in self._gpus.items():
                 if uuid not in seen:  # left NVML's list: as good as lost
                     changed += self._observe_one(
@@ -221,7 +234,23 @@ class GpuHealth:
             state.last_critical = self._clock()
         return state
 
-    def _observe_one(self, state: _State, gpu: GpuInfo, now: float) -> list[DeviceHealth]:
+    @staticmethod
+    def _counters_dropped(state: _State, sample: GpuSample | None) -> bool:
+        """Whether a reset counter went down since the last sample (and remember these)."""
+        if sample is None:
+            return False
+        counters = {
+            key: float(value)
+            for key in _RESET_COUNTERS
+            if (value := getattr(sample, key)) is not None
+        }
+        dropped = any(value < state.counters.get(key, value) for key, value in counters.items())
+        state.counters = counters
+        return dropped
+
+    def _observe_one(
+        self, state: _State, gpu: GpuInfo, now: float, *, counter_reset: bool = False
+    ) -> list[DeviceHealth]:
         old = state.health
         answering = gpu.state == STATE_OK and not _identity_error(gpu)
         if not answering:
@@ -249,6 +278,10 @@ class GpuHealth:
             state.down_since_reset_needed = False
             state.health = replace(old, needs_reset=False)
             log.info("GPU %d (%s): answering again after a reset", gpu.index, gpu.uuid)
+        elif counter_reset and old.needs_reset:
+            state.down_since_reset_needed = False
+            state.health = replace(old, needs_reset=False)
+            log.info("GPU %d (%s): its reset counters dropped: reset", gpu.index, gpu.uuid)
         health = state.health
         quiet = self._policy.recovery_seconds
         if (

@@ -94,6 +94,7 @@ class HealthMonitor:
     def _observe(self, backend: GpuBackend) -> None:
         try:
             if backend.status().available:
-                self._health.observe(backend.gpus())
+                # the samples too: a counter a reset clears shows a reset NVML answered through
+                self._health.observe(backend.gpus(), backend.samples())
         except Exception:
             log.exception("GPU health: reading the GPUs failed")

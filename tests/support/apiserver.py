@@ -74,10 +74,11 @@ def _not_allowed(what: str) -> APIError:
 class APIServerStandIn(BackgroundServer):
     """The ``resource.k8s.io/v1`` API-server stand-in; ``with APIServerStandIn() as api:``."""
 
-    def __init__(self, *, token: str | None = None) -> None:
+    def __init__(self, *, token: str | None = None, drop_device_taints: bool = False) -> None:
+        """``drop_device_taints``: behave as a server with the DRADeviceTaints gate off."""
         super().__init__(_Handler)
         self.token = token
-        self.store = Store()
+        self.store = Store(drop_device_taints=drop_device_taints)
         self.requests: list[RecordedRequest] = []
         self._failures: list[_Failure] = []
         self._lock = threading.Lock()

@@ -107,9 +107,11 @@ def _page_token(start: int) -> str:
 class Store:
     """ResourceSlices by name, ResourceClaims by (namespace, name), and the revision."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, drop_device_taints: bool = False) -> None:
         self.lock = threading.Lock()
         self.revision = 0
+        #: As a server without the DRADeviceTaints feature gate: ``taints`` never stored.
+        self.drop_device_taints = drop_device_taints
         self.slices: dict[str, dict[str, Any]] = {}
         self.claims: dict[tuple[str, str], dict[str, Any]] = {}
 
@@ -162,8 +164,7 @@ class Store:
                 raise not_found("resourceslices", name)
             return copy.deepcopy(self.slices[name])
 
-    @staticmethod
-    def _decode(body: Any) -> dict[str, Any]:
+    def _decode(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise APIError(400, "BadRequest", "the body of the request was in an unknown format")
         obj = copy.deepcopy(body)
@@ -176,6 +177,8 @@ class Store:
             raise APIError(400, "BadRequest", message)
         obj.setdefault("metadata", {})
         for i, device in enumerate(obj.get("spec", {}).get("devices") or []):
+            if self.drop_device_taints and isinstance(device, dict):
+                device.pop("taints", None)
             for key, capacity in (device.get("capacity") or {}).items():
                 if not is_quantity(capacity.get("value")):
                     path = f"spec.devices[{i}].capacity[{key}].value"

@@ -9,7 +9,9 @@ names NVIDIA's DRA driver publishes, so a DeviceClass or claim selector written 
 (``gpu`` | ``mig``), ``uuid``, ``index``, ``minor``, ``productName``, ``brand``,
 ``architecture``, ``cudaComputeCapability``, ``driverVersion``, ``cudaDriverVersion``
 (versions as semver), ``pcieBusID`` (and the standard ``resource.kubernetes.io/pciBusID``),
-MIG devices ``parentUUID``, ``parentIndex``, ``parentMinor``, ``profile``; capacity
+the standard ``resource.kubernetes.io/pcieRoot`` (the root complex, ``pci0000:00``, from
+sysfs: where the GPU's bus id resolves there, never for a simulated GPU unless a sysfs
+root is given), MIG devices ``parentUUID``, ``parentIndex``, ``parentMinor``, ``profile``; capacity
 ``memory`` (and ``multiprocessors`` for MIG). Ours on top: ``numaNode``, ``replica``.
 
 An unhealthy GPU's devices carry a ``DeviceTaint`` the scheduler respects:
@@ -21,6 +23,7 @@ Imports only ``gpu`` modules.
 from __future__ import annotations
 
 import datetime
+import os
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +32,15 @@ from agent.gpu.backend import DriverInfo, GpuInfo
 from agent.gpu.health import REASON_ECC, REASON_LOST, REASON_XID, DeviceHealth
 from agent.gpu.inventory import Device, Inventory
 
-__all__ = ["TAINT_DOMAIN", "DraDevice", "binary_quantity", "dra_devices", "semver", "slice_device"]
+__all__ = [
+    "TAINT_DOMAIN",
+    "DraDevice",
+    "binary_quantity",
+    "dra_devices",
+    "pcie_root",
+    "semver",
+    "slice_device",
+]
 
 TAINT_DOMAIN = "gpu.model-agent.io"
 STANDARD_PREFIX = "resource.kubernetes.io/"
@@ -42,6 +53,7 @@ class DraDevice:
     name: str
     device: Device
     replica: int | None = None
+    pcie_root: str = ""  # "pci0000:00"; "" where sysfs does not say
 
     @property
     def uuid(self) -> str:
@@ -59,12 +71,37 @@ def _base_name(device: Device) -> str:
     return f"gpu-{minor}-mig-{device.mig.gpu_instance_id}-{device.mig.compute_instance_id}"
 
 
-def dra_devices(inventory: Inventory, gpu_uuids: Collection[str], replicas: int) -> list[DraDevice]:
-    """The pool's devices for the GPUs DRA offers (``gpu_uuids``)."""
+def pcie_root(bus_id: str, sysfs: str = "/sys") -> str:
+    """The PCIe root complex of a PCI device (``pci0000:00``), as Kubernetes' own helper
+    reads it: ``<sysfs>/bus/pci/devices/<id>`` links to ``devices/pci<root>/…/<id>``;
+    "" when it does not."""
+    link = os.path.join(sysfs, "bus", "pci", "devices", bus_id)
+    try:
+        target = os.readlink(link)
+    except OSError:
+        return ""
+    resolved = os.path.normpath(os.path.join(os.path.dirname(link), target))
+    parts = os.path.relpath(resolved, os.path.normpath(sysfs)).split(os.sep)
+    if len(parts) < 3 or parts[0] != "devices" or parts[-1] != bus_id:
+        return ""
+    return parts[1] if parts[1].startswith("pci") else ""
+
+
+def dra_devices(
+    inventory: Inventory, gpu_uuids: Collection[str], replicas: int, *, sysfs: str | None = None
+) -> list[DraDevice]:
+    """The pool's devices for the GPUs DRA offers (``gpu_uuids``).
+
+    ``sysfs`` is where PCIe roots are read; by default the host's ``/sys`` for NVML's
+    GPUs only (a simulated GPU's made-up bus id may name a real host device).
+    """
+    if sysfs is None:
+        sysfs = "/sys" if inventory.status.backend == "nvml" else ""
     out: list[DraDevice] = []
     for gpu in inventory.usable():
         if gpu.uuid not in gpu_uuids:
             continue
+        root = pcie_root(pci_bus_id(gpu.pci_bus_id), sysfs) if sysfs and gpu.pci_bus_id else ""
         if gpu.mig_mode == "enabled" and gpu.mig_devices:
             devices = [Device(gpu, mig) for mig in gpu.mig_devices]
         else:
@@ -72,9 +109,11 @@ def dra_devices(inventory: Inventory, gpu_uuids: Collection[str], replicas: int)
         for device in devices:
             base = _base_name(device)
             if replicas <= 1:
-                out.append(DraDevice(base, device))
+                out.append(DraDevice(base, device, pcie_root=root))
             else:
-                out.extend(DraDevice(f"{base}-replica-{r}", device, r) for r in range(replicas))
+                out.extend(
+                    DraDevice(f"{base}-replica-{r}", device, r, root) for r in range(replicas)
+                )
     return out
 
 
@@ -173,6 +212,8 @@ def slice_device(
             capacity["memory"] = {"value": binary_quantity(mig.memory_total)}
         if mig.multiprocessor_count:
             capacity["multiprocessors"] = {"value": str(mig.multiprocessor_count)}
+    if device.pcie_root:
+        attributes[f"{STANDARD_PREFIX}pcieRoot"] = {"string": device.pcie_root}
     if device.replica is not None:
         attributes["replica"] = {"int": device.replica}
     entry: dict[str, Any] = {"name": device.name, "attributes": dict(sorted(attributes.items()))}

@@ -11,7 +11,11 @@ wanted; an update carries the ``resourceVersion`` read, so a concurrent change i
 409 Conflict, after which the slices are read again. A failure is retried with
 exponential backoff (0.5 s doubling to ``retry_max``) — an API server that is away
 never stops the agent. ``delete`` removes the node's slices (on stop, when so
-configured). Imports only ``gpu.dra`` modules.
+configured). An API server without the ``DRADeviceTaints`` feature drops ``taints``
+from the devices it stores; once a write comes back without the taints sent, the
+publisher leaves tainted (unhealthy) devices out of the pool instead, so they are not
+scheduled and the pool stops differing from what is stored. Imports only ``gpu.dra``
+modules.
 """
 
 from __future__ import annotations
@@ -70,6 +74,8 @@ class SlicePublisher:
         self.synced = asyncio.Event()  # set after each sync that left the pool as wanted
         self.last_error = ""
         self.writes = 0
+        #: False once the API server was seen dropping device taints (until a restart).
+        self.taints_supported = True
 
     # -- what to publish ------------------------------------------------
 
@@ -124,7 +130,27 @@ class SlicePublisher:
                 if self._devices == devices:
                     self.synced.set()
 
+    def _published(self, devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The devices to write: tainted ones left out where taints would be dropped."""
+        if self.taints_supported:
+            return devices
+        return [d for d in devices if not d.get("taints")]
+
+    def _check_taints(self, sent: list[dict[str, Any]], stored: dict[str, Any]) -> bool:
+        """Whether the API server kept the taints sent; logs once when it did not."""
+        kept = {d.get("name"): d.get("taints") for d in stored.get("spec", {}).get("devices") or []}
+        if all(kept.get(d["name"]) for d in sent if d.get("taints")):
+            return True
+        self.taints_supported = False
+        log.warning(
+            "ResourceSlices of %s: the API server drops device taints (feature gate "
+            "DRADeviceTaints off); unhealthy devices are left out of the pool instead",
+            self.node,
+        )
+        return False
+
     def _sync(self, devices: list[dict[str, Any]]) -> None:
+        devices = self._published(devices)
         api = self._api()
         existing = {s["metadata"]["name"]: s for s in api.list_slices(self.node, self.driver)}
         chunks = _chunks(devices)
@@ -136,14 +162,17 @@ class SlicePublisher:
             self.generation = generations[0]
             return
         generation = max([self.generation, *generations]) + 1
+        taints_kept = True
         for name, chunk in zip(names, chunks, strict=True):
             body = self._body(name, chunk, generation, len(chunks))
             old = existing.get(name)
             if old is None:
-                api.create_slice(body)
+                stored = api.create_slice(body)
             else:
                 body["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
-                api.replace_slice(name, body)
+                stored = api.replace_slice(name, body)
+            if self.taints_supported and not self._check_taints(chunk, stored):
+                taints_kept = False
         for name, old in existing.items():
             if name not in names:
                 api.delete_slice(name, old["metadata"].get("resourceVersion", ""))
@@ -156,6 +185,8 @@ class SlicePublisher:
             len(devices),
             len(chunks),
         )
+        if not taints_kept:  # what was just written offers unhealthy devices: write again
+            self._sync(devices)
 
     @staticmethod
     def _up_to_date(
@@ -192,7 +223,7 @@ class SlicePublisher:
     def wanted(self, generation: int = 1) -> list[dict[str, Any]]:
         """The slices as they would be written now (for validation and ``Status``)."""
         with self._lock:
-            devices = list(self._devices or [])
+            devices = self._published(list(self._devices or []))
         chunks = _chunks(devices)
         return [
             self._body(slice_name(self.node, self.driver, i), chunk, generation, len(chunks))
