@@ -239,9 +239,13 @@ def push(registry: Registry, meta: dict) -> str:
 
 
 def cold_cache() -> None:
+    """Drop the page cache before each run, or stop: a warm run is not the measured one."""
     subprocess.run(["sync"], check=True)
-    with contextlib.suppress(OSError), open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError as exc:
+        raise SystemExit(f"cannot drop the page cache (run as root): {exc}") from None
 
 
 def run_ours(registry: Registry, scratch: str, image_id: str) -> float:
