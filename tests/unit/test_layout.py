@@ -158,6 +158,18 @@ def layer_problems(imports: list[Import]) -> list[str]:
     return problems
 
 
+def test_imports_are_absolute():
+    """The layer and export checks read absolute imports only: a relative one would
+    slip past them."""
+    relative = [
+        f"{module}:{node.lineno}"
+        for module, path in _modules()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.level > 0
+    ]
+    assert relative == []
+
+
 def test_names_used_across_packages_are_exported_by_the_package():
     problems = export_problems(_imports())
     assert problems == [], "\n".join(problems)
@@ -183,8 +195,9 @@ def test_the_checks_catch_violations():
 
 #: Calls that start a process; only ``agent/_util/proc.py`` may make them.
 _PROCESS_STARTERS = re.compile(
-    r"\b(create_subprocess_exec|create_subprocess_shell|subprocess\.|os\.fork|os\.system|"
-    r"os\.exec[lv]p?e?|os\.spawn|os\.posix_spawn|multiprocessing|Popen)\b"
+    r"\b(create_subprocess_exec|create_subprocess_shell|subprocess_exec|subprocess_shell|"
+    r"subprocess\.|from subprocess import|import subprocess|os\.fork(pty)?|os\.system|"
+    r"os\.exec[lv]p?e?|os\.spawn\w*|os\.posix_spawnp?|pty\.(spawn|fork)|multiprocessing|Popen)\b"
 )
 
 
@@ -211,6 +224,23 @@ def test_only_util_proc_starts_processes():
             if _PROCESS_STARTERS.search(code) or re.match(r"\s*import subprocess", code):
                 offenders.append(f"{module}:{number}: {line.strip()}")
     assert offenders == [], "\n".join(offenders)
+
+
+def test_every_way_to_start_a_process_is_caught():
+    starts = [
+        "await asyncio.create_subprocess_exec(*argv)",
+        "await loop.subprocess_exec(Protocol, *argv)",
+        "from subprocess import run",
+        "import subprocess",
+        "subprocess.run(argv)",
+        "os.posix_spawnp(argv[0], argv, env)",
+        "os.forkpty()",
+        "pty.spawn(argv)",
+        "os.execvpe(argv[0], argv, env)",
+        "os.spawnlp(os.P_WAIT, 'x')",
+    ]
+    assert [line for line in starts if not _PROCESS_STARTERS.search(line)] == []
+    assert not _PROCESS_STARTERS.search("await proc.wait()  # a subprocessing note")
 
 
 #: Issue 9: "No module over ~500 lines without a reason written at its top."
