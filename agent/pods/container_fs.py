@@ -34,6 +34,23 @@ class ImageSource(Protocol):
     def layer_dirs(self, image: ImageRecord) -> tuple[str, list[str]]: ...
 
 
+def _refuse_mounts_over_the_root(rootfs: str, config: ContainerConfig) -> None:
+    """A target that a link in the image resolves to ``/`` (``cri.validate`` refuses
+    the plain spellings): runc would mount over the container's whole root, and make
+    its ``dev/ proc/ sys/`` inside the volume's host directory before failing."""
+    root = os.path.realpath(rootfs)
+    for i, mount in enumerate(config.mounts):
+        try:
+            resolved = resolve_in_root(root, mount.container_path)
+        except OSError:
+            continue  # runc says what is wrong with such a path
+        if resolved == root:
+            raise InvalidArgument(
+                f"config.mounts[{i}]: container_path '{mount.container_path}' resolves to "
+                "the container's root filesystem (through a link in the image)"
+            )
+
+
 class ContainerFilesystem:
     def __init__(self, state: str, *, mounter: Mounter, images: ImageSource) -> None:
         self._state = state
@@ -77,6 +94,7 @@ class ContainerFilesystem:
         """Volumes made here rather than by the handler (runc 1.1 cannot id-map; "rro"
         depends on its version): recursive read-only ones and id-mapped ones. The spec
         then binds the staged mount; the record keeps the kubelet's host path."""
+        _refuse_mounts_over_the_root(self._rootfs(cid), config)
         mounts = []
         for i, mount in enumerate(config.mounts):
             if mount.image:

@@ -128,6 +128,7 @@ def build(
     watch: bool = True,
     apparmor: AppArmor | None = None,
     gpu: GpuService | None = None,
+    mounter: FakeMounter | None = None,
 ) -> FakePods:
     """Managers over ``config``'s dirs (call again on the same dirs: an agent restart)."""
     state_dir = config.agent.state_dir
@@ -137,7 +138,7 @@ def build(
     runtimes: dict[str, Runtime] = {"runc": runtime}
     db = open_database(config.agent.root_dir)
     store = PodStore(db)
-    mounter = FakeMounter()
+    mounter = mounter or FakeMounter()
     dirs = PodDirs(config.agent.root_dir, state_dir)
     events: list[tuple[EventKind, str]] = []
     seccomp = SeccompProfiles()
