@@ -97,9 +97,25 @@ _CAUSES: tuple[tuple[type[CreateFailed], tuple[str, ...], str], ...] = (
 )
 
 
+#: crun's wording (libcrun) for the same failures, as crun 1.8 says them: each names its
+#: step ("executable file `x` not found in $PATH: No such file or directory", "open
+#: executable: Permission denied" or "Operation not permitted" for a directory, "mount `src`
+#: to `dst`: ...", "error stat'ing file `src`: ..." for a missing bind source), so none
+#: needs runc's "exec:" context to be read right.
+_CRUN_PHRASES: dict[type[CreateFailed], tuple[str, ...]] = {
+    ExecutableMissing: ("executable file `",),
+    ExecutableNotPermitted: ("open executable:",),
+    MountFailed: ("mount `", "error stat'ing file `"),
+}
+
+
 def create_failure(message: str) -> CreateFailed:
-    """runc's refusal as the error that says what to fix (with runc's own words after)."""
+    """The runtime's refusal (runc's or crun's) as the error that says what to fix (with the
+    runtime's own words after)."""
     lowered = message.lower()
+    for cls, _, advice in _CAUSES:
+        if any(p in lowered for p in _CRUN_PHRASES[cls]):
+            return cls(f"{advice}: {message}")
     if "exec:" in lowered or "starting container process" in lowered:
         for cls, phrases, advice in _CAUSES[:2]:
             if any(p in lowered for p in phrases):

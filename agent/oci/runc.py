@@ -1,11 +1,13 @@
 """The conmon + runc (or crun) implementation of ``oci.Runtime``.
 
 Only this module and ``conmon`` build runtime command lines. runc's answers
-are translated here: "does not exist" means the container is gone (so stop
-and remove can be idempotent), "not running" means there is nothing to
-signal. A failed ``runc exec`` is an exec failure (exit 126/127 with runc's
-message on stderr), never "the container is gone" — the kubelet reads
-``NOT_FOUND`` as that.
+are translated here: "not running" means there is nothing to signal; a
+failed kill, delete or update means the container is gone (so stop and
+remove can be idempotent) only once ``state`` says so. runc's stderr alone
+cannot tell: crun's "No such file or directory" names a cgroup file just as
+it names its own state file, and the kubelet reads ``NOT_FOUND`` as the
+container having disappeared. A failed ``runc exec`` is an exec failure
+(exit 126/127 with runc's message on stderr), never "the container is gone".
 
 Files per container, all under the state dir:
 
@@ -37,7 +39,10 @@ from agent.oci.protocol import CreateOptions, ExecResult, ExitStatus, RuncState,
 
 __all__ = ["MAX_EXEC_OUTPUT", "ConmonRuntime"]
 
-_GONE = ("does not exist", "not exist", "no such file")
+#: runc's ErrNotExist; crun says "error opening file `<root>/<id>/status`: No such file or
+#: directory", which reads as gone only while the state dir is missing (see ``state``).
+_DOES_NOT_EXIST = ("does not exist",)
+_NO_SUCH_FILE = ("no such file",)
 _NOT_RUNNING = ("not running", "process already finished", "container not running")
 #: ExecSync output kept per stream (the kubelet's message size limit is 16 MiB).
 MAX_EXEC_OUTPUT = 8 << 20
@@ -141,15 +146,26 @@ class ConmonRuntime:
         try:
             await self._run(*args)
         except CommandFailed as exc:
-            if not _says(exc, _GONE + _NOT_RUNNING):
+            if not _says(exc, _NOT_RUNNING) and not await self._confirmed_gone(
+                cid, or_stopped=True
+            ):
                 raise
 
     async def _delete(self, cid: str) -> None:
         try:
             await self._run("delete", "--force", cid)
-        except CommandFailed as exc:
-            if not _says(exc, _GONE):
+        except CommandFailed:
+            if not await self._confirmed_gone(cid):
                 raise
+
+    async def _confirmed_gone(self, cid: str, *, or_stopped: bool = False) -> bool:
+        """Whether ``state`` confirms ``cid`` is gone (or, ``or_stopped``, has no process
+        left to signal) after another verb failed; a failing ``state`` is no answer."""
+        try:
+            state = await self.state(cid)
+        except AgentError:
+            return False
+        return state is None or (or_stopped and state.status is RuncStatus.STOPPED)
 
     async def destroy(self, cid: str) -> None:
         await self._delete(cid)
@@ -165,10 +181,13 @@ class ConmonRuntime:
             os.unlink(os.path.join(self._socket_dir, cid))
 
     async def state(self, cid: str) -> RuncState | None:
+        """The runtime's state of ``cid``; None when it has no such container."""
         try:
             done = await self._run("state", cid)
         except CommandFailed as exc:
-            if _says(exc, _GONE):
+            if _says(exc, _DOES_NOT_EXIST) or (
+                _says(exc, _NO_SUCH_FILE) and not _exists(os.path.join(self.root, cid))
+            ):
                 return None
             raise
         raw = json.loads(done.stdout)
@@ -195,9 +214,10 @@ class ConmonRuntime:
                 timeout=self._timeout,
             )
         except CommandFailed as exc:
-            if _says(exc, _GONE):
+            if await self._confirmed_gone(cid):
                 raise NotFound(f"container {cid} does not exist in {self.name}") from None
-            raise AgentError(f"update resources of {cid}: {exc}") from None
+            message = conmon.runtime_message((exc.stderr or exc.stdout).decode(errors="replace"))
+            raise AgentError(f"{self.name} update resources of {cid}: {message}") from None
 
     # -- exits and the monitor -------------------------------------------------------
 
@@ -288,9 +308,7 @@ class ConmonRuntime:
         state = await self.state(cid)
         if state is None or not state.is_running():
             raise FailedPrecondition(f"container {cid} is not running")
-        lowered = message.lower()
-        code = _EXEC_NOT_EXECUTABLE if "permission denied" in lowered else _EXEC_NOT_FOUND
-        return ExecResult(code, stdout, (message + "\n").encode())
+        return ExecResult(_exec_failure_code(message), stdout, (message + "\n").encode())
 
     async def exec_session(
         self, cid: str, process: dict[str, Any], *, tty: bool, stdin: bool
@@ -353,6 +371,16 @@ class ConmonRuntime:
             return await run(self._argv(*args), timeout=self._timeout)
         except DeadlineExceeded:
             raise DeadlineExceeded(f"{self.name} {args[0]} did not finish in time") from None
+
+
+def _exec_failure_code(message: str) -> int:
+    """The exit code a shell gives a command the runtime could not start: 126 when it may
+    not be executed (runc and crun: "permission denied"; crun for a directory: "operation
+    not permitted"), else 127 (not found, or a bad working directory)."""
+    lowered = message.lower()
+    if "permission denied" in lowered or "operation not permitted" in lowered:
+        return _EXEC_NOT_EXECUTABLE
+    return _EXEC_NOT_FOUND
 
 
 def _says(exc: CommandFailed, phrases: tuple[str, ...]) -> bool:
