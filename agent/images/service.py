@@ -7,11 +7,16 @@ what a crash may have left half done.
 
 Removal is one critical section under the store lock: the records go and the
 directories are renamed into the trash, in a thread that finishes even if the
-client's deadline cancels the RPC. The bytes are deleted afterwards by the
-janitor (``trash``), in the background; ``ImageFsInfo`` counts them until
-they are gone, and a pull of the same image never waits for them. Recovery
-works the same way: it reconciles records with the directories (renames
-only), and the janitor deletes what no record names after the agent is ready.
+client's deadline cancels the RPC. Whether a container uses the image is asked
+inside it, on the event loop, just before: a create holds its image from the
+lookup on (``pods.store``), and an image being removed is no longer found, so a
+create racing a removal either holds the image (the removal is refused) or
+does not find it (``NOT_FOUND``), never mounts layers on their way to the trash.
+The bytes are deleted afterwards by the janitor (``trash``), in the
+background; ``ImageFsInfo`` counts them until they are gone, and a pull of the
+same image never waits for them. Recovery works the same way: it reconciles
+records with the directories (renames only), and the janitor deletes what no
+record names after the agent is ready.
 """
 
 from __future__ import annotations
@@ -91,6 +96,8 @@ class ImageManager:
         self.in_use: Callable[[str], bool] = lambda image_id: False
         self._container_usage: tuple[float, int, int] | None = None
         self._removals: set[asyncio.Task[bool]] = set()
+        #: ids whose removal has begun: ``find`` no longer answers them (see the docstring)
+        self._removing: set[str] = set()
 
     @property
     def trash_pending(self) -> tuple[int, int]:
@@ -136,7 +143,12 @@ class ImageManager:
     # -- lookups ---------------------------------------------------------------
 
     def find(self, text: str) -> ImageRecord | None:
-        """An image by id (full, ``sha256:``-less, or unique prefix), tag or digest name."""
+        """An image by id (full, ``sha256:``-less, or unique prefix), tag or digest name;
+        None for one being removed (a create must not start using it)."""
+        found = self._lookup(text)
+        return None if found is None or found.id in self._removing else found
+
+    def _lookup(self, text: str) -> ImageRecord | None:
         if not text:
             raise InvalidArgument("image is empty")
         if reference.is_digest(text):
@@ -189,8 +201,6 @@ class ImageManager:
         image = self.find(text)
         if image is None:
             return False
-        if self.in_use(image.id):
-            raise FailedPrecondition(f"image {image.id} is in use by a container")
         task = asyncio.ensure_future(self._remove(image))
         self._removals.add(task)
         task.add_done_callback(self._removals.discard)
@@ -198,8 +208,16 @@ class ImageManager:
 
     async def _remove(self, image: ImageRecord) -> bool:
         async with self.lock.held():
-            protected = self.puller.protected  # stable: pulls protect under this lock
-            removed = await asyncio.to_thread(self._remove_locked, image.id, protected)
+            # Asked here, and marked removed with no await in between: a create looks up
+            # and holds its image with no await in between too (see the docstring).
+            if self.in_use(image.id):
+                raise FailedPrecondition(f"image {image.id} is in use by a container")
+            self._removing.add(image.id)
+            try:
+                protected = self.puller.protected  # stable: pulls protect under this lock
+                removed = await asyncio.to_thread(self._remove_locked, image.id, protected)
+            finally:
+                self._removing.discard(image.id)
         self._trash_wake.set()
         if removed:
             log.info("removed image %s (%s)", image.id, ", ".join(image.names) or "no names")

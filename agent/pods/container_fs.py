@@ -13,6 +13,7 @@ dir undoes it. ``ContainerManager`` owns the order (and the undo stack).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Protocol
 
@@ -89,7 +90,11 @@ class ContainerFilesystem:
         )
 
     async def stage_mounts(
-        self, cid: str, sandbox: SandboxRecord, config: ContainerConfig
+        self,
+        cid: str,
+        sandbox: SandboxRecord,
+        config: ContainerConfig,
+        image_ids: Mapping[str, str],
     ) -> ContainerConfig:
         """Volumes made here rather than by the handler (runc 1.1 cannot id-map; "rro"
         depends on its version): recursive read-only ones and id-mapped ones. The spec
@@ -98,7 +103,9 @@ class ContainerFilesystem:
         mounts = []
         for i, mount in enumerate(config.mounts):
             if mount.image:
-                source = await self._mount_image_volume(cid, i, sandbox, mount)
+                image = self._images.find(image_ids[mount.image])
+                assert image is not None  # held by the create since image_volume_ids
+                source = await self._mount_image_volume(cid, i, sandbox, mount, image)
                 mounts.append(replace(mount, host_path=source))
                 continue
             if not (mount.recursive_read_only or mount.uid_mappings):
@@ -136,13 +143,13 @@ class ContainerFilesystem:
         return ids
 
     async def _mount_image_volume(
-        self, cid: str, index: int, sandbox: SandboxRecord, mount: Mount
+        self, cid: str, index: int, sandbox: SandboxRecord, mount: Mount, image: ImageRecord
     ) -> str:
         """An image's content, read-only (nosuid, nodev) under the container's state dir:
         its one layer's snapshot bound, or an overlay of its layers with no upper dir
-        (idmapped in a user-namespaced pod); ``image_sub_path`` inside it. No copy."""
-        image = self._images.find(mount.image)
-        assert image is not None  # checked by _image_volumes before anything was made
+        (idmapped in a user-namespaced pod); ``image_sub_path`` inside it. No copy.
+        ``image`` is the one ``image_volume_ids`` found, by id: a pull that moved the tag
+        since changes neither what is mounted nor what the create holds."""
         lower_root, lowers = self._images.layer_dirs(image)
         base = os.path.join(self._state, cid, "images", str(index))
         userns = sandbox.userns if sandbox.config.security.namespaces.userns else ""

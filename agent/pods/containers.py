@@ -195,76 +195,83 @@ class ContainerManager:
         requests.check_recursive_read_only(config)
         requests.check_id_mapped_mounts(config, sandbox)
         image_ids = self._fs.image_volume_ids(config)
-        config = requests.with_protective_paths(
-            config, sandbox, enabled=self._config.runtime.default_masked_paths
-        )
-        record = replace(record, config=config)
-        # Devices and profiles first: a CDI name or profile that cannot be had creates nothing.
-        edits, assignment = await self._resolve_devices(config, image.config)
-        apparmor = (
-            None
-            if config.security.privileged and not config.security.apparmor.startswith("localhost/")
-            else await self.apparmor.profile_for(config.security.apparmor)
-        )
-        async with contextlib.AsyncExitStack() as undo:
-            upper = os.path.join(self.root, cid, "upper")
-            work = os.path.join(self.root, cid, "work")
-            os.makedirs(upper, mode=0o755)
-            os.makedirs(work, mode=0o700)
-            undo.callback(shutil.rmtree, os.path.join(self.root, cid), True)
-            rootfs = self.rootfs(cid)
-            os.makedirs(rootfs, mode=0o755)
-            os.makedirs(self.bundle(cid), mode=0o700)
-            undo.callback(shutil.rmtree, os.path.join(self.state, cid), True)
-            # Staging mounts (id-mapped layers, special volumes) go before the rootfs in the
-            # undo stack, so the rootfs overlay is unmounted first.
-            undo.push_async_callback(self._mounter.unmount_tree, os.path.join(self.state, cid))
-            await self._fs.mount_rootfs(cid, sandbox, image, upper, work)
-            undo.push_async_callback(self._mounter.unmount, rootfs)
-            spec_config = await self._fs.stage_mounts(cid, sandbox, config)
-            oci, user = self._spec(cid, sandbox, spec_config, image.config, rootfs, apparmor)
-            if self._gpu is not None and edits is not None:
-                self._gpu.apply(oci, edits)
-            # The state dir does not outlive a reboot: no fsync on the create path.
-            spec_file = os.path.join(self.bundle(cid), "config.json")
-            atomic_write_json(spec_file, oci, mode=0o600, durable=False)
-            os.makedirs(os.path.dirname(log_path), mode=0o755, exist_ok=True)
-            self.exits.watch(cid)
-            undo.callback(self.exits.forget, cid)
-            options = CreateOptions(
-                log_path=log_path, tty=config.tty, stdin=config.stdin, stdin_once=config.stdin_once
+        # Held from the lookups above (no await since) until the record names them, so an
+        # image removal racing this create sees them in use (``images.service``).
+        with self._store.holding_images({image.id, *image_ids.values()}):
+            config = requests.with_protective_paths(
+                config, sandbox, enabled=self._config.runtime.default_masked_paths
             )
-            # Before create: a failed create leaves runtime files (conmon's dirs) too.
-            undo.push_async_callback(runtime.destroy, cid)
-            try:
-                pid = await runtime.create(cid, self.bundle(cid), options)
-            except CreateFailed as exc:
-                # The same class (so the same code): a missing command stays INVALID_ARGUMENT.
-                raise type(exc)(f"create container {config.name}: {exc}") from None
-            record = replace(
-                record,
-                pid=pid,
-                uid=user.uid,
-                gid=user.gid,
-                # The spec's, after CDI edits: the groups the process really gets.
-                additional_gids=tuple(oci["process"]["user"].get("additionalGids", ())),
-                mounts=tuple(
-                    (m.container_path, m.host_path, m.readonly, m.propagation)
-                    for m in config.mounts
-                    if not m.image
-                ),
-                image_mounts=tuple(
-                    (m.container_path, m.image, image_ids[m.image], m.image_sub_path)
-                    for m in config.mounts
-                    if m.image
-                ),
-                # Kept when it holds nothing but was refused something: that says why.
-                gpu=json.dumps(assignment.to_dict())
-                if not assignment.empty or assignment.denied
-                else "",
+            record = replace(record, config=config)
+            # Devices and profiles first: a CDI name or profile that cannot be had creates nothing.
+            edits, assignment = await self._resolve_devices(config, image.config)
+            apparmor = (
+                None
+                if config.security.privileged
+                and not config.security.apparmor.startswith("localhost/")
+                else await self.apparmor.profile_for(config.security.apparmor)
             )
-            self._store.add_container(record, requests.gpu_holders(record, sandbox, assignment))
-            undo.pop_all()
+            async with contextlib.AsyncExitStack() as undo:
+                upper = os.path.join(self.root, cid, "upper")
+                work = os.path.join(self.root, cid, "work")
+                os.makedirs(upper, mode=0o755)
+                os.makedirs(work, mode=0o700)
+                undo.callback(shutil.rmtree, os.path.join(self.root, cid), True)
+                rootfs = self.rootfs(cid)
+                os.makedirs(rootfs, mode=0o755)
+                os.makedirs(self.bundle(cid), mode=0o700)
+                undo.callback(shutil.rmtree, os.path.join(self.state, cid), True)
+                # Staging mounts (id-mapped layers, special volumes) go before the rootfs in the
+                # undo stack, so the rootfs overlay is unmounted first.
+                undo.push_async_callback(self._mounter.unmount_tree, os.path.join(self.state, cid))
+                await self._fs.mount_rootfs(cid, sandbox, image, upper, work)
+                undo.push_async_callback(self._mounter.unmount, rootfs)
+                spec_config = await self._fs.stage_mounts(cid, sandbox, config, image_ids)
+                oci, user = self._spec(cid, sandbox, spec_config, image.config, rootfs, apparmor)
+                if self._gpu is not None and edits is not None:
+                    self._gpu.apply(oci, edits)
+                # The state dir does not outlive a reboot: no fsync on the create path.
+                spec_file = os.path.join(self.bundle(cid), "config.json")
+                atomic_write_json(spec_file, oci, mode=0o600, durable=False)
+                os.makedirs(os.path.dirname(log_path), mode=0o755, exist_ok=True)
+                self.exits.watch(cid)
+                undo.callback(self.exits.forget, cid)
+                options = CreateOptions(
+                    log_path=log_path,
+                    tty=config.tty,
+                    stdin=config.stdin,
+                    stdin_once=config.stdin_once,
+                )
+                # Before create: a failed create leaves runtime files (conmon's dirs) too.
+                undo.push_async_callback(runtime.destroy, cid)
+                try:
+                    pid = await runtime.create(cid, self.bundle(cid), options)
+                except CreateFailed as exc:
+                    # The same class (so the same code): a missing command stays INVALID_ARGUMENT.
+                    raise type(exc)(f"create container {config.name}: {exc}") from None
+                record = replace(
+                    record,
+                    pid=pid,
+                    uid=user.uid,
+                    gid=user.gid,
+                    # The spec's, after CDI edits: the groups the process really gets.
+                    additional_gids=tuple(oci["process"]["user"].get("additionalGids", ())),
+                    mounts=tuple(
+                        (m.container_path, m.host_path, m.readonly, m.propagation)
+                        for m in config.mounts
+                        if not m.image
+                    ),
+                    image_mounts=tuple(
+                        (m.container_path, m.image, image_ids[m.image], m.image_sub_path)
+                        for m in config.mounts
+                        if m.image
+                    ),
+                    # Kept when it holds nothing but was refused something: that says why.
+                    gpu=json.dumps(assignment.to_dict())
+                    if not assignment.empty or assignment.denied
+                    else "",
+                )
+                self._store.add_container(record, requests.gpu_holders(record, sandbox, assignment))
+                undo.pop_all()
         log.info("created container %s (%s) in pod %s", cid, config.name, sandbox.id)
         self._on_change(EventKind.CREATED, cid)
         return cid

@@ -6,13 +6,19 @@ then swapped into memory, so what a reader sees is always on disk. Names are
 unique (the kubelet's ``<name>_<namespace>_<uid>_<attempt>``): a second
 object with the same name is ``ALREADY_EXISTS``. Ids may be abbreviated to a
 unique prefix, as crictl does.
+
+An image is in use from a create's lookup of it on, not only once the record
+names it: the create holds it (:meth:`PodStore.holding_images`) while it mounts
+the layers, so an image removal racing the create never trashes them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import replace
 from typing import TypeVar
 
@@ -43,6 +49,8 @@ class PodStore:
         self._db = db
         self._sandboxes: dict[str, SandboxRecord] = {}
         self._containers: dict[str, ContainerRecord] = {}
+        #: image ids creates in flight hold (counted: two creates may share one)
+        self._held_images: Counter[str] = Counter()
         for row in db.execute("SELECT record FROM sandboxes"):
             sandbox = _loaded_sandbox(from_dict(SandboxRecord, json.loads(row["record"])))
             self._sandboxes[sandbox.id] = sandbox
@@ -91,11 +99,28 @@ class PodStore:
         return [c for c in self._containers.values() if c.sandbox_id == sandbox_id]
 
     def image_in_use(self, image_id: str) -> bool:
-        """A container runs the image, or mounts it as an image volume."""
+        """A container runs the image, mounts it as an image volume, or is being created
+        with it."""
+        if self._held_images[image_id] > 0:
+            return True
         return any(
             c.image_id == image_id or any(m[2] == image_id for m in c.image_mounts)
             for c in self._containers.values()
         )
+
+    @contextlib.contextmanager
+    def holding_images(self, image_ids: Collection[str]) -> Iterator[None]:
+        """Count ``image_ids`` as in use for the block: a create, from its image lookups
+        until its record names them (or it failed and undid its mounts)."""
+        held = set(image_ids)
+        self._held_images.update(held)
+        try:
+            yield
+        finally:
+            self._held_images.subtract(held)
+            for image_id in held:
+                if self._held_images[image_id] <= 0:
+                    del self._held_images[image_id]
 
     # -- changes -------------------------------------------------------------
 

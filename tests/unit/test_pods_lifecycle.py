@@ -8,18 +8,21 @@ exit tracker record them. The integration tests cover the same paths on runc.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any, cast
 
 import pytest
 
 from agent.errors import FailedPrecondition, NotFound
-from agent.oci import CreateOptions, ExitStatus, RuncStatus
+from agent.oci import CreateFailed, CreateOptions, ExitStatus, RuncStatus
+from agent.pods import model
 from agent.pods.events import EventKind
 from agent.pods.state import ContainerState, SandboxState
-from tests.fakes.pods import FakePods, build
+from tests.fakes.pods import IMAGE, FakeImages, FakePods, build
 
 
 @pytest.fixture
@@ -99,18 +102,88 @@ async def test_a_stop_signal_that_is_ignored_escalates_to_sigkill(pods):
     assert pods.containers.status(cid).exit_code == 128 + signal.SIGKILL
 
 
-async def test_a_failed_create_leaves_nothing(pods):
-    sid = await pods.run_pod()
+def _fail_staging(pods: FakePods, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event | None:
+    """The second of two staged volumes cannot be bound (the first is, and must be undone)."""
+    monkeypatch.setattr("agent.pods.mounts.recursive_readonly_supported", lambda: True)
+    bind = pods.mounter.bind_special
+
+    async def bind_special(source: str, target: str, **kwargs: Any) -> None:
+        if target.endswith("/volumes/1"):
+            raise FailedPrecondition("rro is not supported by this mount")
+        await bind(source, target, **kwargs)
+
+    monkeypatch.setattr(pods.mounter, "bind_special", bind_special)
+    return None
+
+
+def _fail_spec_write(pods: FakePods, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event | None:
+    def no_space(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("agent.pods.containers.atomic_write_json", no_space)
+    return None
+
+
+def _fail_runtime_create(pods: FakePods, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event | None:
     pods.runtime.fail_create = 'exec: "/nope": stat /nope: no such file or directory'
-    with pytest.raises(Exception, match="/nope"):
-        await pods.create(sid)
+    return None
+
+
+def _hang_runtime_create(pods: FakePods, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event | None:
+    """runc create never returns: the test cancels the create (a client deadline) once
+    the returned event says it is there."""
+    create, reached = pods.runtime.create, asyncio.Event()
+
+    async def hang(cid: str, bundle: str, options: CreateOptions) -> int:
+        await create(cid, bundle, options)  # conmon's files exist: the undo must destroy them
+        reached.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(pods.runtime, "create", hang)
+    return reached
+
+
+@pytest.mark.parametrize(
+    ("inject", "error", "message"),
+    [
+        (_fail_staging, FailedPrecondition, r"config\.mounts\[1\] /b: rro is not supported"),
+        (_fail_spec_write, OSError, "No space left"),
+        (_fail_runtime_create, CreateFailed, 'create container app: exec: "/nope"'),
+        (_hang_runtime_create, asyncio.CancelledError, None),
+    ],
+    ids=["stage_mounts", "spec_write", "runtime_create", "cancelled"],
+)
+async def test_a_failed_create_leaves_nothing(pods, monkeypatch, tmp_path, inject, error, message):
+    sid = await pods.run_pod()
+    reached = inject(pods, monkeypatch)
+    volumes = tuple(
+        model.Mount(f"/{name}", str(tmp_path), readonly=True, recursive_read_only=True)
+        for name in "ab"
+    )
+    config = model.ContainerConfig(
+        name="app", attempt=0, image=IMAGE, command=("sleep",), mounts=volumes
+    )
+    pod_containers, first_call = dict(pods.runtime.containers), len(pods.runtime.calls)
+    create = asyncio.ensure_future(pods.containers.create(sid, config))
+    if reached is not None:
+        await asyncio.wait_for(reached.wait(), 5)
+        create.cancel()
+    with pytest.raises(error, match=message) as raised:
+        await create
+    assert type(raised.value) is error
     assert pods.store.containers() == []
+    assert not pods.store.image_in_use(cast(FakeImages, pods.containers._images).image.id)
     assert [n for n in os.listdir(pods.containers.state) if n != "_logs"] == []  # logs stay
     assert os.listdir(pods.containers.root) == []
     assert [c for c in pods.mounter.mounted if "/containers/" in c] == []
-    # The runtime was told to forget the half-made container (conmon's dirs).
-    created = [cid for verb, cid in pods.runtime.calls if verb == "create"]
-    assert ("destroy", created[-1]) in pods.runtime.calls
+    assert pods.runtime.containers == pod_containers
+    assert pods.containers.exits._exited == {}
+    calls = pods.runtime.calls[first_call:]
+    created = [cid for verb, cid in calls if verb == "create"]
+    assert bool(created) is (error in (CreateFailed, asyncio.CancelledError))
+    if created:  # the runtime was told to forget the half-made container (conmon's dirs)
+        assert ("destroy", created[-1]) in calls
 
 
 async def test_a_failed_start_is_a_start_error(pods):
