@@ -157,6 +157,18 @@ class ContainerManager:
     def rootfs(self, cid: str) -> str:
         return os.path.join(self.state, cid, "rootfs")
 
+    def _make_state_dir(self, cid: str, sandbox: SandboxRecord) -> None:
+        """The container's state dir, closed to host users: the merged rootfs under it holds
+        the image's setuid files and device nodes (CVE-2021-41103). A user-namespaced
+        container's root must still pass through to its rootfs and staged volumes (runc
+        mounts them inside the namespace): group search for its gid only."""
+        path = os.path.join(self.state, cid)
+        os.mkdir(path, mode=0o700)
+        userns = sandbox.config.security.namespaces.userns
+        if userns is not None:
+            os.chown(path, 0, userns.root_gid)
+            os.chmod(path, 0o710)
+
     def runtime_of(self, record: ContainerRecord) -> Runtime:
         return self.exits.runtime_of(record)
 
@@ -213,13 +225,15 @@ class ContainerManager:
             async with contextlib.AsyncExitStack() as undo:
                 upper = os.path.join(self.root, cid, "upper")
                 work = os.path.join(self.root, cid, "work")
-                os.makedirs(upper, mode=0o755)
-                os.makedirs(work, mode=0o700)
+                os.mkdir(os.path.join(self.root, cid), mode=0o700)
                 undo.callback(shutil.rmtree, os.path.join(self.root, cid), True)
+                os.mkdir(upper, mode=0o755)
+                os.mkdir(work, mode=0o700)
                 rootfs = self.rootfs(cid)
-                os.makedirs(rootfs, mode=0o755)
-                os.makedirs(self.bundle(cid), mode=0o700)
+                self._make_state_dir(cid, sandbox)
                 undo.callback(shutil.rmtree, os.path.join(self.state, cid), True)
+                os.mkdir(rootfs, mode=0o755)
+                os.mkdir(self.bundle(cid), mode=0o700)
                 # Staging mounts (id-mapped layers, special volumes) go before the rootfs in the
                 # undo stack, so the rootfs overlay is unmounted first.
                 undo.push_async_callback(self._mounter.unmount_tree, os.path.join(self.state, cid))

@@ -9,6 +9,8 @@ paths writing the host's core_pattern, a named AppArmor profile ignored.
 from __future__ import annotations
 
 import os
+import stat
+import subprocess
 from collections.abc import AsyncIterator
 
 import grpc
@@ -136,3 +138,29 @@ async def test_apparmor_profiles_are_never_ignored(env):
     assert "no AppArmor" in (refused.value.details() or "")
     listed = await env.cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest())
     assert [p.metadata.name for p in listed.items if p.metadata.name == "named-pod"] == []
+
+
+def as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+async def test_a_containers_files_are_closed_to_host_users(env):
+    """The merged rootfs and the writable layer hold the image's (and the container's own)
+    setuid files and device nodes: no host user but root may reach them."""
+    sid = await env.run_pod()
+    cid = await env.create(sid, env.container_config("private", "sleep", "100"))
+    await env.start(cid)
+    config = env.agent.config.agent
+    rootfs = f"{config.state_dir}/containers/{cid}/rootfs"
+    upper = f"{config.root_dir}/containers/{cid}/upper"
+    assert os.path.exists(f"{rootfs}/bin/sh")  # root sees the container's files
+    for path in (f"{rootfs}/bin/sh", upper):
+        denied = as_nobody("stat", path)
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr, path
+    for path in (f"{config.state_dir}/containers/{cid}", f"{config.root_dir}/containers/{cid}"):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o700, path
