@@ -9,7 +9,6 @@ names, and ImageFsInfo counts the trash until it is gone. Image content is 0700.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import stat
@@ -101,17 +100,26 @@ async def test_a_pull_never_depends_on_leftover_snapshot_directories(agent, cri,
 
 
 async def test_a_removal_cut_short_by_its_deadline_completes_and_a_pull_right_after_works(
-    agent, cri, pusher, registry
+    agent, cri, pusher, registry, monkeypatch
 ):
     image = build_image([many_files("one"), many_files("two"), many_files("three")])
     name = unique("cancelled")
     pusher.push_image(name, image)
     ref = f"{registry.host}/{name}"
     await pull(cri, ref)
-    with contextlib.suppress(grpc.aio.AioRpcError):  # DEADLINE_EXCEEDED, unless it was quicker
+    assert agent.images is not None
+    remove_locked = agent.images._remove_locked
+
+    def slow_remove_locked(image_id: str, protected: set[str]) -> bool:
+        time.sleep(0.5)  # a removal slower than the client's deadline, on any machine
+        return remove_locked(image_id, protected)
+
+    monkeypatch.setattr(agent.images, "_remove_locked", slow_remove_locked)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
         await cri.images.RemoveImage(
             pb.RemoveImageRequest(image=pb.ImageSpec(image=ref)), timeout=0.05
         )
+    assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert await pull(cri, ref) == image.config_digest  # right away, not after the deletion
     resp = await cri.images.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=ref)))
     assert resp.image.id == image.config_digest
