@@ -172,14 +172,19 @@ def agent_pid(state_dir: str) -> int | None:
         os.close(fd)
 
 
+def _read_only(path: str) -> sqlite3.Connection:
+    """``metadata.db`` opened read-only: the installer never changes the agent's records."""
+    try:
+        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    except sqlite3.Error as exc:
+        raise InstallError(f"cannot open {path}: {exc}") from None
+
+
 def database_schema(path: str) -> tuple[int, str] | None:
     """The schema version of ``metadata.db`` and the last agent version that started on it."""
     if not os.path.exists(path):
         return None
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    except sqlite3.Error as exc:
-        raise InstallError(f"cannot open {path}: {exc}") from None
+    conn = _read_only(path)
     try:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         last = ""
@@ -200,10 +205,7 @@ def pod_count(path: str) -> int:
     what a change that running pods would not survive must wait for."""
     if not os.path.exists(path):
         return 0
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    except sqlite3.Error as exc:
-        raise InstallError(f"cannot open {path}: {exc}") from None
+    conn = _read_only(path)
     try:
         (count,) = conn.execute("SELECT count(*) FROM sandboxes").fetchone()
         return int(count)

@@ -5,11 +5,13 @@ watcher, the exit tracker and recovery are the real ones; nothing needs root.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from agent.config import Config
 from agent.db import MetadataDB, open_database
@@ -191,3 +193,14 @@ def build(
         pods.watcher = ExitWatcher(runtime.exit_dir, on_exit)
         pods.watcher.start()
     return pods
+
+
+@contextlib.asynccontextmanager
+async def built(config: Config, **options: Any) -> AsyncIterator[FakePods]:
+    """``build(config, **options)``, closed again afterwards (a test's ``pods`` fixture)."""
+    pods = build(config, **options)
+    try:
+        yield pods
+    finally:
+        await pods.containers.close()
+        pods.close()

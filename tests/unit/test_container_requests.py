@@ -15,7 +15,7 @@ from agent.errors import FailedPrecondition, InvalidArgument
 from agent.pods import container_requests, model, mounts
 from agent.pods.podfiles import PodDirs
 from agent.pods.state import ContainerState, SandboxRecord, SandboxState
-from tests.fakes.pods import IMAGE, FakePods, build
+from tests.fakes.pods import IMAGE, FakePods, built
 
 POD_USERNS = model.UserNamespace(
     uids=(model.IdMapping(0, 65536, 65536),), gids=(model.IdMapping(0, 65536, 65536),)
@@ -24,10 +24,8 @@ POD_USERNS = model.UserNamespace(
 
 @pytest.fixture
 async def pods(config) -> AsyncIterator[FakePods]:
-    pods = build(config)
-    yield pods
-    await pods.containers.close()
-    pods.close()
+    async with built(config) as pods:
+        yield pods
 
 
 def container(

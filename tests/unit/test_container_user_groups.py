@@ -19,7 +19,7 @@ from agent.gpu.cdi.edits import apply_edits
 from agent.gpu.cdi.spec import ContainerEdits
 from agent.gpu.service import GpuService
 from agent.pods import model
-from tests.fakes.pods import IMAGE, FakePods, build
+from tests.fakes.pods import IMAGE, FakePods, built
 
 
 class GroupAddingGpu:
@@ -34,10 +34,8 @@ class GroupAddingGpu:
 
 @pytest.fixture
 async def pods(config) -> AsyncIterator[FakePods]:
-    pods = build(config, gpu=cast(GpuService, GroupAddingGpu()))
-    yield pods
-    await pods.containers.close()
-    pods.close()
+    async with built(config, gpu=cast(GpuService, GroupAddingGpu())) as pods:
+        yield pods
 
 
 async def test_cdi_groups_are_in_the_record_as_in_the_spec(pods):

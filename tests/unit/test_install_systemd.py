@@ -14,6 +14,7 @@ import pytest
 
 from agent.install.host import InstallError, pod_count
 from agent.install.layout import UNIT_NAME, Layout, Manifest
+from tests.unit.test_install_files import _host_layout
 
 main = importlib.import_module("agent.install.main")  # the package exports main()
 uninstall_module = importlib.import_module("agent.install.uninstall")
@@ -37,23 +38,6 @@ class Systemctl:
             raise InstallError(f"systemctl {argv[1]} failed (exit 1)")
         out = {"is-active": self.state, "is-enabled": self.enabled}.get(argv[1], "")
         return subprocess.CompletedProcess(argv, 0, out + "\n", "")
-
-
-def _host_layout(tmp_path) -> Layout:
-    """``root`` "/" (systemd's host) with every path inside tmp_path."""
-    t = str(tmp_path)
-    return Layout(
-        prefix=f"{t}/opt/model-agent",
-        config_dir=f"{t}/etc/model-agent",
-        unit_dir=f"{t}/etc/systemd/system",
-        bin_dir=f"{t}/usr/local/bin",
-        agent_root_dir=f"{t}/var/lib/model-agent",
-        agent_state_dir=f"{t}/run/model-agent",
-        cni_conf_dir=f"{t}/etc/cni/net.d",
-        crictl_config=f"{t}/etc/crictl.yaml",
-        modules_load_file=f"{t}/etc/modules-load.d/model-agent.conf",
-        sysctl_file=f"{t}/etc/sysctl.d/99-model-agent.conf",
-    )
 
 
 # -- _start: the systemd branch ----------------------------------------------------------

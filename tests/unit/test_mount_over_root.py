@@ -15,7 +15,7 @@ import pytest
 
 from agent.errors import InvalidArgument
 from agent.pods import model
-from tests.fakes.pods import IMAGE, FakeMounter, FakePods, build
+from tests.fakes.pods import IMAGE, FakeMounter, FakePods, built
 
 
 class LinkingMounter(FakeMounter):
@@ -33,10 +33,8 @@ class LinkingMounter(FakeMounter):
 
 @pytest.fixture
 async def pods(config) -> AsyncIterator[FakePods]:
-    pods = build(config, mounter=LinkingMounter())
-    yield pods
-    await pods.containers.close()
-    pods.close()
+    async with built(config, mounter=LinkingMounter()) as pods:
+        yield pods
 
 
 def container(volume: str, target: str) -> model.ContainerConfig:

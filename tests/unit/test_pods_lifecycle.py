@@ -22,15 +22,13 @@ from agent.oci import CreateFailed, CreateOptions, ExitStatus, RuncStatus
 from agent.pods import model
 from agent.pods.events import EventKind
 from agent.pods.state import ContainerState, SandboxState
-from tests.fakes.pods import IMAGE, FakeImages, FakePods, build
+from tests.fakes.pods import IMAGE, FakeImages, FakePods, build, built
 
 
 @pytest.fixture
 async def pods(config) -> AsyncIterator[FakePods]:
-    pods = build(config)
-    yield pods
-    await pods.containers.close()
-    pods.close()
+    async with built(config) as pods:
+        yield pods
 
 
 async def wait_state(pods: FakePods, cid: str, state: ContainerState) -> None:
