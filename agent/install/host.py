@@ -209,7 +209,7 @@ def pod_count(path: str) -> int:
     try:
         (count,) = conn.execute("SELECT count(*) FROM sandboxes").fetchone()
         return int(count)
-    except sqlite3.OperationalError as exc:
+    except sqlite3.Error as exc:
         if "no such table" in str(exc):
             return 0  # a database from before pods were stored (schema < 3)
         raise InstallError(f"cannot count the pods in {path}: {exc}") from None

@@ -390,7 +390,12 @@ def _write_config(layout: Layout, args: argparse.Namespace) -> Config:
         raise InstallError(str(exc).replace(draft, path)) from None
     new_driver = config.runtime.cgroup_driver
     driver_changed = existing and bool(old_driver) and new_driver != old_driver
-    if driver_changed and (pods := pod_count(layout.database)):
+    try:
+        pods = pod_count(layout.database) if driver_changed else 0
+    except InstallError:
+        os.unlink(draft)
+        raise
+    if pods:
         # the agent finds a pod's and a container's cgroups through the configured driver,
         # and the kubelet's pod cgroups were made with the old one
         os.unlink(draft)

@@ -29,21 +29,18 @@ def uninstall(layout: Layout, *, purge: bool, say: Callable[[str], None]) -> Non
     manifest = Manifest.load(layout.manifest_file)
     if manifest is None and not purge:
         raise InstallError(f"nothing installed at {layout.manifest_file}")
-    # Refusals before the unit stops: a refused purge leaves the agent running, as the
+    # Refused before the unit stops: a refused purge leaves the agent running, as the
     # message asks (pods are removed through it).
     if purge:
-        mounts = _mounts_under([layout.state_dir, layout.root_dir])
-        if mounts:
-            raise InstallError(
-                f"pods still exist ({len(mounts)} mounts, e.g. {mounts[0]}): remove them "
-                "first (model-agent ctl stopp/rmp, with the agent running), then --purge"
-            )
+        _refuse_while_pods_exist(layout)
     if layout.on_host and systemd_is_init() and os.path.exists(layout.unit_file):
         # stops the agent only (KillMode=process): containers keep running
         run(["systemctl", "disable", "--now", UNIT_NAME], timeout=120)
     pid = agent_pid(layout.state_dir)
     if pid is not None:
         raise InstallError(f"model-agent (pid {pid}) is running: stop it first")
+    if purge:  # again: the agent may have made a pod until it stopped
+        _refuse_while_pods_exist(layout)
     for path in [*(manifest.links if manifest else []), *(manifest.files if manifest else [])]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -60,6 +57,16 @@ def uninstall(layout: Layout, *, purge: bool, say: Callable[[str], None]) -> Non
         kept = [p for p in (layout.config_file, layout.root_dir) if os.path.exists(p)]
     _remove_empty_parents(layout)
     say("removed" + (f"; kept {', '.join(kept)} (--purge deletes them)" if kept else ""))
+
+
+def _refuse_while_pods_exist(layout: Layout) -> None:
+    """A purge deletes the agent's dirs: never with pods' mounts (their volumes) inside."""
+    mounts = _mounts_under([layout.state_dir, layout.root_dir])
+    if mounts:
+        raise InstallError(
+            f"pods still exist ({len(mounts)} mounts, e.g. {mounts[0]}): remove them "
+            "first (model-agent ctl stopp/rmp, with the agent running), then --purge"
+        )
 
 
 def _remove_empty_parents(layout: Layout) -> None:

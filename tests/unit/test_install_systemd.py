@@ -136,6 +136,16 @@ def test_refused_purge_leaves_the_unit_running(installed, monkeypatch):
     assert os.path.isdir(layout.root_dir)
 
 
+def test_a_pod_made_while_the_unit_stopped_still_refuses_the_purge(installed, monkeypatch):
+    layout, systemctl = installed
+    mounts_seen = iter([[], [f"{layout.state_dir}/containers/abc/rootfs"]])
+    monkeypatch.setattr(uninstall_module, "_mounts_under", lambda paths: next(mounts_seen))
+    with pytest.raises(InstallError, match="pods still exist"):
+        uninstall_module.uninstall(layout, purge=True, say=print)
+    assert systemctl.calls == [["disable", "--now", UNIT_NAME]]  # stopped, nothing deleted
+    assert os.path.isdir(layout.root_dir) and os.path.exists(layout.manifest_file)
+
+
 def test_purge_stops_the_unit_then_removes_and_reloads(installed):
     layout, systemctl = installed
     said: list[str] = []
@@ -226,6 +236,17 @@ def test_cgroup_driver_change_is_refused_while_pods_exist(tmp_path):
     assert main._write_config(layout, _args("cgroupfs")).runtime.cgroup_driver == "cgroupfs"
     config = main._write_config(layout, _args("cgroupfs", "agent.log_format=json"))
     assert config.agent.log_format == "json"
+
+
+def test_an_unreadable_database_refuses_a_driver_change_and_leaves_no_draft(tmp_path):
+    layout = Layout(root=str(tmp_path))
+    main._write_config(layout, _args())
+    os.makedirs(os.path.dirname(layout.database), exist_ok=True)
+    with open(layout.database, "w") as f:
+        f.write("not a database")
+    with pytest.raises(InstallError, match="cannot"):
+        main._write_config(layout, _args("systemd"))
+    assert not (tmp_path / "etc/model-agent/config.toml.draft").exists()
 
 
 def test_install_prints_the_kubelet_driver_it_switched_to(tmp_path, capsys):
