@@ -14,8 +14,8 @@ file's) credentials answer a challenge of the endpoint itself, never one from
 a host a redirect led to; a bearer challenge's token realm receives them only
 if it is ``https`` (or the registry itself is plain HTTP), not on a
 link-local address, and not on loopback unless the registry is; token requests
-do not follow redirects, and use the registry's TLS settings (``insecure_skip_verify``,
-``ca_file``) only when the realm is on the registry's own origin.
+do not follow redirects, and never get the registry's ``insecure_skip_verify`` when
+the realm is elsewhere (its ``ca_file`` yes, unless the realm's host has settings).
 
 Failures are translated once, here: unreachable or failing registries are
 ``RegistryUnavailable``, 401/403 after authenticating are
@@ -298,15 +298,21 @@ class RegistryClient:
         return _check_denied(resp, endpoint)
 
     def _realm_ssl(self, endpoint: Endpoint, realm: str) -> ssl.SSLContext | bool:
-        """The TLS trust for a token request: the endpoint's own only on its origin.
+        """The TLS trust for a token request: all of the endpoint's only on its origin.
 
-        A registry's ``insecure_skip_verify`` or ``ca_file`` must not carry its
-        credentials to another host over TLS nobody checked; a realm elsewhere gets
-        its own host's settings (``image.registries``), else default verification."""
+        A realm elsewhere gets its own host's settings (``image.registries``, keyed
+        ``host`` or ``host:port``); without any, the registry's CA (a private CA often
+        signs both, as GitLab's registry and its auth) but never its
+        ``insecure_skip_verify``: credentials never go over TLS nobody checked."""
         if _site(realm) == _site(endpoint.base_url):
             return endpoint.ssl
-        host = urllib.parse.urlsplit(realm).netloc.lower()
-        return _ssl_for(self._settings.registries.get(host, RegistryHost()))
+        scheme, host, port = _site(realm)
+        default = {"http": 80, "https": 443}.get(scheme)
+        keys = [host, f"{host}:{port}"] if port == default else [f"{host}:{port}"]
+        for key in keys:
+            if key in self._settings.registries:
+                return _ssl_for(self._settings.registries[key])
+        return True if endpoint.ssl is False else endpoint.ssl
 
     async def _authenticate(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 
 import pytest
 
@@ -115,6 +116,25 @@ def test_a_realm_on_the_registry_itself_keeps_its_tls_settings(realm):
 def test_a_realm_elsewhere_is_verified_by_default(realm):
     """Basic credentials must not go over TLS nobody checked because the registry's is."""
     assert _token_ssl("https://registry.example.com", realm) is True
+
+
+def test_a_realm_elsewhere_keeps_the_registrys_ca_but_not_its_skip_verify():
+    """A private CA that signs the registry usually signs its auth server too."""
+    client = RegistryClient(ImageSection(), read_timeout=10)
+    context = ssl.create_default_context()
+    endpoint = Endpoint(base_url="https://registry.corp", mirror=False, ssl=context)
+    assert client._realm_ssl(endpoint, "https://gitlab.corp/jwt/auth") is context
+    skipping = Endpoint(base_url="https://registry.corp", mirror=False, ssl=False)
+    assert client._realm_ssl(skipping, "https://gitlab.corp/jwt/auth") is True
+
+
+@pytest.mark.parametrize("key", ["auth.example.com", "auth.example.com:443"])
+def test_a_realm_host_is_found_with_or_without_its_default_port(key):
+    settings = ImageSection(registries={key: RegistryHost(insecure_skip_verify=True)})
+    client = RegistryClient(settings, read_timeout=10)
+    endpoint = Endpoint(base_url="https://registry.example.com", mirror=False, ssl=True)
+    assert client._realm_ssl(endpoint, "https://auth.example.com/token") is False
+    assert client._realm_ssl(endpoint, "https://auth.example.com:443/token") is False
 
 
 def test_a_realm_elsewhere_gets_its_own_hosts_tls_settings():
