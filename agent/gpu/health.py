@@ -13,9 +13,10 @@ change it, under the policy of ``[gpu.health]``:
   no critical event and NVML answers for it — except after an XID in ``reset_xids``
   (48, 79, 95, … by default), an uncorrectable ECC error or a loss from the bus: those
   wait until a reset is seen, i.e. NVML stopped answering for the GPU (or it left the
-  inventory) and answers again, or a counter that only a reset or driver reload lowers
-  went down (the volatile ECC error totals, the energy counter; ``observe``'s
-  ``samples``), which catches a reset quicker than one reading. GPUs waiting for a
+  inventory) and answers again, or the energy counter, which only a driver reload
+  lowers, went down (``observe``'s ``samples``): a reload quicker than one reading.
+  The volatile ECC totals are not used: ``nvidia-smi -p 0`` clears them on a GPU that
+  was never reset. GPUs waiting for a
   reset are kept in a small file in the state dir, which a reboot clears, so an agent
   restart is not mistaken for a reset.
 
@@ -81,8 +82,8 @@ class _State:
     counters: dict[str, float] = field(default_factory=dict)  # of the last sample
 
 
-#: GpuSample fields that only grow until a GPU reset or a driver reload clears them.
-_RESET_COUNTERS = ("ecc_corrected_volatile", "ecc_uncorrected_volatile", "energy_joules")
+#: GpuSample fields that only grow until a driver reload clears them.
+_RESET_COUNTERS = ("energy_joules",)
 
 
 @dataclass(slots=True)
