@@ -7,7 +7,8 @@ Starts a real ``model-agent serve``, runs ``--pods`` pods of one busybox contain
 each, then times ``--calls`` sequential calls of each RPC a kubelet polls: the floor
 is ``Version`` (a null call through the same socket, gRPC stack and interceptor).
 Then ``--clients`` concurrent lifecycle clients (create, start, stop, remove a
-container in a loop) run while ``ContainerStatus`` is timed again. Prints the
+container in a loop, in a process of their own) run while ``ContainerStatus`` is
+timed again. Prints the
 median and p99 in milliseconds and each RPC's overhead over the floor.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import sys
@@ -94,30 +96,25 @@ async def run(node, pods: int, calls: int, clients: int) -> dict[str, tuple[floa
             await timed(call, 20)  # warm up
             results[name] = quantiles(await timed(call, calls))
 
-        stop = asyncio.Event()
-        lifecycle: list[float] = []
-
-        async def churn(k: int) -> None:
-            n = 0
-            while not stop.is_set():
-                n += 1
-                config = container_config(node.image, f"churn-{k}-{n}", node.base)
-                started = time.perf_counter()
-                request = pb.CreateContainerRequest(pod_sandbox_id=sandboxes[k], config=config)
-                cid = (await rt.CreateContainer(request)).container_id
-                await rt.StartContainer(pb.StartContainerRequest(container_id=cid))
-                await rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0))
-                await rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
-                lifecycle.append(time.perf_counter() - started)
-
-        tasks = [asyncio.ensure_future(churn(k)) for k in range(clients)]
+        # The lifecycle clients run in a process of their own, as a kubelet's pod workers
+        # are not the status poller's event loop: only the agent is shared.
+        churner = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--churn", node.socket, node.image, node.base,
+            *sandboxes[:clients],
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert churner.stdout is not None
+        assert churner.stdin is not None
+        await churner.stdout.readline()  # "churning": every client is under way
         await asyncio.sleep(1)
         status = rpcs["ContainerStatus"]
         results[f"ContainerStatus, {clients} lifecycle clients"] = quantiles(
             await timed(status, calls)
         )
-        stop.set()
-        await asyncio.gather(*tasks)
+        churner.stdin.close()  # the clients finish their rounds and report
+        lifecycle = json.loads(await churner.stdout.read())
+        if await churner.wait() != 0:
+            raise RuntimeError("the lifecycle clients failed")
         results["create+start+stop+remove (each client)"] = quantiles(lifecycle)
         for sid in sandboxes:
             await rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sid))
@@ -125,7 +122,43 @@ async def run(node, pods: int, calls: int, clients: int) -> dict[str, tuple[floa
     return results
 
 
+async def churn(socket: str, image: str, base: str, sandboxes: list[str]) -> list[float]:
+    """One lifecycle client per pod in ``sandboxes`` (create, start, stop, remove a
+    container in a loop) until stdin closes; each round's seconds."""
+    lifecycle: list[float] = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    async with CriClient(socket, timeout=300) as cri:
+        rt = cri.runtime
+
+        async def client(k: int, sid: str) -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                config = container_config(image, f"churn-{k}-{n}", base)
+                started = time.perf_counter()
+                request = pb.CreateContainerRequest(pod_sandbox_id=sid, config=config)
+                cid = (await rt.CreateContainer(request)).container_id
+                await rt.StartContainer(pb.StartContainerRequest(container_id=cid))
+                await rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0))
+                await rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
+                lifecycle.append(time.perf_counter() - started)
+
+        tasks = [asyncio.ensure_future(client(k, sid)) for k, sid in enumerate(sandboxes)]
+        print("churning", flush=True)
+        await reader.read()  # EOF: the timing is done
+        stop.set()
+        await asyncio.gather(*tasks)
+    return lifecycle
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--churn"]:
+        socket, image, base, *sandboxes = sys.argv[2:]
+        print(json.dumps(asyncio.run(churn(socket, image, base, sandboxes))))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pods", type=int, default=50)
     parser.add_argument("--calls", type=int, default=200)
