@@ -68,7 +68,7 @@ def config(short_dir: str) -> Config:
     return make_config(short_dir)
 
 
-def _marks(tmp_path_factory: pytest.TempPathFactory) -> leaks.RunMarks:
+def run_marks(tmp_path_factory: pytest.TempPathFactory) -> leaks.RunMarks:
     return leaks.RunMarks(
         run_id=run.RUN_ID,
         paths=(f"/tmp/{run.dir_prefix()}", str(tmp_path_factory.getbasetemp())),
@@ -84,9 +84,9 @@ def no_leaks_on_the_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
     Only what carries this run's marks counts (``tests.leaks``), so other pods on
     the node may come and go meanwhile. The run's bridges are deleted at the end.
     """
-    before = leaks.snapshot(_marks(tmp_path_factory))
+    before = leaks.snapshot(run_marks(tmp_path_factory))
     yield
-    leaked = leaks.snapshot(_marks(tmp_path_factory)).leaked_since(before)
+    leaked = leaks.snapshot(run_marks(tmp_path_factory)).leaked_since(before)
     for name in sorted(run.BRIDGES):
         subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
     if leaked:

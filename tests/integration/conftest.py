@@ -1,4 +1,4 @@
-"""Integration fixtures: a real registry, and real agents talking CRI over a socket."""
+"""Integration fixtures: a real registry, real agents over CRI, another runtime's pod."""
 
 from __future__ import annotations
 
@@ -11,11 +11,43 @@ import pytest
 
 from agent.app import Agent
 from agent.ctl.client import CriClient
-from tests.conftest import make_config
+from tests import leaks
+from tests.conftest import make_config, run_marks
+from tests.support.foreign_pod import ForeignPod
 from tests.support.push import RegistryClient
 from tests.support.registry import Registry, running_registry
 
 StartAgent = Callable[..., Awaitable[Agent]]
+
+
+@pytest.fixture(scope="session")
+def foreign_pod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForeignPod]:
+    """Another runtime's pod (not the agent's), there for the whole run; it must survive.
+
+    The suite runs on nodes where other runtimes have pods: at the end the pod must
+    still be running with its netns, veth and iptables chain, and the leak check
+    must not count any of it (it carries none of the run's marks).
+    """
+    pod = ForeignPod()
+    pod.start()
+    problems = []
+    try:
+        yield pod
+        problems += pod.problems()
+        problems += [
+            f"the leak check counts it: {item}"
+            for item in pod.attributed(leaks.snapshot(run_marks(tmp_path_factory)))
+        ]
+    finally:
+        pod.remove()
+    problems += [f"left after removal: {item}" for item in pod.leftovers()]
+    if problems:
+        pytest.fail("the foreign pod was touched:\n  " + "\n  ".join(problems), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _foreign_pod_stays(foreign_pod: ForeignPod) -> None:
+    """Every integration test runs beside the foreign pod (set up once, on the first)."""
 
 
 @pytest.fixture(scope="session")
