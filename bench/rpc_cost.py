@@ -105,16 +105,18 @@ async def run(node, pods: int, calls: int, clients: int) -> dict[str, tuple[floa
         )  # fmt: skip
         assert churner.stdout is not None
         assert churner.stdin is not None
-        await churner.stdout.readline()  # "churning": every client is under way
+        if await churner.stdout.readline() != b"churning\n":  # every client under way
+            raise RuntimeError(f"the lifecycle clients did not start ({await churner.wait()})")
         await asyncio.sleep(1)
         status = rpcs["ContainerStatus"]
         results[f"ContainerStatus, {clients} lifecycle clients"] = quantiles(
             await timed(status, calls)
         )
         churner.stdin.close()  # the clients finish their rounds and report
-        lifecycle = json.loads(await churner.stdout.read())
+        report = await churner.stdout.read()
         if await churner.wait() != 0:
             raise RuntimeError("the lifecycle clients failed")
+        lifecycle = json.loads(report)
         results["create+start+stop+remove (each client)"] = quantiles(lifecycle)
         for sid in sandboxes:
             await rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sid))
@@ -164,6 +166,8 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--clients", type=int, default=8)
     args = parser.parse_args()
+    if args.clients > args.pods:
+        parser.error("--clients needs as many --pods (one lifecycle client per pod)")
     with bench_node("10.253.128.0/18", PARENT) as node:
         results = asyncio.run(run(node, args.pods, args.calls, args.clients))
     floor = results["Version (floor)"][0]

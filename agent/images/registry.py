@@ -308,6 +308,7 @@ class RegistryClient:
             return endpoint.ssl
         scheme, host, port = _site(realm)
         default = {"http": 80, "https": 443}.get(scheme)
+        host = f"[{host}]" if ":" in host else host  # as an IPv6 registry is keyed
         keys = [host, f"{host}:{port}"] if port == default else [f"{host}:{port}"]
         for key in keys:
             if key in self._settings.registries:

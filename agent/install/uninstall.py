@@ -33,14 +33,20 @@ def uninstall(layout: Layout, *, purge: bool, say: Callable[[str], None]) -> Non
     # message asks (pods are removed through it).
     if purge:
         _refuse_while_pods_exist(layout)
-    if layout.on_host and systemd_is_init() and os.path.exists(layout.unit_file):
+    unit = layout.on_host and systemd_is_init() and os.path.exists(layout.unit_file)
+    if unit:
         # stops the agent only (KillMode=process): containers keep running
         run(["systemctl", "disable", "--now", UNIT_NAME], timeout=120)
     pid = agent_pid(layout.state_dir)
     if pid is not None:
         raise InstallError(f"model-agent (pid {pid}) is running: stop it first")
     if purge:  # again: the agent may have made a pod until it stopped
-        _refuse_while_pods_exist(layout)
+        try:
+            _refuse_while_pods_exist(layout)
+        except InstallError:
+            if unit:  # as the message asks: the agent runs, to remove the pods through
+                run(["systemctl", "enable", "--now", UNIT_NAME], timeout=120)
+            raise
     for path in [*(manifest.links if manifest else []), *(manifest.files if manifest else [])]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)

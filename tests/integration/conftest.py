@@ -20,9 +20,10 @@ from tests.support.registry import Registry, running_registry
 StartAgent = Callable[..., Awaitable[Agent]]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def foreign_pod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForeignPod]:
-    """Another runtime's pod (not the agent's), there for the whole run; it must survive.
+    """Another runtime's pod (not the agent's), there for all integration tests (checked
+    when they end, not after the unit tests); it must survive.
 
     The suite runs on nodes where other runtimes have pods: at the end the pod must
     still be running with its netns, veth and iptables chain, and the leak check

@@ -133,13 +133,16 @@ class ForeignPod:
         _sh("runc", "spec", "--bundle", bundle)
         with open(f"{bundle}/config.json") as f:
             spec = json.load(f)
-        spec["process"].update(terminal=False, args=["sleep", "100000"])
+        # Longer than any run, short enough that a hard-killed run's pod does not linger.
+        spec["process"].update(terminal=False, args=["sleep", "10800"])
         spec["hostname"] = "foreign"
         spec["linux"]["cgroupsPath"] = self.cgroup
         namespaces = [ns for ns in spec["linux"]["namespaces"] if ns["type"] != "network"]
         spec["linux"]["namespaces"] = [*namespaces, {"type": "network", "path": self.netns_path}]
         with open(f"{bundle}/config.json", "w") as f:
             json.dump(spec, f)
+        # Before the run: a run that times out may still have made the container.
+        self._undo.append(lambda: self._runc("delete", "--force", self.container, check=False))
         # A file, not a pipe, for the container's stdio: it holds it open while it runs.
         with open(f"{self.dir}/stdio.log", "w") as log:
             done = subprocess.run(
@@ -147,7 +150,6 @@ class ForeignPod:
                  "--pid-file", f"{self.dir}/pid", self.container],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, timeout=30, check=False,
             )  # fmt: skip
-        self._undo.append(lambda: self._runc("delete", "--force", self.container, check=False))
         if done.returncode != 0:
             with open(f"{self.dir}/stdio.log") as f:
                 raise AssertionError(f"runc run exited {done.returncode}: {f.read().strip()}")

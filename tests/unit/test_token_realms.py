@@ -137,6 +137,13 @@ def test_a_realm_host_is_found_with_or_without_its_default_port(key):
     assert client._realm_ssl(endpoint, "https://auth.example.com:443/token") is False
 
 
+def test_an_ipv6_realm_host_is_found_as_it_is_keyed():
+    settings = ImageSection(registries={"[fd00::1]:5000": RegistryHost(insecure_skip_verify=True)})
+    client = RegistryClient(settings, read_timeout=10)
+    endpoint = Endpoint(base_url="https://registry.example.com", mirror=False, ssl=True)
+    assert client._realm_ssl(endpoint, "https://[fd00::1]:5000/token") is False
+
+
 def test_a_realm_elsewhere_gets_its_own_hosts_tls_settings():
     settings = ImageSection(
         registries={
