@@ -9,9 +9,12 @@ given and feeds stdin.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pathlib
+import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -199,3 +202,43 @@ async def test_spawn_feeds_stdin_while_it_runs_and_run_feeds_input():
     payload = os.urandom(1 << 20)  # more than a pipe holds: fed while read
     done = await run(["cat"], timeout=10, input=payload)
     assert done.stdout == payload
+
+
+def our_children() -> set[int]:
+    """The pids this test process has started and not yet reaped (zombies included)."""
+    pids: set[int] = set()
+    for task in pathlib.Path(f"/proc/{os.getpid()}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            pids.update(int(pid) for pid in (task / "children").read_text().split())
+    return pids
+
+
+@pytest.mark.parametrize("ticks", [0, 1, 2, 3, 5, 8])
+async def test_a_spawn_cancelled_while_it_starts_leaves_no_process(ticks):
+    """The fork happens on a spawn thread; a caller cancelled at any point of the
+    start gets its cancellation only after the child is killed and reaped."""
+    before = our_children()
+    task = asyncio.ensure_future(spawn(["sleep", "60"], stdin="pipe"))
+    for _ in range(ticks):
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert our_children() == before
+
+
+async def test_the_fork_and_exec_happen_off_the_event_loop(monkeypatch):
+    """``vfork`` + ``execve`` hold the calling thread for about a millisecond: that
+    thread is a spawn thread, never the loop's, so status calls go on meanwhile."""
+    forked_on: list[int] = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(*args, **kwargs):
+        forked_on.append(threading.get_ident())
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", recording_popen)
+    done = await run(["/bin/sh", "-c", "echo started"], timeout=10)
+    assert done.stdout == b"started\n"
+    assert len(forked_on) == 1
+    assert forked_on[0] != threading.get_ident()
