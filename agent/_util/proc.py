@@ -253,9 +253,9 @@ async def _start(args: tuple[str, ...], start: Callable[[], subprocess.Popen[byt
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(popen.pid, signal.SIGKILL)
         for transport in transports:
-            transport.close()
+            transport.close()  # unregisters its fd now; closing the file twice is harmless
         for pipe in (popen.stdin, popen.stdout, popen.stderr):
-            if pipe is not None and not any(t.get_extra_info("pipe") is pipe for t in transports):
+            if pipe is not None:
                 pipe.close()
         await loop.run_in_executor(_spawn_threads(), popen.wait)
         raise
